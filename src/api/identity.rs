@@ -1,0 +1,314 @@
+//! Which session a request is about.
+//!
+//! Dify sends no user identity, so an identifier arrives through a channel the operator set up:
+//! a metadata filter, the first line of the query, or the knowledge id (see
+//! [`crate::api::retrieval`]); the MCP tool and the REST API pass one directly. Every
+//! identifier is a *claim*: it resolves to at most one session (the person's newest), an
+//! unresolved Dify variable (`{{session_id}}`) counts as absent, and with
+//! `LIVECTX_IDENTITY_SECRET` set, claims from end-user-controlled channels must be signed by the
+//! product's backend.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::session::model::{PersonKey, Session, SessionId, normalize_email};
+use crate::session::store::{SessionStore, StoreError};
+use crate::telemetry::{Metrics, Person};
+
+/// What kind of identifier a claim is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimKind {
+    SessionId,
+    Email,
+    UserId,
+    /// Unknown: tried as a session id, then an email, then a user id.
+    Any,
+}
+
+/// Where a claim came from; decides whether a signature is required and labels metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Metadata,
+    Query,
+    KnowledgeId,
+    Mcp,
+    Rest,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Metadata => "metadata",
+            Self::Query => "query",
+            Self::KnowledgeId => "knowledge_id",
+            Self::Mcp => "mcp",
+            Self::Rest => "rest",
+        }
+    }
+
+    /// The knowledge id is typed by the operator in Dify, not by the end user.
+    fn end_user_controlled(self) -> bool {
+        !matches!(self, Self::KnowledgeId)
+    }
+}
+
+/// One identifier claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub kind: ClaimKind,
+    pub value: String,
+    pub via: Via,
+}
+
+/// Is this a Dify variable that was never substituted (`{{session_id}}`, `{{#sys.user_id#}}`)?
+pub fn is_unresolved_variable(value: &str) -> bool {
+    let v = value.trim();
+    v.starts_with("{{") && v.ends_with("}}")
+}
+
+/// Why a signed identifier was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("identifier is not signed")]
+    Unsigned,
+    #[error("identifier signature does not match")]
+    BadSignature,
+    #[error("signed identifier has expired")]
+    Expired,
+}
+
+impl SignatureError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Unsigned => "unsigned",
+            Self::BadSignature => "bad_signature",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+/// Mints and checks signed identifiers: `<id>.<expires_unix>.<base64url(HMAC-SHA256(secret, "<id>.<expires_unix>"))>`.
+#[derive(Clone)]
+pub struct IdentitySigner {
+    key: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for IdentitySigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdentitySigner(<secret>)")
+    }
+}
+
+impl IdentitySigner {
+    pub fn new(secret: &str) -> Self {
+        Self {
+            key: Arc::from(secret.as_bytes()),
+        }
+    }
+
+    fn mac(&self, message: &str) -> Hmac<Sha256> {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mut mac =
+            <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!());
+        mac.update(message.as_bytes());
+        mac
+    }
+
+    /// A signed identifier for `id`, valid until `expires_at` (Unix seconds).
+    pub fn sign(&self, id: &str, expires_at: u64) -> String {
+        let message = format!("{id}.{expires_at}");
+        let tag = self.mac(&message).finalize().into_bytes();
+        format!("{message}.{}", URL_SAFE_NO_PAD.encode(tag))
+    }
+
+    /// The identifier inside a valid signed token. Checked in constant time.
+    pub fn verify(&self, token: &str, now: f64) -> Result<String, SignatureError> {
+        let token = token.trim();
+        let (message, signature) = token.rsplit_once('.').ok_or(SignatureError::Unsigned)?;
+        let (id, expires) = message.rsplit_once('.').ok_or(SignatureError::Unsigned)?;
+        let expires: u64 = expires.parse().map_err(|_| SignatureError::Unsigned)?;
+        let tag = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| SignatureError::Unsigned)?;
+        if tag.len() != 32 || id.is_empty() {
+            return Err(SignatureError::Unsigned);
+        }
+        self.mac(message)
+            .verify_slice(&tag)
+            .map_err(|_| SignatureError::BadSignature)?;
+        if (expires as f64) < now {
+            return Err(SignatureError::Expired);
+        }
+        Ok(id.to_string())
+    }
+}
+
+/// How identifiers are checked.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityPolicy {
+    /// When set, claims from end-user-controlled channels must be signed.
+    pub signer: Option<IdentitySigner>,
+    /// Emails are guessable; production may allow only session and user ids.
+    pub email_lookup: bool,
+}
+
+/// The outcome of one claim.
+#[derive(Debug, Clone)]
+pub enum ClaimOutcome {
+    /// The claim names this session.
+    Found(Arc<Session>),
+    /// A well-formed claim that matches no live session.
+    Unknown,
+    /// Refused (unsigned, forged, expired, unresolved variable, email lookups off).
+    Rejected(&'static str),
+}
+
+/// Resolves claims against the store.
+pub struct IdentityResolver<'a> {
+    pub store: &'a dyn SessionStore,
+    pub policy: &'a IdentityPolicy,
+    pub metrics: &'a Metrics,
+}
+
+impl IdentityResolver<'_> {
+    /// Resolve one claim within an optional product scope.
+    pub async fn resolve(
+        &self,
+        claim: &Claim,
+        product: Option<&str>,
+        now: f64,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let outcome = self.resolve_inner(claim, product, now).await?;
+        let result = match &outcome {
+            ClaimOutcome::Found(_) => "found",
+            ClaimOutcome::Unknown => "unknown",
+            ClaimOutcome::Rejected(reason) => {
+                self.metrics.reject_identity(reason);
+                tracing::warn!(via = claim.via.as_str(), reason, "refused an identifier");
+                "rejected"
+            }
+        };
+        self.metrics.lookup(claim.via.as_str(), result);
+        Ok(outcome)
+    }
+
+    async fn resolve_inner(
+        &self,
+        claim: &Claim,
+        product: Option<&str>,
+        now: f64,
+    ) -> Result<ClaimOutcome, StoreError> {
+        if is_unresolved_variable(&claim.value) {
+            tracing::warn!(
+                via = claim.via.as_str(),
+                value = %claim.value,
+                "an identifier is an unresolved Dify variable: the app did not pass this input (check the variable name and that your front end sends it in `inputs`)"
+            );
+            return Ok(ClaimOutcome::Rejected("unresolved_variable"));
+        }
+        let value = match (&self.policy.signer, claim.via.end_user_controlled()) {
+            (Some(signer), true) => match signer.verify(&claim.value, now) {
+                Ok(id) => id,
+                Err(error) => return Ok(ClaimOutcome::Rejected(error.reason())),
+            },
+            _ => claim.value.trim().to_string(),
+        };
+        if value.is_empty() {
+            return Ok(ClaimOutcome::Unknown);
+        }
+        let kinds: &[ClaimKind] = match claim.kind {
+            ClaimKind::Any => &[ClaimKind::SessionId, ClaimKind::Email, ClaimKind::UserId],
+            ClaimKind::SessionId => &[ClaimKind::SessionId],
+            ClaimKind::Email => &[ClaimKind::Email],
+            ClaimKind::UserId => &[ClaimKind::UserId],
+        };
+        for kind in kinds {
+            let found = match kind {
+                ClaimKind::SessionId => match SessionId::parse(&value) {
+                    Ok(id) => self.store.session(&id, now).await?,
+                    Err(_) => None,
+                },
+                ClaimKind::Email => {
+                    if normalize_email(&value).is_none() || !value.contains('@') {
+                        continue;
+                    }
+                    if !self.policy.email_lookup {
+                        return Ok(ClaimOutcome::Rejected("email_lookup_disabled"));
+                    }
+                    self.person_session(PersonKey::email(&value), product, now)
+                        .await?
+                }
+                ClaimKind::UserId => {
+                    self.person_session(PersonKey::user_id(&value), product, now)
+                        .await?
+                }
+                ClaimKind::Any => None,
+            };
+            if let Some(session) = found {
+                let in_scope = match (product, session.product_id.as_deref()) {
+                    (Some(scope), Some(own)) => scope == own,
+                    _ => true,
+                };
+                if in_scope {
+                    tracing::debug!(via = claim.via.as_str(), person = %Person(&value), session = %session.id, "identifier resolved");
+                    return Ok(ClaimOutcome::Found(session));
+                }
+            }
+        }
+        Ok(ClaimOutcome::Unknown)
+    }
+
+    async fn person_session(
+        &self,
+        key: Option<PersonKey>,
+        product: Option<&str>,
+        now: f64,
+    ) -> Result<Option<Arc<Session>>, StoreError> {
+        let Some(key) = key else { return Ok(None) };
+        match self.store.resolve_person(&key, product, now).await? {
+            Some(id) => self.store.session(&id, now).await,
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_identifiers_round_trip_and_refuse_forgeries() {
+        let signer = IdentitySigner::new("s3cret");
+        let token = signer.sign("maria@example.com", 2_000);
+        assert_eq!(
+            signer.verify(&token, 1_000.0),
+            Ok("maria@example.com".to_string())
+        );
+        assert_eq!(signer.verify(&token, 2_001.0), Err(SignatureError::Expired));
+        assert_eq!(
+            signer.verify("maria@example.com", 1_000.0),
+            Err(SignatureError::Unsigned)
+        );
+        let forged = token.replacen("maria", "mario", 1);
+        assert_eq!(
+            signer.verify(&forged, 1_000.0),
+            Err(SignatureError::BadSignature)
+        );
+        let other = IdentitySigner::new("other").sign("maria@example.com", 2_000);
+        assert_eq!(
+            signer.verify(&other, 1_000.0),
+            Err(SignatureError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn recognises_unresolved_dify_variables() {
+        assert!(is_unresolved_variable("{{session_id}}"));
+        assert!(is_unresolved_variable(" {{#sys.user_id#}} "));
+        assert!(!is_unresolved_variable("ps_1"));
+    }
+}

@@ -1,0 +1,131 @@
+//! The HTTP surface: Dify's `/retrieval`, the webhook receiver, and operator routes.
+
+pub mod admin;
+pub mod auth;
+pub mod error;
+pub mod filter;
+pub mod identity;
+pub mod records;
+pub mod retrieval;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::ingest::Ingestor;
+use crate::ingest::sse::StreamStatus;
+use crate::ingest::webhook::{self, WebhookSettings};
+use crate::session::store::SessionStore;
+use crate::telemetry::{HttpLabels, Metrics, RouteLabels};
+use auth::ApiKeys;
+use error::{ApiError, codes};
+use identity::IdentityPolicy;
+
+/// The `Server` header every response carries.
+pub const SERVER_HEADER: &str = concat!("livectx/", env!("CARGO_PKG_VERSION"));
+
+/// Everything the HTTP handlers share.
+pub struct ApiContext {
+    pub store: Arc<dyn SessionStore>,
+    pub metrics: Arc<Metrics>,
+    pub ingestor: Arc<Ingestor>,
+    /// Keys for `/retrieval` (empty: open).
+    pub api_keys: ApiKeys,
+    pub identity: IdentityPolicy,
+    /// How far back the activity record looks.
+    pub activity_window: Duration,
+    pub webhook: Option<WebhookSettings>,
+    pub streams: Vec<Arc<StreamStatus>>,
+    pub summarizer_engine: String,
+    /// Server clock at start.
+    pub started_at: f64,
+}
+
+/// Shared handler state.
+pub type ApiState = Arc<ApiContext>;
+
+/// The full router, with metrics, the `Server` header, and JSON errors for unknown routes,
+/// wrong methods and panics.
+pub fn router(state: ApiState) -> Router {
+    let mut app = Router::new()
+        .route("/retrieval", post(retrieval::retrieve))
+        .route("//retrieval", post(retrieval::retrieve))
+        .route("/retrieval/retrieval", post(retrieval::retrieve))
+        .route("/healthz", get(admin::healthz))
+        .route("/readyz", get(admin::readyz))
+        .route("/metrics", get(admin::metrics));
+    if state.webhook.is_some() {
+        app = app.route(webhook::PATH, post(webhook::receive));
+    }
+    app.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            track_http,
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::SERVER,
+            HeaderValue::from_static(SERVER_HEADER),
+        ))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    let hint = if uri.path().ends_with("/retrieval") {
+        "; Dify's External Knowledge API is POST /retrieval: register only the base URL in Dify"
+    } else if uri.path().starts_with("/webhooks/") {
+        "; the webhook receiver is off until AUTOPLAY_WEBHOOK_SECRET is set"
+    } else {
+        ""
+    };
+    ApiError::not_found(format!("no route for {method} {}{hint}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        codes::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked; answered 500");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        codes::INTERNAL,
+        "internal error",
+    )
+    .into_response()
+}
+
+/// Count every request by route pattern and status, and time it.
+async fn track_http(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let m = &state.metrics;
+    m.http_requests
+        .get_or_create(&HttpLabels {
+            route: route.clone(),
+            status: response.status().as_u16(),
+        })
+        .inc();
+    m.http_request_duration
+        .get_or_create(&RouteLabels { route })
+        .observe(elapsed);
+    response
+}

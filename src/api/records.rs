@@ -1,0 +1,326 @@
+//! Turning one session into knowledge records, the way Dify consumes them.
+//!
+//! Dify joins only each record's `content` into the prompt, sorted by score, so every record
+//! carries its own header line (what it is, when). The activity record always comes first with
+//! score 1.0; the summary and the raw chunks are scored by how well their text matches the
+//! question, blended with recency, and every score stays inside 0..1.
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::clock::{format_rfc3339, format_utc, format_utc_time};
+use crate::session::activity::{ACTIVITY_HEADER, render_activity};
+use crate::session::model::{Chunk, Session, Summary};
+
+/// Score of the activity record: it always ranks first and survives any threshold.
+pub const ACTIVITY_SCORE: f64 = 1.0;
+/// Scores of other records: `BASE + RELEVANCE_WEIGHT * relevance + RECENCY_WEIGHT * recency`.
+const BASE: f64 = 0.45;
+const RELEVANCE_WEIGHT: f64 = 0.35;
+const RECENCY_WEIGHT: f64 = 0.19;
+/// Each older chunk's recency is this factor of the next newer one.
+const RECENCY_DECAY: f64 = 0.85;
+/// The summary's recency: older than the newest raw chunk, but it covers everything.
+const SUMMARY_RECENCY: f64 = 0.6;
+
+/// Which kind of record (metadata `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    Activity,
+    Summary,
+    Actions,
+}
+
+/// One record as Dify's External Knowledge API returns it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Record {
+    pub content: String,
+    pub score: f64,
+    pub title: String,
+    pub metadata: Map<String, Value>,
+}
+
+impl Record {
+    pub fn kind(&self) -> Option<&str> {
+        self.metadata.get("kind").and_then(Value::as_str)
+    }
+}
+
+/// Every candidate record of a session, best first (activity, then by score).
+pub fn session_records(
+    session: &Session,
+    question: &str,
+    now: f64,
+    window_secs: f64,
+) -> Vec<Record> {
+    let terms = terms_of(question);
+    let mut records = Vec::with_capacity(session.chunks.len() + 2);
+    records.push(activity_record(session, now, window_secs));
+    if let Some(summary) = &session.summary {
+        let content = summary_content(summary);
+        let score = blend(relevance(&terms, &content), SUMMARY_RECENCY);
+        records.push(summary_record(session, summary, content, score));
+    }
+    for (age, chunk) in session.chunks.iter().rev().enumerate() {
+        let content = chunk_content(chunk);
+        let recency = RECENCY_DECAY.powi(age.min(200) as i32);
+        let score = blend(relevance(&terms, &content), recency);
+        records.push(chunk_record(session, chunk, content, score));
+    }
+    records[1..].sort_by(|a, b| b.score.total_cmp(&a.score));
+    records
+}
+
+/// Apply Dify's `score_threshold` (never to the activity record) and `top_k`.
+pub fn select(mut records: Vec<Record>, score_threshold: f64, top_k: usize) -> Vec<Record> {
+    records.retain(|r| r.kind() == Some("activity") || r.score >= score_threshold);
+    records.sort_by(|a, b| b.score.total_cmp(&a.score));
+    records.truncate(top_k);
+    records
+}
+
+/// All the text a chatbot needs, joined the way Dify joins records (newline-separated).
+pub fn join_content(records: &[Record]) -> String {
+    records
+        .iter()
+        .map(|r| r.content.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn blend(relevance: f64, recency: f64) -> f64 {
+    let score = BASE + RELEVANCE_WEIGHT * relevance + RECENCY_WEIGHT * recency;
+    (score.clamp(0.0, 0.99) * 10_000.0).round() / 10_000.0
+}
+
+fn base_metadata(
+    session: &Session,
+    kind: RecordKind,
+    id_suffix: &str,
+    from: f64,
+    to: f64,
+) -> Map<String, Value> {
+    let document_id = format!("{}:{id_suffix}", session.id);
+    let mut m = Map::new();
+    m.insert("document_id".into(), json!(document_id));
+    m.insert("doc_id".into(), json!(document_id));
+    m.insert("session_id".into(), json!(session.id.as_str()));
+    m.insert("kind".into(), json!(kind));
+    if let Some(product) = &session.product_id {
+        m.insert("product_id".into(), json!(product));
+    }
+    m.insert("start_time".into(), json!(format_rfc3339(from)));
+    m.insert("end_time".into(), json!(format_rfc3339(to)));
+    m.insert("start_ts".into(), json!(from.floor() as i64));
+    m.insert("end_ts".into(), json!(to.ceil() as i64));
+    m
+}
+
+fn activity_record(session: &Session, now: f64, window_secs: f64) -> Record {
+    let content = render_activity(session, now, window_secs);
+    let last = session.last_activity();
+    let mut metadata = base_metadata(
+        session,
+        RecordKind::Activity,
+        "activity",
+        last - window_secs,
+        last,
+    );
+    metadata.insert("generated_at".into(), json!(format_rfc3339(now)));
+    Record {
+        content,
+        score: ACTIVITY_SCORE,
+        title: ACTIVITY_HEADER.to_string(),
+        metadata,
+    }
+}
+
+fn summary_content(summary: &Summary) -> String {
+    format!(
+        "Summary of this user's earlier activity in this session ({} summarizer, {} actions, {} to {}):\n{}",
+        summary.source.as_str(),
+        summary.covered_actions,
+        format_utc(summary.first_ts),
+        format_utc(summary.last_ts),
+        summary.text.trim()
+    )
+}
+
+fn summary_record(session: &Session, summary: &Summary, content: String, score: f64) -> Record {
+    let mut metadata = base_metadata(
+        session,
+        RecordKind::Summary,
+        &format!("summary:{}", summary.generation),
+        summary.first_ts,
+        summary.last_ts,
+    );
+    metadata.insert("summarizer".into(), json!(summary.source.as_str()));
+    metadata.insert(
+        "covers_through_seq".into(),
+        json!(summary.covers_through_seq),
+    );
+    metadata.insert("action_count".into(), json!(summary.covered_actions));
+    Record {
+        content,
+        score,
+        title: format!("Session summary ({})", summary.source.as_str()),
+        metadata,
+    }
+}
+
+fn chunk_content(chunk: &Chunk) -> String {
+    let mut content = format!(
+        "User actions in this session from {} to {} UTC ({} on {}, batch {}):",
+        format_utc_time(chunk.first_ts),
+        format_utc_time(chunk.last_ts),
+        plural(chunk.actions.len(), "action"),
+        format_utc(chunk.first_ts)
+            .split(' ')
+            .next()
+            .unwrap_or_default(),
+        chunk.seq
+    );
+    for action in chunk.actions.iter() {
+        content.push_str("\n- ");
+        content.push_str(&action.describe());
+    }
+    if chunk.actions.is_empty() {
+        content.push_str("\n(no actions in this batch)");
+    }
+    content
+}
+
+fn chunk_record(session: &Session, chunk: &Chunk, content: String, score: f64) -> Record {
+    let mut metadata = base_metadata(
+        session,
+        RecordKind::Actions,
+        &format!("chunk:{}", chunk.seq),
+        chunk.first_ts,
+        chunk.last_ts,
+    );
+    metadata.insert("seq".into(), json!(chunk.seq));
+    metadata.insert("action_count".into(), json!(chunk.actions.len()));
+    Record {
+        content,
+        score,
+        title: format!("User actions at {}", format_utc(chunk.first_ts)),
+        metadata,
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// Words too common to say anything about relevance.
+const STOPWORDS: &[&str] = &[
+    "the", "and", "for", "are", "but", "not", "you", "your", "with", "this", "that", "have",
+    "from", "they", "what", "how", "can", "where", "when", "which", "who", "why", "was", "were",
+    "will", "would", "could", "should", "there", "their", "about", "into", "does", "did", "doing",
+    "just", "get", "got", "want", "need", "please", "help", "user",
+];
+
+/// Lower-cased word terms of a text (3+ characters, no stopwords), deduplicated.
+pub fn terms_of(text: &str) -> Vec<String> {
+    let mut seen = HashSet::new();
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.chars().count() >= 3)
+        .map(str::to_lowercase)
+        .filter(|w| !STOPWORDS.contains(&w.as_str()))
+        .filter(|w| seen.insert(w.clone()))
+        .take(32)
+        .collect()
+}
+
+/// Share of the question's terms that occur in `content` (prefix match, so "project" finds
+/// "projects"), in 0..1; 0 for a question without terms.
+pub fn relevance(terms: &[String], content: &str) -> f64 {
+    if terms.is_empty() {
+        return 0.0;
+    }
+    let words: HashSet<String> = content
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.len() >= 3)
+        .map(str::to_lowercase)
+        .collect();
+    let hits = terms
+        .iter()
+        .filter(|t| {
+            words
+                .iter()
+                .any(|w| w.starts_with(t.as_str()) || t.starts_with(w.as_str()) && w.len() >= 4)
+        })
+        .count();
+    hits as f64 / terms.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::model::tests::{action, batch};
+    use crate::session::model::{SessionId, SessionLimits};
+
+    fn session() -> Session {
+        let mut s = Session::new(SessionId::parse("s1").unwrap(), 0.0);
+        let limits = SessionLimits { max_chunks: 50 };
+        s.append(
+            batch(
+                "s1",
+                vec![action("pageview", "Page Load: Billing", "/billing", 100.0)],
+            ),
+            100.0,
+            limits,
+        );
+        s.append(
+            batch(
+                "s1",
+                vec![action("click", "Click Export CSV", "/reports", 110.0)],
+            ),
+            110.0,
+            limits,
+        );
+        s
+    }
+
+    #[test]
+    fn activity_first_then_relevance_and_recency() {
+        let records = session_records(&session(), "how do I export a csv?", 120.0, 120.0);
+        assert_eq!(records[0].kind(), Some("activity"));
+        assert_eq!(records[0].score, 1.0);
+        assert!(
+            records[1].content.contains("Export CSV"),
+            "{:?}",
+            records[1]
+        );
+        assert!(records.iter().all(|r| (0.0..=1.0).contains(&r.score)));
+        let ids: HashSet<&str> = records
+            .iter()
+            .map(|r| r.metadata["document_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), records.len(), "unique document ids");
+    }
+
+    #[test]
+    fn threshold_never_drops_the_activity_record_and_top_k_cuts() {
+        let records = session_records(&session(), "", 120.0, 120.0);
+        let selected = select(records.clone(), 0.999, 5);
+        assert_eq!(selected.len(), 1);
+        assert_eq!(selected[0].kind(), Some("activity"));
+        assert_eq!(select(records, 0.0, 2).len(), 2);
+    }
+
+    #[test]
+    fn terms_skip_stopwords_and_short_words() {
+        assert_eq!(
+            terms_of("How do I find the Notifications page?"),
+            ["find", "notifications", "page"]
+        );
+    }
+}

@@ -1,0 +1,506 @@
+//! `POST /retrieval`: Dify's External Knowledge API, as Dify's code really calls it.
+//!
+//! - Lenient body: no `Content-Type` needed; an empty body or empty `knowledge_id` is Dify's
+//!   registration probe and gets `200 {"records": []}`.
+//! - Served at `/retrieval`, `//retrieval` and `/retrieval/retrieval` (Dify concatenates the
+//!   registered URL and `/retrieval`), never redirected (Dify would turn the POST into a GET).
+//! - The user is found, in order, from (a) a `metadata_condition` on `session_id`, `email` or
+//!   `user_id`; (b) the first line of `query`; (c) `knowledge_id` itself. The first channel that
+//!   carries an identifier decides; an unresolved Dify variable counts as absent.
+//! - Side-effect free: Dify retries the same request up to three times.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::api::ApiState;
+use crate::api::auth::KeyError;
+use crate::api::error::{ApiError, codes, read_body};
+use crate::api::filter::MetadataCondition;
+use crate::api::identity::{
+    Claim, ClaimKind, ClaimOutcome, IdentityResolver, SignatureError, Via, is_unresolved_variable,
+};
+use crate::api::records::{Record, select, session_records};
+use crate::clock;
+use crate::session::model::{MAX_ID_LEN, Session};
+use crate::session::store::StoreError;
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// `top_k` when Dify sends `null`.
+pub const DEFAULT_TOP_K: usize = 5;
+/// Largest `top_k` honoured.
+pub const MAX_TOP_K: usize = 50;
+
+/// A parsed retrieval request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetrievalRequest {
+    pub knowledge_id: String,
+    pub query: String,
+    pub top_k: usize,
+    pub score_threshold: f64,
+    pub metadata_condition: Option<MetadataCondition>,
+}
+
+/// What a body turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParsedRequest {
+    /// Dify's registration probe (no body, or an empty `knowledge_id`).
+    Probe,
+    Retrieve(RetrievalRequest),
+}
+
+/// Parse a request body leniently; refuse only what cannot be a Dify request.
+pub fn parse_request(bytes: &[u8]) -> Result<ParsedRequest, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ParsedRequest::Probe);
+    }
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
+    let Value::Object(body) = value else {
+        return Err(ApiError::bad_request(
+            "request body must be a JSON object like {\"knowledge_id\": \"...\", \"query\": \"...\", \"retrieval_setting\": {\"top_k\": 5, \"score_threshold\": 0.5}}",
+        ));
+    };
+    let knowledge_id = text_field(body.get("knowledge_id"), "knowledge_id")?;
+    let query = text_field(body.get("query"), "query")?;
+    let (top_k, score_threshold) = match body.get("retrieval_setting") {
+        None | Some(Value::Null) => (DEFAULT_TOP_K, 0.0),
+        Some(Value::Object(setting)) => (
+            number_field(setting.get("top_k"), "retrieval_setting.top_k")?
+                .map_or(DEFAULT_TOP_K, |k| k.clamp(1.0, MAX_TOP_K as f64) as usize),
+            number_field(
+                setting.get("score_threshold"),
+                "retrieval_setting.score_threshold",
+            )?
+            .map_or(0.0, |t| t.clamp(0.0, 1.0)),
+        ),
+        Some(_) => return Err(ApiError::bad_request("retrieval_setting must be an object")),
+    };
+    let metadata_condition = match body.get("metadata_condition") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(MetadataCondition::parse(value)?),
+    };
+    if knowledge_id.trim().is_empty() {
+        return Ok(ParsedRequest::Probe);
+    }
+    Ok(ParsedRequest::Retrieve(RetrievalRequest {
+        knowledge_id,
+        query,
+        top_k,
+        score_threshold,
+        metadata_condition,
+    }))
+}
+
+fn text_field(value: Option<&Value>, name: &str) -> Result<String, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(_) => Err(ApiError::bad_request(format!("{name} must be a string"))),
+    }
+}
+
+fn number_field(value: Option<&Value>, name: &str) -> Result<Option<f64>, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_f64().filter(|v| v.is_finite())),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<f64>()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("{name} must be a number"))),
+        Some(_) => Err(ApiError::bad_request(format!("{name} must be a number"))),
+    }
+}
+
+/// The first line of a query, read as an identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryIdentity {
+    /// `session_id: X`, `email: X`, `user_id: X`: decisive.
+    Explicit(ClaimKind, String),
+    /// A single token that may be an identifier, if the store knows it.
+    Candidate(String),
+    None,
+}
+
+/// Split a query into its identity line (if any) and the question.
+pub fn split_query(query: &str) -> (QueryIdentity, &str) {
+    let query = query.trim_start_matches(['\u{feff}', ' ', '\t', '\r', '\n']);
+    let (first, rest) = match query.find('\n') {
+        Some(i) => (&query[..i], &query[i + 1..]),
+        None => (query, ""),
+    };
+    let first = first.trim();
+    if let Some((key, value)) = first.split_once([':', '=']) {
+        let kind = match key
+            .trim()
+            .to_ascii_lowercase()
+            .replace([' ', '-'], "_")
+            .as_str()
+        {
+            "session_id" | "session" | "sessionid" => Some(ClaimKind::SessionId),
+            "email" | "user_email" => Some(ClaimKind::Email),
+            "user_id" | "userid" | "user" => Some(ClaimKind::UserId),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            let value = value.trim().trim_matches(['"', '\'', '`']).trim();
+            return (QueryIdentity::Explicit(kind, value.to_string()), rest);
+        }
+    }
+    if !first.is_empty() && first.len() <= MAX_ID_LEN * 2 && !first.contains(char::is_whitespace) {
+        let token = first.trim_matches(['"', '\'', '`']);
+        return (QueryIdentity::Candidate(token.to_string()), rest);
+    }
+    (QueryIdentity::None, query)
+}
+
+/// Which session a request is about, and the question that remains.
+pub struct Resolved<'q> {
+    pub session: Option<Arc<Session>>,
+    pub via: Option<Via>,
+    pub question: &'q str,
+    /// Conditions on fields other than the identity, to filter records with.
+    pub filter: Option<MetadataCondition>,
+}
+
+const IDENTITY_FIELDS: [(&str, ClaimKind); 3] = [
+    ("session_id", ClaimKind::SessionId),
+    ("user_id", ClaimKind::UserId),
+    ("email", ClaimKind::Email),
+];
+
+fn identity_kind(name: &str) -> Option<ClaimKind> {
+    IDENTITY_FIELDS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, k)| *k)
+}
+
+/// Resolve the user of a retrieval request (see the module docs for the order).
+pub async fn resolve_request<'q>(
+    state: &ApiState,
+    request: &'q RetrievalRequest,
+    now: f64,
+) -> Result<Resolved<'q>, StoreError> {
+    let resolver = IdentityResolver {
+        store: state.store.as_ref(),
+        policy: &state.identity,
+        metrics: &state.metrics,
+    };
+    let knowledge_id = request.knowledge_id.trim();
+    let product = if !knowledge_id.is_empty() && state.store.has_product(knowledge_id).await? {
+        Some(knowledge_id)
+    } else {
+        None
+    };
+    let (query_identity, rest) = split_query(&request.query);
+
+    // (a) metadata conditions naming the user.
+    let mut filter = request.metadata_condition.clone();
+    let mut metadata_claims = Vec::new();
+    if let Some(condition) = filter.as_mut() {
+        condition.conditions.retain(|c| {
+            let identity =
+                c.is_equality() && c.names.len() == 1 && identity_kind(&c.names[0]).is_some();
+            if identity {
+                metadata_claims.push(c.clone());
+            }
+            !identity
+        });
+    }
+    metadata_claims.sort_by_key(|c| IDENTITY_FIELDS.iter().position(|(n, _)| *n == c.names[0]));
+    let mut decided = false;
+    for condition in &metadata_claims {
+        let Some(kind) = identity_kind(&condition.names[0]) else {
+            continue;
+        };
+        for value in condition.values() {
+            let claim = Claim {
+                kind,
+                value,
+                via: Via::Metadata,
+            };
+            match resolver.resolve(&claim, product, now).await? {
+                ClaimOutcome::Found(session) => {
+                    return Ok(Resolved {
+                        session: Some(session),
+                        via: Some(Via::Metadata),
+                        question: query_question(&query_identity, rest, &request.query),
+                        filter,
+                    });
+                }
+                ClaimOutcome::Rejected("unresolved_variable") => {}
+                ClaimOutcome::Unknown | ClaimOutcome::Rejected(_) => decided = true,
+            }
+        }
+    }
+    if decided {
+        return Ok(Resolved {
+            session: None,
+            via: Some(Via::Metadata),
+            question: &request.query,
+            filter,
+        });
+    }
+
+    // (b) the first line of the query.
+    match &query_identity {
+        QueryIdentity::Explicit(kind, value) => {
+            let claim = Claim {
+                kind: *kind,
+                value: value.clone(),
+                via: Via::Query,
+            };
+            match resolver.resolve(&claim, product, now).await? {
+                ClaimOutcome::Found(session) => {
+                    return Ok(Resolved {
+                        session: Some(session),
+                        via: Some(Via::Query),
+                        question: rest,
+                        filter,
+                    });
+                }
+                ClaimOutcome::Rejected("unresolved_variable") => {}
+                _ => {
+                    return Ok(Resolved {
+                        session: None,
+                        via: Some(Via::Query),
+                        question: rest,
+                        filter,
+                    });
+                }
+            }
+        }
+        QueryIdentity::Candidate(token) => {
+            let claim = Claim {
+                kind: ClaimKind::Any,
+                value: token.clone(),
+                via: Via::Query,
+            };
+            match resolver.resolve(&claim, product, now).await? {
+                ClaimOutcome::Found(session) => {
+                    return Ok(Resolved {
+                        session: Some(session),
+                        via: Some(Via::Query),
+                        question: rest,
+                        filter,
+                    });
+                }
+                // A token that carries a signature but fails it is an identity attempt: decisive.
+                ClaimOutcome::Rejected(reason)
+                    if reason == SignatureError::BadSignature.reason()
+                        || reason == SignatureError::Expired.reason() =>
+                {
+                    return Ok(Resolved {
+                        session: None,
+                        via: Some(Via::Query),
+                        question: rest,
+                        filter,
+                    });
+                }
+                _ => {}
+            }
+        }
+        QueryIdentity::None => {}
+    }
+
+    // (c) the knowledge id itself.
+    if product.is_none() && !knowledge_id.is_empty() {
+        let claim = Claim {
+            kind: ClaimKind::Any,
+            value: knowledge_id.to_string(),
+            via: Via::KnowledgeId,
+        };
+        if let ClaimOutcome::Found(session) = resolver.resolve(&claim, None, now).await? {
+            return Ok(Resolved {
+                session: Some(session),
+                via: Some(Via::KnowledgeId),
+                question: &request.query,
+                filter,
+            });
+        }
+    } else if is_unresolved_variable(knowledge_id) {
+        tracing::warn!("knowledge_id is an unresolved Dify variable");
+    }
+    Ok(Resolved {
+        session: None,
+        via: None,
+        question: &request.query,
+        filter,
+    })
+}
+
+fn query_question<'q>(identity: &QueryIdentity, rest: &'q str, whole: &'q str) -> &'q str {
+    match identity {
+        QueryIdentity::Explicit(..) => rest,
+        _ => whole,
+    }
+}
+
+/// The records for one session: activity first, filtered, thresholded, cut to `top_k`.
+pub fn records_for(
+    state: &ApiState,
+    session: &Session,
+    question: &str,
+    filter: Option<&MetadataCondition>,
+    score_threshold: f64,
+    top_k: usize,
+    now: f64,
+) -> Vec<Record> {
+    let mut records = session_records(session, question, now, state.activity_window.as_secs_f64());
+    if let Some(filter) = filter {
+        records.retain(|r| filter.matches(&r.metadata));
+    }
+    select(records, score_threshold, top_k)
+}
+
+/// Check the `Authorization` header the way Dify expects (403 for every key problem).
+pub fn check_key(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match state.api_keys.check(headers.get(header::AUTHORIZATION)) {
+        Ok(()) => Ok(()),
+        Err(KeyError::Missing) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            codes::MALFORMED_AUTHORIZATION,
+            "missing or malformed Authorization header: expected \"Authorization: Bearer <key>\"",
+        )),
+        Err(KeyError::Wrong) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            codes::AUTHORIZATION_FAILED,
+            "authorization failed: the API key is not one of LIVECTX_API_KEY",
+        )),
+    }
+}
+
+/// `POST /retrieval`.
+pub async fn retrieve(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
+    match retrieve_inner(&state, &headers, body).await {
+        Ok(records) => Json(json!({ "records": records })).into_response(),
+        Err(error) => {
+            tracing::warn!(status = error.status.as_u16(), code = error.code, message = %error.message, "retrieval refused");
+            error.into_response()
+        }
+    }
+}
+
+async fn retrieve_inner(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Vec<Record>, ApiError> {
+    check_key(state, headers)?;
+    let bytes = read_body(body, BODY_LIMIT).await?;
+    let request = match parse_request(&bytes)? {
+        ParsedRequest::Probe => {
+            tracing::info!("answered Dify's registration probe");
+            return Ok(Vec::new());
+        }
+        ParsedRequest::Retrieve(request) => request,
+    };
+    let now = clock::now();
+    let resolved = match resolve_request(state, &request, now).await {
+        Ok(resolved) => resolved,
+        Err(error) => {
+            // Never a 5xx storm: Dify would retry three times. Answer with nothing, loudly.
+            state.metrics.store_error("retrieval");
+            tracing::warn!(%error, "storage unavailable during retrieval; answering with no records");
+            return Ok(Vec::new());
+        }
+    };
+    let Some(session) = resolved.session else {
+        tracing::debug!(
+            via = resolved.via.map(Via::as_str),
+            "no session for this request"
+        );
+        return Ok(Vec::new());
+    };
+    let records = records_for(
+        state,
+        &session,
+        resolved.question,
+        resolved.filter.as_ref(),
+        request.score_threshold,
+        request.top_k,
+        now,
+    );
+    tracing::debug!(session = %session.id, via = resolved.via.map(Via::as_str), records = records.len(), "retrieval answered");
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_are_recognised() {
+        assert_eq!(parse_request(b""), Ok(ParsedRequest::Probe));
+        assert_eq!(parse_request(b"  \n"), Ok(ParsedRequest::Probe));
+        let newer = br#"{"knowledge_id": "", "query": "", "retrieval_setting": {"top_k": 1, "score_threshold": 0.0}}"#;
+        assert_eq!(parse_request(newer), Ok(ParsedRequest::Probe));
+    }
+
+    #[test]
+    fn settings_are_defaulted_and_clamped() {
+        let body = br#"{"knowledge_id": "k", "query": "q", "retrieval_setting": {"top_k": null, "score_threshold": 2}}"#;
+        let ParsedRequest::Retrieve(r) = parse_request(body).unwrap() else {
+            panic!()
+        };
+        assert_eq!((r.top_k, r.score_threshold), (DEFAULT_TOP_K, 1.0));
+        let body = br#"{"knowledge_id": "k", "retrieval_setting": {"top_k": 500}}"#;
+        let ParsedRequest::Retrieve(r) = parse_request(body).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.top_k, MAX_TOP_K);
+    }
+
+    #[test]
+    fn garbage_is_a_readable_400() {
+        for body in [
+            &b"{not json"[..],
+            b"[1]",
+            br#"{"knowledge_id": {"a": 1}}"#,
+            br#"{"knowledge_id": "k", "retrieval_setting": {"top_k": "many"}}"#,
+        ] {
+            let error = parse_request(body).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{error}");
+        }
+    }
+
+    #[test]
+    fn query_identity_lines() {
+        assert_eq!(
+            split_query("session_id: ps_1\nwhere are my alerts?"),
+            (
+                QueryIdentity::Explicit(ClaimKind::SessionId, "ps_1".into()),
+                "where are my alerts?"
+            )
+        );
+        assert_eq!(
+            split_query("Email = \"Maria@X.com\"\nhi"),
+            (
+                QueryIdentity::Explicit(ClaimKind::Email, "Maria@X.com".into()),
+                "hi"
+            )
+        );
+        assert_eq!(
+            split_query("ps_1\nhelp"),
+            (QueryIdentity::Candidate("ps_1".into()), "help")
+        );
+        assert_eq!(
+            split_query("where are my alerts?"),
+            (QueryIdentity::None, "where are my alerts?")
+        );
+        assert_eq!(
+            split_query("note: this is a question"),
+            (QueryIdentity::None, "note: this is a question")
+        );
+    }
+}

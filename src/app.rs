@@ -1,0 +1,342 @@
+//! Start-up and shutdown: build every part from a [`ServeConfig`], bind, run until stopped.
+//!
+//! Integration tests use exactly this: [`Application::build`] on port 0, then
+//! [`Application::run_until_stopped`] in a task, then plain HTTP against [`Application::port`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::auth::ApiKeys;
+use crate::api::identity::{IdentityPolicy, IdentitySigner};
+use crate::api::{self, ApiContext, ApiState};
+use crate::clock;
+use crate::cluster::Leadership;
+use crate::config::ServeConfig;
+use crate::ingest::Ingestor;
+use crate::ingest::sse::{StreamConfig, StreamConsumer, StreamHandle};
+use crate::ingest::webhook::WebhookSettings;
+use crate::session::memory::MemoryStore;
+use crate::session::model::SessionLimits;
+use crate::session::store::{SessionStore, StoreConfig};
+use crate::session::summarizer::{LlmConfig, Summarizer, SummarizerConfig};
+use crate::telemetry::Metrics;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Parts a caller may supply instead of the defaults (tests, the demo, Redis mode).
+#[derive(Default)]
+pub struct Overrides {
+    /// Use this store instead of a fresh in-memory one.
+    pub store: Option<Arc<dyn SessionStore>>,
+    /// Decide stream leadership (Redis mode).
+    pub leadership: Option<Arc<dyn Leadership>>,
+    /// Use this metrics registry.
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+/// A built, bound, not yet running server.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: ApiState,
+    shutdown: CancellationToken,
+    streams: Vec<StreamHandle>,
+    background: Vec<JoinHandle<()>>,
+    shutdown_timeout: Duration,
+}
+
+impl Application {
+    /// Build with the default parts.
+    pub async fn build(config: ServeConfig) -> Result<Self, StartupError> {
+        Self::build_with(config, Overrides::default()).await
+    }
+
+    /// Build, with some parts supplied by the caller.
+    pub async fn build_with(
+        config: ServeConfig,
+        overrides: Overrides,
+    ) -> Result<Self, StartupError> {
+        let metrics = overrides.metrics.unwrap_or_default();
+        let store: Arc<dyn SessionStore> = match overrides.store {
+            Some(store) => store,
+            None => Arc::new(MemoryStore::new(store_config(&config))),
+        };
+        let shutdown = CancellationToken::new();
+        let mut background = Vec::new();
+
+        let summarizer = Summarizer::new(
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+            summarizer_config(&config)?,
+        )
+        .map_err(|e| StartupError::Config(e.to_string()))?;
+        background.push(summarizer.spawn(shutdown.child_token()));
+        let engine = summarizer.engine_name();
+
+        let ingestor = Arc::new(Ingestor::new(
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+            Some(summarizer),
+            Duration::from_millis(config.debounce_ms),
+        ));
+        if let Some(tick) = ingestor.debounce_tick() {
+            background.push(spawn_debounce_sweeper(
+                Arc::clone(&ingestor),
+                tick,
+                shutdown.child_token(),
+            ));
+        }
+        background.push(spawn_expiry_sweeper(
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+            config.session_ttl,
+            shutdown.child_token(),
+        ));
+
+        let token = config.stream_token();
+        let mut streams = Vec::new();
+        for url in config.streams() {
+            let mut stream_config = StreamConfig::new(url, token.clone());
+            stream_config.watchdog = config.stream_watchdog;
+            stream_config.config_error_retry = config.config_error_retry;
+            stream_config.queue_capacity = config.ingest_queue;
+            stream_config.max_frame_bytes = config.max_frame_bytes;
+            let consumer = StreamConsumer::new(
+                stream_config,
+                Arc::clone(&ingestor),
+                Arc::clone(&metrics),
+                overrides.leadership.clone(),
+            )
+            .map_err(|e| StartupError::Config(format!("cannot build the stream client: {e}")))?;
+            streams.push(consumer.spawn(shutdown.child_token()));
+        }
+        if streams.is_empty() && config.webhook_secret.is_none() {
+            tracing::warn!(
+                "no AUTOPLAY_STREAM_URL and no AUTOPLAY_WEBHOOK_SECRET: nothing will feed activity into livectx"
+            );
+        }
+
+        let api_keys = ApiKeys::new(&config.api_keys);
+        if api_keys.is_open() {
+            tracing::warn!(
+                "LIVECTX_API_KEY is not set: /retrieval answers anyone who can reach it"
+            );
+        }
+        let state: ApiState = Arc::new(ApiContext {
+            store: Arc::clone(&store),
+            metrics: Arc::clone(&metrics),
+            ingestor,
+            api_keys,
+            identity: IdentityPolicy {
+                signer: config.identity_secret.as_deref().map(IdentitySigner::new),
+                email_lookup: !config.no_email_lookup,
+            },
+            activity_window: config.activity_window,
+            webhook: config
+                .webhook_secret
+                .as_ref()
+                .map(|secret| WebhookSettings {
+                    secret: secret.clone(),
+                    dedupe_window: config.webhook_dedupe_window,
+                }),
+            streams: streams.iter().map(|s| Arc::clone(&s.status)).collect(),
+            summarizer_engine: engine,
+            started_at: clock::now(),
+        });
+
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| StartupError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        tracing::info!(
+            %addr,
+            store = store.backend(),
+            summarizer = %state.summarizer_engine,
+            streams = state.streams.len(),
+            webhook = state.webhook.is_some(),
+            "livectx is listening"
+        );
+        Ok(Self {
+            listener,
+            addr,
+            state,
+            shutdown,
+            streams,
+            background,
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    /// The bound port (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Cancel this token to stop the server gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The shared state (store, metrics, ...), for tests and embedding.
+    pub fn state(&self) -> ApiState {
+        Arc::clone(&self.state)
+    }
+
+    /// Serve until the shutdown token is cancelled, then stop in order: stop accepting and
+    /// finish in-flight requests, stop the streams (draining what they read), flush debounced
+    /// batches. Bounded by the shutdown timeout.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let Self {
+            listener,
+            state,
+            shutdown,
+            streams,
+            background,
+            shutdown_timeout,
+            ..
+        } = self;
+        let router = api::router(Arc::clone(&state));
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let grace = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(shutdown_timeout).await;
+        };
+        tokio::select! {
+            result = server => result?,
+            () = grace => tracing::warn!("in-flight requests did not finish within the shutdown timeout"),
+        }
+        let deadline = tokio::time::Instant::now() + shutdown_timeout;
+        for stream in streams {
+            if tokio::time::timeout_at(deadline, stream.task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a stream consumer did not stop in time");
+            }
+        }
+        let flushed = state.ingestor.flush_due(true).await;
+        if flushed > 0 {
+            tracing::info!(flushed, "flushed debounced batches");
+        }
+        for task in background {
+            task.abort();
+        }
+        tracing::info!("livectx stopped");
+        Ok(())
+    }
+}
+
+/// Store bounds from the configuration.
+pub fn store_config(config: &ServeConfig) -> StoreConfig {
+    StoreConfig {
+        max_sessions: usize::try_from(config.max_sessions).unwrap_or(usize::MAX),
+        session_ttl: config.session_ttl,
+        limits: SessionLimits {
+            max_chunks: config.max_chunks as usize,
+        },
+    }
+}
+
+fn summarizer_config(config: &ServeConfig) -> Result<SummarizerConfig, StartupError> {
+    let llm = match config.llm_base_url() {
+        Some(base_url) => Some(LlmConfig {
+            base_url,
+            api_key: config
+                .openai_api_key
+                .as_deref()
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_string),
+            model: config.llm_model.clone(),
+            temperature: config.llm_temperature,
+            max_tokens: config.llm_max_tokens,
+            timeout: config.llm_timeout,
+            prompt_template: config.prompt_template().map_err(StartupError::Config)?,
+        }),
+        None => None,
+    };
+    Ok(SummarizerConfig {
+        threshold: config.summary_threshold as usize,
+        concurrency: config.llm_concurrency as usize,
+        retry_base: Duration::from_secs(2),
+        retry_max: Duration::from_secs(300),
+        llm,
+    })
+}
+
+fn spawn_debounce_sweeper(
+    ingestor: Arc<Ingestor>,
+    tick: Duration,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = interval.tick() => { ingestor.flush_due(false).await; }
+            }
+        }
+    })
+}
+
+fn spawn_expiry_sweeper(
+    store: Arc<dyn SessionStore>,
+    metrics: Arc<Metrics>,
+    ttl: Duration,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    let period = (ttl / 20).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = interval.tick() => match store.expire_idle(clock::now()).await {
+                    Ok(0) => {}
+                    Ok(expired) => {
+                        metrics.sessions_expired.inc_by(expired as u64);
+                        tracing::debug!(expired, "expired idle sessions");
+                    }
+                    Err(error) => {
+                        metrics.store_error("expire_idle");
+                        tracing::warn!(%error, "could not expire idle sessions");
+                    }
+                },
+            }
+        }
+    })
+}

@@ -1,0 +1,108 @@
+//! Time as the product sees it: Unix seconds as `f64` (the connector's own unit) and the few
+//! human formats the records use. Every rule that depends on time takes `now` as an argument,
+//! so tests and the simulator can drive it; only the edges call [`now`].
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The server clock, in Unix seconds.
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn to_system_time(ts: f64) -> Option<SystemTime> {
+    if !ts.is_finite() || ts < 0.0 || ts > 253_402_300_799.0 {
+        return None;
+    }
+    Some(UNIX_EPOCH + Duration::from_secs_f64(ts))
+}
+
+/// `2026-07-29 14:00:02 UTC` — what every record header uses, so a model can compare times.
+pub fn format_utc(ts: f64) -> String {
+    match to_system_time(ts) {
+        Some(t) => {
+            let text = humantime::format_rfc3339_seconds(t).to_string();
+            // 2026-07-29T14:00:02Z → 2026-07-29 14:00:02 UTC
+            format!("{} UTC", text.trim_end_matches('Z').replacen('T', " ", 1))
+        }
+        None => "unknown time".to_string(),
+    }
+}
+
+/// `14:00:02` (UTC) — for lists within one record whose header already names the day.
+pub fn format_utc_time(ts: f64) -> String {
+    let full = format_utc(ts);
+    match full.split_once(' ') {
+        Some((_, rest)) => rest.trim_end_matches(" UTC").to_string(),
+        None => full,
+    }
+}
+
+/// RFC 3339 with milliseconds, for machine-readable metadata.
+pub fn format_rfc3339(ts: f64) -> String {
+    match to_system_time(ts) {
+        Some(t) => humantime::format_rfc3339_millis(t).to_string(),
+        None => String::new(),
+    }
+}
+
+/// A duration for people: `45 s`, `3 min 5 s`, `2 h 10 min`, `3 days`.
+pub fn format_duration(secs: f64) -> String {
+    let secs = if secs.is_finite() { secs.max(0.0) } else { 0.0 };
+    let whole = secs.round() as u64;
+    match whole {
+        0..=59 => format!("{whole} s"),
+        60..=3599 => {
+            let (m, s) = (whole / 60, whole % 60);
+            if s == 0 {
+                format!("{m} min")
+            } else {
+                format!("{m} min {s} s")
+            }
+        }
+        3600..=172_799 => {
+            let (h, m) = (whole / 3600, (whole % 3600) / 60);
+            if m == 0 {
+                format!("{h} h")
+            } else {
+                format!("{h} h {m} min")
+            }
+        }
+        _ => format!("{} days", whole / 86_400),
+    }
+}
+
+/// Parse durations written like `90s`, `5m`, `24h`, `250ms` (for clap).
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw.trim())
+        .map_err(|e| format!("`{raw}` is not a duration like 90s, 5m or 24h: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(format_utc(1_785_333_602.114), "2026-07-29 14:00:02 UTC");
+        assert_eq!(format_utc_time(1_785_333_602.9), "14:00:02");
+        assert_eq!(format_utc(f64::NAN), "unknown time");
+    }
+
+    #[test]
+    fn formats_durations_for_people() {
+        assert_eq!(format_duration(4.4), "4 s");
+        assert_eq!(format_duration(125.0), "2 min 5 s");
+        assert_eq!(format_duration(7200.0), "2 h");
+        assert_eq!(format_duration(3.0 * 86_400.0), "3 days");
+        assert_eq!(format_duration(-5.0), "0 s");
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,348 @@
+//! Command line and environment: every setting is a flag with an environment variable, read
+//! once at start into typed values (durations parse `90s`, `5m`, `24h`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::clock::parse_duration;
+use crate::telemetry::LogFormat;
+
+/// livectx — live, per-session user activity for support chatbots (Dify External Knowledge
+/// API), fed by Autoplay's event stream or webhooks.
+#[derive(Debug, Parser)]
+#[command(name = "livectx", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: ingest Autoplay activity and answer Dify's /retrieval.
+    Serve(Box<ServeConfig>),
+    /// Print a signed identifier for LIVECTX_IDENTITY_SECRET deployments.
+    Sign(SignArgs),
+}
+
+/// Logging settings shared by the commands that run a server.
+#[derive(Debug, Clone, PartialEq, Args)]
+pub struct LogConfig {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, env = "LIVECTX_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Show end-user emails in logs unmasked (masked as m***@example.com by default).
+    #[arg(long, env = "LIVECTX_LOG_IDENTITIES")]
+    pub log_identities: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Text,
+            log_identities: false,
+        }
+    }
+}
+
+/// Settings of `livectx serve`.
+#[derive(Debug, Clone, PartialEq, Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "LIVECTX_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+
+    /// API keys Dify must send as "Authorization: Bearer <key>" (comma-separated; none = open).
+    #[arg(
+        long = "api-key",
+        env = "LIVECTX_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+
+    /// Raw chunks kept per session; beyond, the oldest are folded into the summary.
+    #[arg(long, env = "LIVECTX_MAX_CHUNKS", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_chunks: u32,
+
+    /// Sessions kept; beyond, the least recently active is evicted.
+    #[arg(long, env = "LIVECTX_MAX_SESSIONS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_sessions: u64,
+
+    /// Idle time after which a session expires.
+    #[arg(long, env = "LIVECTX_SESSION_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub session_ttl: Duration,
+
+    /// How far back the "Current User Activity" record looks.
+    #[arg(long, env = "LIVECTX_ACTIVITY_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    pub activity_window: Duration,
+
+    /// Autoplay stream URLs, https://<connector>/stream/<product_id> (comma-separated).
+    #[arg(
+        long = "stream-url",
+        env = "AUTOPLAY_STREAM_URL",
+        value_delimiter = ','
+    )]
+    pub stream_urls: Vec<String>,
+
+    /// Token for the stream ("Authorization: Bearer <token>").
+    #[arg(long, env = "AUTOPLAY_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Fallback for AUTOPLAY_API_TOKEN (the name older Autoplay docs use).
+    #[arg(
+        long,
+        env = "AUTOPLAY_APP_UNKEY_TOKEN",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub app_unkey_token: Option<String>,
+
+    /// Reconnect when the stream sends no byte (heartbeats included) for this long.
+    #[arg(long, env = "LIVECTX_STREAM_WATCHDOG", default_value = "90s", value_parser = parse_duration)]
+    pub stream_watchdog: Duration,
+
+    /// Wait after a stream configuration error (400/401/403/404) before retrying.
+    #[arg(long, env = "LIVECTX_CONFIG_ERROR_RETRY", default_value = "5m", value_parser = parse_duration)]
+    pub config_error_retry: Duration,
+
+    /// Frames buffered between the stream reader and processing; beyond, drops are counted.
+    #[arg(long, env = "LIVECTX_INGEST_QUEUE", default_value_t = 8192)]
+    pub ingest_queue: usize,
+
+    /// Largest SSE frame accepted; larger ones are skipped and counted.
+    #[arg(long, env = "LIVECTX_MAX_FRAME_BYTES", default_value_t = 1024 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Shared secret of the connector's webhook push; enables POST /webhooks/autoplay.
+    #[arg(long, env = "AUTOPLAY_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// Repeated webhook deliveries of the same body within this window are ignored.
+    #[arg(long, env = "LIVECTX_WEBHOOK_DEDUPE_WINDOW", default_value = "10m", value_parser = parse_duration)]
+    pub webhook_dedupe_window: Duration,
+
+    /// Merge a session's batches arriving within this many milliseconds into one chunk (0: off).
+    #[arg(long, env = "LIVECTX_DEBOUNCE_MS", default_value_t = 0)]
+    pub debounce_ms: u64,
+
+    /// Unsummarised actions that trigger a background summary of a session.
+    #[arg(long, env = "LIVECTX_SUMMARY_THRESHOLD", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub summary_threshold: u32,
+
+    /// LLM calls in flight at most.
+    #[arg(long, env = "LIVECTX_LLM_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub llm_concurrency: u32,
+
+    /// OpenAI-compatible API base (https://api.openai.com/v1, http://localhost:11434/v1 for Ollama, ...).
+    /// Setting it, or OPENAI_API_KEY, switches summaries from the built-in summarizer to the LLM.
+    #[arg(long, env = "OPENAI_BASE_URL")]
+    pub openai_base_url: Option<String>,
+
+    /// API key of the LLM endpoint.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<String>,
+
+    /// Model name.
+    #[arg(long, env = "LIVECTX_LLM_MODEL", default_value = "gpt-4o-mini")]
+    pub llm_model: String,
+
+    /// Sampling temperature.
+    #[arg(long, env = "LIVECTX_LLM_TEMPERATURE", default_value_t = 0.2)]
+    pub llm_temperature: f32,
+
+    /// Most tokens an LLM summary may use.
+    #[arg(long, env = "LIVECTX_LLM_MAX_TOKENS", default_value_t = 300)]
+    pub llm_max_tokens: u32,
+
+    /// Timeout of one LLM call.
+    #[arg(long, env = "LIVECTX_LLM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub llm_timeout: Duration,
+
+    /// Summary prompt template with {previous_summary} and {actions}; "@path" reads a file.
+    #[arg(long, env = "LIVECTX_SUMMARY_PROMPT")]
+    pub summary_prompt: Option<String>,
+
+    /// Require identifiers from end users (query line, metadata, MCP, REST) to be signed with
+    /// this secret (see `livectx sign`).
+    #[arg(long, env = "LIVECTX_IDENTITY_SECRET", hide_env_values = true)]
+    pub identity_secret: Option<String>,
+
+    /// Refuse email lookups (emails are guessable; session ids are not).
+    #[arg(long, env = "LIVECTX_NO_EMAIL_LOOKUP")]
+    pub no_email_lookup: bool,
+
+    /// Wait at most this long for in-flight requests and tasks on shutdown.
+    #[arg(long, env = "LIVECTX_SHUTDOWN_TIMEOUT", default_value = "8s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    #[command(flatten)]
+    pub log: LogConfig,
+}
+
+impl Default for ServeConfig {
+    /// The same values as the command line's defaults, without reading the environment
+    /// (tests and embedded uses must not pick up a developer's OPENAI_API_KEY).
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            api_keys: Vec::new(),
+            max_chunks: 50,
+            max_sessions: 100_000,
+            session_ttl: Duration::from_secs(24 * 3600),
+            activity_window: Duration::from_secs(120),
+            stream_urls: Vec::new(),
+            api_token: None,
+            app_unkey_token: None,
+            stream_watchdog: Duration::from_secs(90),
+            config_error_retry: Duration::from_secs(300),
+            ingest_queue: 8192,
+            max_frame_bytes: 1024 * 1024,
+            webhook_secret: None,
+            webhook_dedupe_window: Duration::from_secs(600),
+            debounce_ms: 0,
+            summary_threshold: 20,
+            llm_concurrency: 8,
+            openai_base_url: None,
+            openai_api_key: None,
+            llm_model: "gpt-4o-mini".to_string(),
+            llm_temperature: 0.2,
+            llm_max_tokens: 300,
+            llm_timeout: Duration::from_secs(30),
+            summary_prompt: None,
+            identity_secret: None,
+            no_email_lookup: false,
+            shutdown_timeout: Duration::from_secs(8),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// The public OpenAI endpoint, used when only OPENAI_API_KEY is set.
+pub const OPENAI_DEFAULT_BASE: &str = "https://api.openai.com/v1";
+
+impl ServeConfig {
+    /// The stream token: AUTOPLAY_API_TOKEN, else AUTOPLAY_APP_UNKEY_TOKEN, trimmed.
+    pub fn stream_token(&self) -> Option<String> {
+        [&self.api_token, &self.app_unkey_token]
+            .into_iter()
+            .flatten()
+            .map(|t| t.trim().to_string())
+            .find(|t| !t.is_empty())
+    }
+
+    /// Stream URLs, trimmed, blanks dropped.
+    pub fn streams(&self) -> Vec<String> {
+        self.stream_urls
+            .iter()
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
+    /// The LLM endpoint, when one is configured (a key, or an explicit base URL for local
+    /// servers that need no key).
+    pub fn llm_base_url(&self) -> Option<String> {
+        let key = self
+            .openai_api_key
+            .as_deref()
+            .map(str::trim)
+            .filter(|k| !k.is_empty());
+        let base = self
+            .openai_base_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|b| !b.is_empty());
+        match (base, key) {
+            (Some(base), _) => Some(base.to_string()),
+            (None, Some(_)) => Some(OPENAI_DEFAULT_BASE.to_string()),
+            (None, None) => None,
+        }
+    }
+
+    /// The summary prompt: inline text, a file (`@path`), or the default.
+    pub fn prompt_template(&self) -> Result<String, String> {
+        match self.summary_prompt.as_deref() {
+            None => Ok(crate::session::summarizer::DEFAULT_PROMPT.to_string()),
+            Some(path) if path.starts_with('@') => {
+                let path = PathBuf::from(&path[1..]);
+                std::fs::read_to_string(&path).map_err(|e| {
+                    format!(
+                        "cannot read LIVECTX_SUMMARY_PROMPT file {}: {e}",
+                        path.display()
+                    )
+                })
+            }
+            Some(text) => Ok(text.to_string()),
+        }
+    }
+}
+
+/// Settings of `livectx sign`.
+#[derive(Debug, Clone, Args)]
+pub struct SignArgs {
+    /// The identifier to sign (a session id, email or user id).
+    pub id: String,
+    /// The secret the server has as LIVECTX_IDENTITY_SECRET.
+    #[arg(long, env = "LIVECTX_IDENTITY_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// How long the signed identifier stays valid.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub ttl: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_command_line() {
+        let relevant = std::env::vars().any(|(k, _)| {
+            (k.starts_with("LIVECTX_") && k != "LIVECTX_TEST_REDIS_URL")
+                || k.starts_with("AUTOPLAY_")
+                || k.starts_with("OPENAI_")
+        });
+        if relevant {
+            eprintln!("skipped: livectx environment variables are set");
+            return;
+        }
+        let cli = Cli::try_parse_from(["livectx", "serve"]).unwrap();
+        let Command::Serve(parsed) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(*parsed, ServeConfig::default());
+    }
+
+    #[test]
+    fn llm_is_used_only_when_configured() {
+        let mut c = ServeConfig::default();
+        assert_eq!(c.llm_base_url(), None);
+        c.openai_api_key = Some("sk".into());
+        assert_eq!(c.llm_base_url().as_deref(), Some(OPENAI_DEFAULT_BASE));
+        c.openai_api_key = None;
+        c.openai_base_url = Some("http://127.0.0.1:11434/v1".into());
+        assert_eq!(
+            c.llm_base_url().as_deref(),
+            Some("http://127.0.0.1:11434/v1")
+        );
+    }
+
+    #[test]
+    fn token_falls_back_and_is_trimmed() {
+        let c = ServeConfig {
+            api_token: Some("  ".into()),
+            app_unkey_token: Some(" tok \n".into()),
+            ..ServeConfig::default()
+        };
+        assert_eq!(c.stream_token().as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,310 @@
+//! Getting Autoplay's activity into the store: the SSE stream consumer, the webhook receiver,
+//! and the payload handling both share ([`Ingestor`]).
+
+pub mod debounce;
+pub mod payload;
+pub mod sse;
+pub mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock;
+use crate::session::model::{ActionBatch, Gap, SessionId};
+use crate::session::store::{Fence, SessionStore, StoreError};
+use crate::session::summarizer::Summarizer;
+use crate::telemetry::{Metrics, PayloadLabels, Person};
+use debounce::Debouncer;
+use payload::Payload;
+
+/// Where a payload came from (a metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Sse,
+    Webhook,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sse => "sse",
+            Self::Webhook => "webhook",
+        }
+    }
+}
+
+/// Facts about the channel a payload arrived on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Channel<'a> {
+    /// The product of the stream URL, used when a payload omits `product_id`.
+    pub product_id: Option<&'a str>,
+    /// The stream lease this write is made under (Redis leadership).
+    pub fence: Option<&'a Fence>,
+}
+
+/// What became of one payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    /// Stored (or, with debounce, queued to be stored with the next flush).
+    Stored,
+    /// A payload type this version ignores.
+    Ignored { reason: &'static str },
+    /// Refused (and counted): e.g. no session id.
+    Refused { reason: &'static str },
+    /// The backend failed; the payload was not stored.
+    Failed,
+}
+
+/// Stores decoded payloads: the one path both the stream and the webhook go through.
+pub struct Ingestor {
+    store: Arc<dyn SessionStore>,
+    metrics: Arc<Metrics>,
+    summarizer: Option<Summarizer>,
+    debouncer: Option<Debouncer>,
+}
+
+impl Ingestor {
+    /// `debounce` of zero stores every batch as it arrives.
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        metrics: Arc<Metrics>,
+        summarizer: Option<Summarizer>,
+        debounce: Duration,
+    ) -> Self {
+        let debouncer = (!debounce.is_zero()).then(|| Debouncer::new(debounce));
+        Self {
+            store,
+            metrics,
+            summarizer,
+            debouncer,
+        }
+    }
+
+    /// The store this ingestor writes to.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// Decode and store one payload's JSON bytes.
+    pub async fn ingest_json(
+        &self,
+        source: Source,
+        bytes: &[u8],
+        channel: Channel<'_>,
+    ) -> Ingested {
+        match payload::decode(bytes) {
+            Ok(payload) => self.ingest(source, payload, channel).await,
+            Err(error) => {
+                self.metrics.refuse(source.as_str(), error.reason());
+                tracing::warn!(source = source.as_str(), %error, "refused a payload");
+                Ingested::Refused {
+                    reason: error.reason(),
+                }
+            }
+        }
+    }
+
+    /// Store one decoded payload.
+    pub async fn ingest(&self, source: Source, payload: Payload, channel: Channel<'_>) -> Ingested {
+        let kind = payload.kind().to_string();
+        let result = match payload {
+            Payload::Actions(actions) => {
+                let skipped = actions.skipped_actions;
+                match actions.into_batch(channel.product_id) {
+                    Ok(batch) => {
+                        if skipped > 0 {
+                            self.metrics
+                                .refused_actions(source.as_str(), skipped as u64);
+                            tracing::warn!(session = %batch.session_id, skipped, "skipped action entries that were not objects");
+                        }
+                        self.store_batch(batch, channel.fence).await
+                    }
+                    Err(_) => {
+                        self.metrics.refuse(source.as_str(), "no_session");
+                        tracing::debug!(
+                            source = source.as_str(),
+                            "refused actions without a session id (never pooled)"
+                        );
+                        return Ingested::Refused {
+                            reason: "no_session",
+                        };
+                    }
+                }
+            }
+            Payload::Summary(summary) => {
+                let Ok(id) = SessionId::parse(summary.session_id.as_deref().unwrap_or("")) else {
+                    self.metrics.refuse(source.as_str(), "no_session");
+                    return Ingested::Refused {
+                        reason: "no_session",
+                    };
+                };
+                if summary.summary.trim().is_empty() {
+                    self.metrics.refuse(source.as_str(), "empty_summary");
+                    return Ingested::Refused {
+                        reason: "empty_summary",
+                    };
+                }
+                self.flush_session(&id).await;
+                let product = summary.product_id.as_deref().or(channel.product_id);
+                let result = self
+                    .store
+                    .apply_connector_summary(
+                        &id,
+                        product,
+                        &summary.summary,
+                        summary.replaces,
+                        clock::now(),
+                        channel.fence,
+                    )
+                    .await;
+                if result.is_ok() {
+                    self.metrics.summary("connector", "ok");
+                }
+                self.check(result, "apply_connector_summary")
+            }
+            Payload::TourTrigger(tour) => {
+                let Ok(id) = SessionId::parse(tour.session_id.as_deref().unwrap_or("")) else {
+                    self.metrics.refuse(source.as_str(), "no_session");
+                    return Ingested::Refused {
+                        reason: "no_session",
+                    };
+                };
+                self.flush_session(&id).await;
+                let product = tour.product_id.as_deref().or(channel.product_id);
+                let result = self
+                    .store
+                    .record_tour(
+                        &id,
+                        product,
+                        &tour.flow_id,
+                        tour.reason.as_deref(),
+                        clock::now(),
+                        channel.fence,
+                    )
+                    .await;
+                self.check(result, "record_tour")
+            }
+            Payload::Unknown { kind } => {
+                self.metrics.refuse(source.as_str(), "unknown_type");
+                tracing::debug!(source = source.as_str(), kind = %kind, "ignored a payload of unknown type");
+                return Ingested::Ignored {
+                    reason: "unknown_type",
+                };
+            }
+        };
+        if result == Ingested::Stored {
+            self.metrics
+                .payloads
+                .get_or_create(&PayloadLabels {
+                    source: source.as_str(),
+                    payload_type: kind,
+                })
+                .inc();
+        }
+        result
+    }
+
+    async fn store_batch(&self, batch: ActionBatch, fence: Option<&Fence>) -> Ingested {
+        if let Some(debouncer) = &self.debouncer {
+            if debouncer.add(batch, fence.cloned()) {
+                self.metrics.debounce_merged.inc();
+            }
+            return Ingested::Stored;
+        }
+        self.append(batch, fence).await
+    }
+
+    /// Write one batch to the store now.
+    async fn append(&self, batch: ActionBatch, fence: Option<&Fence>) -> Ingested {
+        let id = batch.session_id.clone();
+        let actions = batch.actions.len() as u64;
+        if let Some(email) = batch.email.as_deref() {
+            tracing::trace!(session = %id, person = %Person(email), actions, "storing batch");
+        }
+        match self.store.append_actions(batch, clock::now(), fence).await {
+            Ok(stored) => {
+                let m = &self.metrics;
+                m.chunks_stored.inc();
+                m.actions_stored.inc_by(actions);
+                if stored.outcome.created {
+                    m.sessions_created.inc();
+                }
+                if stored.evicted > 0 {
+                    m.sessions_evicted.inc_by(stored.evicted as u64);
+                }
+                if stored.outcome.folded_chunks > 0 {
+                    m.summary("builtin", "fallback");
+                    tracing::info!(
+                        session = %id,
+                        folded = stored.outcome.folded_chunks,
+                        "chunk cap reached: folded the oldest chunks into the summary with the built-in summarizer"
+                    );
+                }
+                if let Some(summarizer) = &self.summarizer {
+                    summarizer.notify(&id, stored.outcome.unsummarized_actions);
+                }
+                Ingested::Stored
+            }
+            Err(error) => {
+                self.metrics.store_error("append_actions");
+                tracing::error!(session = %id, %error, "could not store a batch");
+                Ingested::Failed
+            }
+        }
+    }
+
+    fn check(&self, result: Result<(), StoreError>, op: &'static str) -> Ingested {
+        match result {
+            Ok(()) => Ingested::Stored,
+            Err(error) => {
+                self.metrics.store_error(op);
+                tracing::error!(%error, op, "storage write failed");
+                Ingested::Failed
+            }
+        }
+    }
+
+    /// Store a pending debounced batch of this session now (to keep order with what follows).
+    async fn flush_session(&self, id: &SessionId) {
+        if let Some(debouncer) = &self.debouncer
+            && let Some((batch, fence)) = debouncer.take(id)
+        {
+            self.append(batch, fence.as_ref()).await;
+        }
+    }
+
+    /// Store every debounced batch whose window has closed (or all, when `all`).
+    pub async fn flush_due(&self, all: bool) -> usize {
+        let Some(debouncer) = &self.debouncer else {
+            return 0;
+        };
+        let due = debouncer.take_due(std::time::Instant::now(), all);
+        let n = due.len();
+        for (batch, fence) in due {
+            self.append(batch, fence.as_ref()).await;
+        }
+        n
+    }
+
+    /// How often the debounce buffer must be swept; `None` without debounce.
+    pub fn debounce_tick(&self) -> Option<Duration> {
+        self.debouncer.as_ref().map(Debouncer::tick)
+    }
+
+    /// Mark sessions affected by a stream outage.
+    pub async fn record_gap(&self, product_id: &str, gap: Gap) {
+        match self.store.record_gap(product_id, gap, clock::now()).await {
+            Ok(marked) => tracing::info!(
+                product = product_id,
+                from = %clock::format_utc(gap.from),
+                to = %clock::format_utc(gap.to),
+                sessions_marked = marked,
+                "marked sessions whose activity in the stream gap may be missing"
+            ),
+            Err(error) => {
+                self.metrics.store_error("record_gap");
+                tracing::warn!(%error, "could not record a stream gap");
+            }
+        }
+    }
+}

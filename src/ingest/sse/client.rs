@@ -1,0 +1,746 @@
+//! The stream consumer: one long-lived `GET /stream/<product_id>` per configured URL.
+//!
+//! Unlike Autoplay's own client it: treats 400/401/403/404 as configuration errors (one clear
+//! log line, a metric, a slow retry — never a hot loop); backs off exponentially with jitter on
+//! 408/429/5xx and network errors, resetting only after a valid frame; reconnects when no byte
+//! (heartbeats included) arrives within the watchdog; sends `Last-Event-ID` once the stream has
+//! carried ids; never stalls the socket on processing (frames cross a bounded queue, and a full
+//! queue drops and counts instead of blocking); and logs and records every reconnect gap.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::parser::{SseItem, SseParser};
+use crate::clock;
+use crate::cluster::{Leadership, LeaseGuard};
+use crate::ingest::{Channel, Ingestor, Source};
+use crate::session::model::Gap;
+use crate::session::store::Fence;
+use crate::telemetry::{FrameLabels, Metrics, ReconnectLabels, StatusLabels, StreamLabels};
+
+/// Settings of one stream consumer.
+#[derive(Clone)]
+pub struct StreamConfig {
+    pub url: String,
+    pub token: Option<String>,
+    /// Reconnect when no byte arrived for this long.
+    pub watchdog: Duration,
+    /// Wait after a configuration error (400/401/403/404) before trying again.
+    pub config_error_retry: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Frames waiting for processing at most; beyond it frames are dropped and counted.
+    pub queue_capacity: usize,
+    pub max_frame_bytes: usize,
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for StreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamConfig")
+            .field("url", &redact_url(&self.url))
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("watchdog", &self.watchdog)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamConfig {
+    /// Defaults for everything but the URL and token.
+    pub fn new(url: impl Into<String>, token: Option<String>) -> Self {
+        Self {
+            url: url.into(),
+            token,
+            watchdog: Duration::from_secs(90),
+            config_error_retry: Duration::from_secs(300),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            queue_capacity: 8192,
+            max_frame_bytes: super::parser::DEFAULT_MAX_FRAME_BYTES,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The product id of a `/stream/<product_id>` URL.
+pub fn product_of(url: &str) -> Option<String> {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let mut segments = path.rsplit('/').filter(|s| !s.is_empty());
+    let last = segments.next()?;
+    (segments.next() == Some("stream")).then(|| last.to_string())
+}
+
+/// A URL without its query string or credentials, for logs.
+pub fn redact_url(url: &str) -> String {
+    let base = url.split(['?', '#']).next().unwrap_or(url);
+    match base.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((_, host))
+                if !rest.split('/').next().unwrap_or("").is_empty()
+                    && rest.find('@') < rest.find('/') =>
+            {
+                format!("{scheme}://{host}")
+            }
+            _ => base.to_string(),
+        },
+        None => base.to_string(),
+    }
+}
+
+/// Live state of one stream, for `/readyz`.
+#[derive(Debug)]
+pub struct StreamStatus {
+    pub label: String,
+    pub url: String,
+    connected: AtomicBool,
+    leading: AtomicBool,
+    last_frame_at: AtomicU64,
+    reconnects: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A serialisable view of [`StreamStatus`].
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamStatusView {
+    pub stream: String,
+    pub url: String,
+    pub connected: bool,
+    /// False while another replica holds this stream's lease.
+    pub leading: bool,
+    pub last_frame_age_seconds: Option<f64>,
+    pub reconnects: u64,
+    pub last_error: Option<String>,
+}
+
+impl StreamStatus {
+    fn new(label: String, url: &str) -> Self {
+        Self {
+            label,
+            url: redact_url(url),
+            connected: AtomicBool::new(false),
+            leading: AtomicBool::new(false),
+            last_frame_at: AtomicU64::new(0f64.to_bits()),
+            reconnects: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    fn set_error(&self, error: Option<String>) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
+    }
+
+    /// Connected and delivering.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Does this replica consume the stream (always true without leadership)?
+    pub fn is_leading(&self) -> bool {
+        self.leading.load(Ordering::Relaxed)
+    }
+
+    /// Snapshot for `/readyz`.
+    pub fn view(&self, now: f64) -> StreamStatusView {
+        let last = f64::from_bits(self.last_frame_at.load(Ordering::Relaxed));
+        StreamStatusView {
+            stream: self.label.clone(),
+            url: self.url.clone(),
+            connected: self.is_connected(),
+            leading: self.is_leading(),
+            last_frame_age_seconds: (last > 0.0).then(|| ((now - last) * 1000.0).round() / 1000.0),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        }
+    }
+}
+
+/// Exponential backoff with jitter.
+#[derive(Debug)]
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            next: initial,
+        }
+    }
+
+    /// The delay to wait now (between 50 % and 100 % of the current step); doubles the step.
+    fn next_delay(&mut self) -> Duration {
+        let step = self.next;
+        self.next = (self.next * 2).min(self.max);
+        step.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+
+    fn reset(&mut self) {
+        self.next = self.initial;
+    }
+
+    /// The server's `retry:` hint sets the first step.
+    fn set_initial(&mut self, initial: Duration) {
+        self.initial = initial.clamp(Duration::from_millis(100), self.max);
+    }
+}
+
+/// How a connection attempt ended before streaming.
+enum Refusal {
+    /// 400/401/403/404 and other permanent answers: fix the configuration.
+    Config { status: u16, hint: &'static str },
+    /// 408/429/5xx: try again soon.
+    Retry { status: u16 },
+    /// No answer at all.
+    Network(String),
+}
+
+fn classify(status: u16) -> Result<(), Refusal> {
+    match status {
+        200 => Ok(()),
+        408 | 429 | 500..=599 => Err(Refusal::Retry { status }),
+        401 => Err(Refusal::Config {
+            status,
+            hint: "the connector rejected the token: check AUTOPLAY_API_TOKEN is this product's current token",
+        }),
+        403 => Err(Refusal::Config {
+            status,
+            hint: "the token may not read this product's stream: check the token and the product id",
+        }),
+        404 => Err(Refusal::Config {
+            status,
+            hint: "unknown product: AUTOPLAY_STREAM_URL must be https://<connector>/stream/<product_id>",
+        }),
+        400 => Err(Refusal::Config {
+            status,
+            hint: "the product is not in event-stream mode (it may be set up for webhook push instead)",
+        }),
+        _ => Err(Refusal::Config {
+            status,
+            hint: "the connector refused the request; check AUTOPLAY_STREAM_URL",
+        }),
+    }
+}
+
+/// Why a connection ended (a metrics label).
+#[derive(Debug, Clone, Copy)]
+enum Cause {
+    Eof,
+    ReadError,
+    Watchdog,
+    LeaseLost,
+    Shutdown,
+}
+
+impl Cause {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Eof => "eof",
+            Self::ReadError => "read_error",
+            Self::Watchdog => "watchdog",
+            Self::LeaseLost => "lease_lost",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// One frame handed from the socket reader to the processor.
+struct Frame {
+    data: String,
+}
+
+/// A running stream consumer.
+pub struct StreamHandle {
+    pub status: Arc<StreamStatus>,
+    pub task: JoinHandle<()>,
+}
+
+/// Consumes one Autoplay stream.
+pub struct StreamConsumer {
+    config: StreamConfig,
+    ingestor: Arc<Ingestor>,
+    metrics: Arc<Metrics>,
+    leadership: Option<Arc<dyn Leadership>>,
+    http: reqwest::Client,
+    status: Arc<StreamStatus>,
+    product: Option<String>,
+}
+
+impl StreamConsumer {
+    /// Prepare a consumer; nothing connects until [`StreamConsumer::spawn`].
+    pub fn new(
+        config: StreamConfig,
+        ingestor: Arc<Ingestor>,
+        metrics: Arc<Metrics>,
+        leadership: Option<Arc<dyn Leadership>>,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .user_agent(concat!("livectx/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let product = product_of(&config.url);
+        let label = product.clone().unwrap_or_else(|| redact_url(&config.url));
+        let status = Arc::new(StreamStatus::new(label, &config.url));
+        Ok(Self {
+            config,
+            ingestor,
+            metrics,
+            leadership,
+            http,
+            status,
+            product,
+        })
+    }
+
+    /// Start consuming until `shutdown`; the handle exposes the live status.
+    pub fn spawn(self, shutdown: CancellationToken) -> StreamHandle {
+        let status = Arc::clone(&self.status);
+        let task = tokio::spawn(self.run(shutdown));
+        StreamHandle { status, task }
+    }
+
+    fn labels(&self) -> StreamLabels {
+        StreamLabels {
+            stream: self.status.label.clone(),
+        }
+    }
+
+    async fn run(self, shutdown: CancellationToken) {
+        let stream_key = self.config.url.clone();
+        loop {
+            let guard = match &self.leadership {
+                Some(leadership) => {
+                    tracing::info!(stream = %self.status.label, "waiting for this stream's lease");
+                    match leadership.acquire(&stream_key, &shutdown).await {
+                        Some(guard) => Some(guard),
+                        None => return,
+                    }
+                }
+                None => None,
+            };
+            self.status.leading.store(true, Ordering::Relaxed);
+            if let Some(guard) = &guard {
+                tracing::info!(stream = %self.status.label, "this replica now consumes the stream");
+                if let Some(seen) = guard.previous_holder_seen {
+                    tracing::warn!(
+                        stream = %self.status.label,
+                        from = %clock::format_utc(seen),
+                        to = %clock::format_utc(clock::now()),
+                        "took over from a replica that stopped: events in between may be missing"
+                    );
+                    if let Some(product) = &self.product {
+                        let gap = Gap {
+                            from: seen,
+                            to: clock::now(),
+                        };
+                        self.ingestor.record_gap(product, gap).await;
+                    }
+                }
+            }
+            let lost = guard
+                .as_ref()
+                .map_or_else(CancellationToken::new, |g| g.lost.clone());
+            self.consume(&shutdown, &lost, guard.as_ref()).await;
+            self.status.leading.store(false, Ordering::Relaxed);
+            if shutdown.is_cancelled() {
+                if let (Some(leadership), Some(guard)) = (&self.leadership, &guard) {
+                    leadership.release(guard).await;
+                }
+                return;
+            }
+            if guard.is_none() {
+                return;
+            }
+            tracing::warn!(stream = %self.status.label, "lost this stream's lease; another replica consumes it now");
+        }
+    }
+
+    /// Connect, read, reconnect — until `stop`. The processor drains the queue before return.
+    async fn consume(
+        &self,
+        shutdown: &CancellationToken,
+        lost: &CancellationToken,
+        guard: Option<&LeaseGuard>,
+    ) {
+        let (tx, rx) = mpsc::channel::<Frame>(self.config.queue_capacity.max(1));
+        let processor = tokio::spawn(process_frames(
+            rx,
+            Arc::clone(&self.ingestor),
+            self.product.clone(),
+            guard.map(|g| g.fence.clone()),
+        ));
+        let mut parser = SseParser::new(self.config.max_frame_bytes);
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        let mut gap_from: Option<f64> = None;
+        let mut dropped_since_log: u64 = 0;
+        let mut last_drop_log = Instant::now() - Duration::from_secs(60);
+        while !shutdown.is_cancelled() && !lost.is_cancelled() {
+            let response = tokio::select! {
+                _ = stopped(shutdown, lost) => break,
+                r = self.connect(parser.last_event_id()) => r,
+            };
+            let response = match response {
+                Ok(response) => response,
+                Err(refusal) => {
+                    let wait = self.report_refusal(refusal, &mut backoff);
+                    tokio::select! {
+                        _ = stopped(shutdown, lost) => break,
+                        () = tokio::time::sleep(wait) => continue,
+                    }
+                }
+            };
+            tracing::info!(stream = %self.status.label, url = %self.status.url, "connected to the event stream");
+            let cause = self
+                .read(
+                    response,
+                    shutdown,
+                    lost,
+                    &mut parser,
+                    &mut backoff,
+                    &mut gap_from,
+                    &tx,
+                    &mut dropped_since_log,
+                    &mut last_drop_log,
+                )
+                .await;
+            let was_connected = self.status.connected.swap(false, Ordering::Relaxed);
+            self.metrics.stream_up.get_or_create(&self.labels()).set(0);
+            parser.reset_frame();
+            if matches!(cause, Cause::Shutdown | Cause::LeaseLost) {
+                break;
+            }
+            self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .stream_reconnects
+                .get_or_create(&ReconnectLabels {
+                    stream: self.status.label.clone(),
+                    cause: cause.as_str(),
+                })
+                .inc();
+            let last = f64::from_bits(self.status.last_frame_at.load(Ordering::Relaxed));
+            if was_connected && last > 0.0 {
+                gap_from = Some(last);
+            }
+            let wait = backoff.next_delay();
+            tracing::warn!(
+                stream = %self.status.label,
+                cause = cause.as_str(),
+                retry_in_ms = wait.as_millis() as u64,
+                "event stream ended; reconnecting"
+            );
+            self.status
+                .set_error(Some(format!("disconnected: {}", cause.as_str())));
+            tokio::select! {
+                _ = stopped(shutdown, lost) => break,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        drop(tx);
+        let _ = processor.await;
+    }
+
+    async fn connect(&self, last_event_id: Option<&str>) -> Result<reqwest::Response, Refusal> {
+        let mut request = self
+            .http
+            .get(&self.config.url)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .header(reqwest::header::CACHE_CONTROL, "no-cache");
+        if let Some(token) = &self.config.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(id) = last_event_id.filter(|id| !id.is_empty()) {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = tokio::time::timeout(self.config.watchdog, request.send())
+            .await
+            .map_err(|_| Refusal::Network("no response headers before the watchdog fired".into()))?
+            .map_err(|e| Refusal::Network(e.without_url().to_string()))?;
+        classify(response.status().as_u16())?;
+        let is_event_stream = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("text/event-stream")
+            });
+        if !is_event_stream {
+            return Err(Refusal::Config {
+                status: 200,
+                hint: "the URL answered 200 but not with text/event-stream: is AUTOPLAY_STREAM_URL the connector's /stream/<product_id> URL?",
+            });
+        }
+        Ok(response)
+    }
+
+    fn report_refusal(&self, refusal: Refusal, backoff: &mut Backoff) -> Duration {
+        match refusal {
+            Refusal::Config { status, hint } => {
+                self.metrics
+                    .stream_config_errors
+                    .get_or_create(&StatusLabels {
+                        stream: self.status.label.clone(),
+                        status,
+                    })
+                    .inc();
+                let wait = self.config.config_error_retry;
+                tracing::error!(
+                    stream = %self.status.label,
+                    url = %self.status.url,
+                    status,
+                    retry_in_s = wait.as_secs(),
+                    "configuration error: {hint}"
+                );
+                self.status
+                    .set_error(Some(format!("HTTP {status}: {hint}")));
+                wait
+            }
+            Refusal::Retry { status } => {
+                self.count_reconnect("http_status");
+                let wait = backoff.next_delay();
+                tracing::warn!(stream = %self.status.label, status, retry_in_ms = wait.as_millis() as u64, "event stream unavailable; backing off");
+                self.status.set_error(Some(format!("HTTP {status}")));
+                wait
+            }
+            Refusal::Network(error) => {
+                self.count_reconnect("connect_error");
+                let wait = backoff.next_delay();
+                tracing::warn!(stream = %self.status.label, %error, retry_in_ms = wait.as_millis() as u64, "could not reach the event stream; backing off");
+                self.status.set_error(Some(error));
+                wait
+            }
+        }
+    }
+
+    fn count_reconnect(&self, cause: &'static str) {
+        self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .stream_reconnects
+            .get_or_create(&ReconnectLabels {
+                stream: self.status.label.clone(),
+                cause,
+            })
+            .inc();
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn read(
+        &self,
+        mut response: reqwest::Response,
+        shutdown: &CancellationToken,
+        lost: &CancellationToken,
+        parser: &mut SseParser,
+        backoff: &mut Backoff,
+        gap_from: &mut Option<f64>,
+        tx: &mpsc::Sender<Frame>,
+        dropped_since_log: &mut u64,
+        last_drop_log: &mut Instant,
+    ) -> Cause {
+        let mut items = Vec::new();
+        loop {
+            let chunk = tokio::select! {
+                cause = stopped(shutdown, lost) => return cause,
+                chunk = tokio::time::timeout(self.config.watchdog, response.chunk()) => chunk,
+            };
+            let bytes = match chunk {
+                Err(_) => {
+                    tracing::warn!(
+                        stream = %self.status.label,
+                        watchdog_s = self.config.watchdog.as_secs(),
+                        "no byte (not even a heartbeat) within the watchdog: the connection is presumed dead"
+                    );
+                    return Cause::Watchdog;
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(stream = %self.status.label, error = %error.without_url(), "event stream read failed");
+                    return Cause::ReadError;
+                }
+                Ok(Ok(None)) => return Cause::Eof,
+                Ok(Ok(Some(bytes))) => bytes,
+            };
+            parser.feed(&bytes, &mut |item| items.push(item));
+            for item in items.drain(..) {
+                match item {
+                    SseItem::Event(event) => {
+                        let now = clock::now();
+                        if !self.status.connected.swap(true, Ordering::Relaxed) {
+                            backoff.reset();
+                            self.metrics.stream_up.get_or_create(&self.labels()).set(1);
+                            self.status.set_error(None);
+                            if let Some(from) = gap_from.take() {
+                                let gap = Gap { from, to: now };
+                                tracing::warn!(
+                                    stream = %self.status.label,
+                                    last_before = %clock::format_utc(from),
+                                    first_after = %clock::format_utc(now),
+                                    "stream resumed after a gap: events sent in between may be missing"
+                                );
+                                if let Some(product) = self.product.clone() {
+                                    let ingestor = Arc::clone(&self.ingestor);
+                                    tokio::spawn(async move {
+                                        ingestor.record_gap(&product, gap).await
+                                    });
+                                }
+                            }
+                        }
+                        self.status
+                            .last_frame_at
+                            .store(now.to_bits(), Ordering::Relaxed);
+                        self.metrics
+                            .sse_frames
+                            .get_or_create(&FrameLabels {
+                                stream: self.status.label.clone(),
+                                event: frame_label(&event.event).to_string(),
+                            })
+                            .inc();
+                        if event.event != "message" {
+                            continue;
+                        }
+                        match tx.try_send(Frame { data: event.data }) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                self.metrics
+                                    .ingest_queue_dropped
+                                    .get_or_create(&self.labels())
+                                    .inc();
+                                *dropped_since_log += 1;
+                                if last_drop_log.elapsed() >= Duration::from_secs(10) {
+                                    tracing::error!(
+                                        stream = %self.status.label,
+                                        dropped = *dropped_since_log,
+                                        "processing fell behind the stream: frames dropped (counted in livectx_ingest_queue_dropped_total)"
+                                    );
+                                    *dropped_since_log = 0;
+                                    *last_drop_log = Instant::now();
+                                }
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => return Cause::Shutdown,
+                        }
+                    }
+                    SseItem::Retry(ms) => backoff.set_initial(Duration::from_millis(ms)),
+                    SseItem::Oversize { bytes } => {
+                        self.metrics.refuse("sse", "oversize");
+                        tracing::warn!(stream = %self.status.label, bytes, limit = self.config.max_frame_bytes, "skipped an oversized frame");
+                    }
+                    SseItem::InvalidUtf8 => {
+                        self.metrics.refuse("sse", "invalid_utf8");
+                        tracing::warn!(stream = %self.status.label, "skipped a frame that was not valid UTF-8");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Status handle (for `/readyz`).
+    pub fn status(&self) -> Arc<StreamStatus> {
+        Arc::clone(&self.status)
+    }
+}
+
+/// Resolves when the consumer must stop, saying why.
+async fn stopped(shutdown: &CancellationToken, lost: &CancellationToken) -> Cause {
+    tokio::select! {
+        () = shutdown.cancelled() => Cause::Shutdown,
+        () = lost.cancelled() => Cause::LeaseLost,
+    }
+}
+
+/// Known event names keep their own label; anything else is `other` (bounded cardinality).
+fn frame_label(event: &str) -> &str {
+    match event {
+        "message" | "heartbeat" => event,
+        _ => "other",
+    }
+}
+
+async fn process_frames(
+    mut rx: mpsc::Receiver<Frame>,
+    ingestor: Arc<Ingestor>,
+    product: Option<String>,
+    fence: Option<Fence>,
+) {
+    while let Some(frame) = rx.recv().await {
+        let channel = Channel {
+            product_id: product.as_deref(),
+            fence: fence.as_ref(),
+        };
+        ingestor
+            .ingest_json(Source::Sse, frame.data.as_bytes(), channel)
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn product_ids_come_from_stream_urls() {
+        assert_eq!(
+            product_of("https://c.example/stream/acme_prod"),
+            Some("acme_prod".into())
+        );
+        assert_eq!(
+            product_of("https://c.example/stream/acme_prod/?x=1"),
+            Some("acme_prod".into())
+        );
+        assert_eq!(product_of("https://c.example/events"), None);
+    }
+
+    #[test]
+    fn urls_are_redacted_for_logs() {
+        assert_eq!(
+            redact_url("https://user:pw@c.example/stream/p?token=x"),
+            "https://c.example/stream/p"
+        );
+        assert_eq!(
+            redact_url("http://127.0.0.1:9/stream/p"),
+            "http://127.0.0.1:9/stream/p"
+        );
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        assert!(classify(200).is_ok());
+        for status in [400, 401, 403, 404, 410] {
+            assert!(
+                matches!(classify(status), Err(Refusal::Config { .. })),
+                "{status}"
+            );
+        }
+        for status in [408, 429, 500, 502, 503] {
+            assert!(
+                matches!(classify(status), Err(Refusal::Retry { .. })),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        let delays: Vec<Duration> = (0..7).map(|_| b.next_delay()).collect();
+        assert!(delays[0] <= Duration::from_secs(1) && delays[0] >= Duration::from_millis(500));
+        assert!(delays[6] <= Duration::from_secs(30) && delays[6] >= Duration::from_secs(15));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_secs(1));
+    }
+}

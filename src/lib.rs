@@ -1,0 +1,39 @@
+//! livectx — live, per-session user activity for support chatbots.
+//!
+//! # Layout
+//!
+//! Activity flows left to right:
+//!
+//! ```text
+//!  Autoplay SSE ──► ingest::sse ──┐                       ┌──► api::retrieval  (Dify /retrieval)
+//!                                 ├─► ingest::Ingestor ─► session::store ──┤
+//!  Autoplay push ─► ingest::webhook┘          │            └──► api::admin      (/healthz /readyz /metrics)
+//!                                             └─► session::summarizer (background, never blocks)
+//! ```
+//!
+//! - [`config`]: the command line and environment, parsed once into typed settings.
+//! - [`app`]: builds every part from the configuration, binds, runs, shuts down in order.
+//! - [`ingest`]: the SSE parser and stream consumer, the webhook receiver, and the payload
+//!   handling both share (lenient decoding, debounce, never pooling anonymous traffic).
+//! - [`session`]: the per-session model and its rules (chunks, rolling summary, bounds), the
+//!   storage trait with its in-memory backend, the "Current User Activity" view, and the
+//!   background summarizer (built-in or any OpenAI-compatible LLM).
+//! - [`api`]: the HTTP surface: Dify's External Knowledge API with identity resolution and
+//!   record scoring, and operator routes.
+//! - [`cluster`]: stream leadership when several replicas share a backend.
+//! - [`telemetry`]: tracing set-up and the Prometheus metrics of one running server.
+//! - [`clock`]: time as Unix seconds, and the human formats records use.
+//! - [`cli`]: what each subcommand does; `main.rs` only calls it.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod cluster;
+pub mod config;
+pub mod ingest;
+pub mod session;
+pub mod telemetry;
+
+pub use app::{Application, Overrides, StartupError};
+pub use config::ServeConfig;

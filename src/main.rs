@@ -1,0 +1,6 @@
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    livectx::cli::run(livectx::config::Cli::parse()).await
+}

@@ -1,0 +1,321 @@
+//! The "Current User Activity" view: one self-describing paragraph that tells a chatbot where
+//! this user is right now and what they just did.
+//!
+//! Dify shows the model only each record's `content`, so this text must stand on its own: it
+//! opens with the line `Current User Activity`, names times in UTC, and says plainly when the
+//! user is idle, looks lost, was offered a tour, or when activity may be missing.
+
+use std::collections::HashMap;
+
+use crate::clock::{format_duration, format_utc, format_utc_time};
+use crate::session::model::{Action, Session};
+
+/// First line of the activity record; the README's system prompt refers to it by name.
+pub const ACTIVITY_HEADER: &str = "Current User Activity";
+
+/// Clicks and submits listed at most.
+const MAX_LISTED_ACTIONS: usize = 10;
+
+/// Render the activity view of `session` at server time `now`, looking back `window_secs`.
+pub fn render_activity(session: &Session, now: f64, window_secs: f64) -> String {
+    let window_secs = window_secs.max(1.0);
+    let last_activity = session.last_activity();
+    let idle_for = (now - last_activity).max(0.0);
+    let idle = idle_for > window_secs;
+    let window_start = last_activity - window_secs;
+
+    let mut out = String::with_capacity(1024);
+    out.push_str(ACTIVITY_HEADER);
+    out.push('\n');
+    out.push_str(&format!(
+        "What this user is doing in the product, from their own browser session only (as of {}).\n",
+        format_utc(now)
+    ));
+
+    match &session.current_page {
+        Some(page) if idle => {
+            out.push_str(&format!(
+                "Last active {} ago on \"{}\" ({}); nothing since.\n",
+                format_duration(idle_for),
+                page.label,
+                page.url
+            ));
+        }
+        Some(page) => {
+            out.push_str(&format!(
+                "Now on: \"{}\" ({}) for {}.\n",
+                page.label,
+                page.url,
+                format_duration(now - page.since)
+            ));
+        }
+        None if idle => {
+            out.push_str(&format!("Last active {} ago.\n", format_duration(idle_for)));
+        }
+        None => {}
+    }
+
+    let recent: Vec<&Action> = session
+        .recent_action_iter()
+        .filter(|a| a.end_time().is_none_or(|t| t >= window_start))
+        .collect();
+    let window_name = if idle {
+        format!("the {} before that", format_duration(window_secs))
+    } else {
+        format!("the last {}", format_duration(window_secs))
+    };
+
+    let walk = PageWalk::of(&recent);
+    if walk.path.len() > 1 {
+        out.push_str(&format!(
+            "Pages in {window_name}, in order: {}.\n",
+            walk.path.join(" → ")
+        ));
+    }
+    if !walk.key_actions.is_empty() {
+        out.push_str(&format!(
+            "Clicks and submits in {window_name} (latest last):\n"
+        ));
+        let skip = walk.key_actions.len().saturating_sub(MAX_LISTED_ACTIONS);
+        for line in walk.key_actions.iter().skip(skip) {
+            out.push_str("- ");
+            out.push_str(line);
+            out.push('\n');
+        }
+    } else if recent.is_empty() && !idle {
+        out.push_str("No clicks or page changes in the recent window.\n");
+    }
+    if let Some(pattern) = walk.searching_note() {
+        out.push_str(&pattern);
+        out.push('\n');
+    }
+    if let Some(tour) = &session.tour {
+        out.push_str(&format!(
+            "A product tour (\"{}\") was offered to them at {}{}.\n",
+            tour.flow_id,
+            format_utc(tour.at),
+            tour.reason
+                .as_deref()
+                .map(|r| format!(" because: {r}"))
+                .unwrap_or_default()
+        ));
+    }
+    for gap in &session.gaps {
+        out.push_str(&format!(
+            "Activity between {} and {} may be missing (the live event stream was interrupted).\n",
+            format_utc(gap.from),
+            format_utc(gap.to)
+        ));
+    }
+    out.truncate(out.trim_end().len());
+    out
+}
+
+/// The pages and key actions of a run of actions, with the counts the "searching" note needs.
+struct PageWalk {
+    path: Vec<String>,
+    key_actions: Vec<String>,
+    arrivals: HashMap<String, (String, u32)>,
+    page_changes: u32,
+    submits: u32,
+}
+
+impl PageWalk {
+    fn of(actions: &[&Action]) -> Self {
+        let mut walk = PageWalk {
+            path: Vec::new(),
+            key_actions: Vec::new(),
+            arrivals: HashMap::new(),
+            page_changes: 0,
+            submits: 0,
+        };
+        let mut current_url: Option<&str> = None;
+        let mut current_label = String::new();
+        for action in actions {
+            let url: &str = &action.canonical_url;
+            if action.is_pageview() || current_url != Some(url) {
+                let label = action.page_label();
+                if current_url != Some(url) {
+                    if current_url.is_some() {
+                        walk.page_changes += 1;
+                    }
+                    walk.path.push(label.clone());
+                    walk.arrivals
+                        .entry(url.to_string())
+                        .or_insert_with(|| (label.clone(), 0))
+                        .1 += 1;
+                }
+                current_url = Some(url);
+                current_label = label;
+            }
+            if action.is_click_or_submit() {
+                if &*action.kind == "submit" {
+                    walk.submits += 1;
+                }
+                let verb = if &*action.kind == "submit" {
+                    "submitted"
+                } else {
+                    "clicked"
+                };
+                let when = action
+                    .time()
+                    .map(format_utc_time)
+                    .map(|t| format!("{t} UTC "))
+                    .unwrap_or_default();
+                walk.key_actions.push(format!(
+                    "{when}{verb} \"{}\" on {current_label}",
+                    action.title.trim()
+                ));
+            }
+        }
+        walk
+    }
+
+    /// "Looks like searching": pages revisited, or many page changes without a form submit.
+    fn searching_note(&self) -> Option<String> {
+        if self.submits > 0 {
+            return None;
+        }
+        let mut revisited: Vec<(&String, u32)> = self
+            .arrivals
+            .values()
+            .filter(|(_, n)| *n >= 2)
+            .map(|(label, n)| (label, *n))
+            .collect();
+        revisited.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        if !revisited.is_empty() && self.page_changes >= 3 {
+            let pages: Vec<String> = revisited
+                .iter()
+                .take(3)
+                .map(|(l, n)| format!("\"{l}\" {n} times"))
+                .collect();
+            return Some(format!(
+                "Pattern: this looks like searching for something — they went back to {} and changed pages {} times without submitting anything.",
+                pages.join(", "),
+                self.page_changes
+            ));
+        }
+        if self.page_changes >= 6 {
+            return Some(format!(
+                "Pattern: this looks like searching for something — {} page changes without submitting anything.",
+                self.page_changes
+            ));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::model::tests::{action, batch};
+    use crate::session::model::{Gap, SessionId, SessionLimits};
+
+    fn session_with(actions: Vec<Action>) -> Session {
+        let mut s = Session::new(SessionId::parse("s1").unwrap(), 0.0);
+        s.append(
+            batch("s1", actions),
+            1000.0,
+            SessionLimits { max_chunks: 50 },
+        );
+        s
+    }
+
+    #[test]
+    fn names_current_page_duration_path_and_clicks() {
+        let s = session_with(vec![
+            action(
+                "pageview",
+                "Page Load: Dashboard",
+                "https://app/dashboard",
+                900.0,
+            ),
+            action(
+                "click",
+                "Click Projects link",
+                "https://app/dashboard",
+                910.0,
+            ),
+            action(
+                "pageview",
+                "Page Load: Projects",
+                "https://app/projects",
+                920.0,
+            ),
+        ]);
+        let text = render_activity(&s, 950.0, 120.0);
+        assert!(text.starts_with("Current User Activity\n"), "{text}");
+        assert!(
+            text.contains("Now on: \"Projects\" (https://app/projects) for 30 s."),
+            "{text}"
+        );
+        assert!(
+            text.contains("Pages in the last 2 min, in order: Dashboard → Projects."),
+            "{text}"
+        );
+        assert!(
+            text.contains("clicked \"Click Projects link\" on Dashboard"),
+            "{text}"
+        );
+        assert!(!text.contains("Pattern:"), "{text}");
+    }
+
+    #[test]
+    fn says_when_the_user_is_idle() {
+        let s = session_with(vec![action(
+            "pageview",
+            "Page Load: Billing",
+            "https://app/billing",
+            100.0,
+        )]);
+        let text = render_activity(&s, 100.0 + 14.0 * 60.0, 120.0);
+        assert!(
+            text.contains("Last active 14 min ago on \"Billing\""),
+            "{text}"
+        );
+        assert!(!text.contains("Now on"), "{text}");
+    }
+
+    #[test]
+    fn notes_searching_patterns() {
+        let mut actions = Vec::new();
+        for i in 0..4 {
+            actions.push(action(
+                "pageview",
+                "Page Load: Consultants",
+                "/consultants",
+                900.0 + i as f64 * 10.0,
+            ));
+            actions.push(action(
+                "pageview",
+                "Page Load: Consultant",
+                "/consultants/:id",
+                905.0 + i as f64 * 10.0,
+            ));
+        }
+        let text = render_activity(&session_with(actions), 950.0, 120.0);
+        assert!(
+            text.contains("Pattern: this looks like searching"),
+            "{text}"
+        );
+        assert!(text.contains("\"Consultants\" 4 times"), "{text}");
+    }
+
+    #[test]
+    fn mentions_gaps_and_tours() {
+        let mut s = session_with(vec![action(
+            "pageview",
+            "Page Load: Billing",
+            "/billing",
+            900.0,
+        )]);
+        s.note_gap(Gap {
+            from: 910.0,
+            to: 940.0,
+        });
+        s.record_tour("flow_retry", Some("payment failed"), 945.0, 945.0);
+        let text = render_activity(&s, 950.0, 120.0);
+        assert!(text.contains("may be missing"), "{text}");
+        assert!(text.contains("A product tour (\"flow_retry\")"), "{text}");
+    }
+}

@@ -1,0 +1,12 @@
+//! Per-session activity: the data model, the storage backends, the activity view and the
+//! background summarizer.
+
+pub mod activity;
+pub mod memory;
+pub mod model;
+pub mod store;
+pub mod summarizer;
+
+pub use memory::MemoryStore;
+pub use model::{Action, ActionBatch, PersonKey, Session, SessionId};
+pub use store::{SessionStore, StoreConfig, StoreError};

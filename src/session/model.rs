@@ -1,0 +1,1032 @@
+//! The per-session data model and the rules that change it.
+//!
+//! Both storage backends (memory and Redis) hold exactly these values and change them only
+//! through the methods here, so the bounding, folding and "replace exactly what was summarised"
+//! rules are written once and behave identically everywhere.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::session::summarizer::builtin;
+
+/// Longest identifier we accept. PostHog session ids are 36 characters; emails rarely pass 100.
+pub const MAX_ID_LEN: usize = 256;
+
+/// How many recently summarised chunks stay available to the "Current User Activity" view,
+/// so that summarising never blurs where the user is right now.
+pub const RECENT_COVERED_CHUNKS: usize = 16;
+
+/// How many stream gaps a session remembers.
+pub const MAX_GAPS: usize = 4;
+
+/// Cap on a stored summary's text; a longer one keeps its newest part.
+pub const MAX_SUMMARY_CHARS: usize = 6000;
+
+/// A browser session id, as the connector delivers it: never empty, never padded, bounded.
+///
+/// It is an `Arc<str>` because the same id sits in the store map, the recency list, the identity
+/// index and every request that looks it up; cloning must be free.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SessionId(Arc<str>);
+
+/// Why a string cannot be an identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidId {
+    #[error("identifier is empty")]
+    Empty,
+    #[error("identifier is longer than {MAX_ID_LEN} characters")]
+    TooLong,
+    #[error("identifier contains control characters")]
+    ControlCharacters,
+}
+
+impl SessionId {
+    /// Parse a session id, trimming surrounding whitespace.
+    pub fn parse(raw: &str) -> Result<Self, InvalidId> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err(InvalidId::Empty);
+        }
+        if trimmed.len() > MAX_ID_LEN {
+            return Err(InvalidId::TooLong);
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(InvalidId::ControlCharacters);
+        }
+        Ok(Self(Arc::from(trimmed)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for SessionId {
+    type Error = InvalidId;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<SessionId> for String {
+    fn from(value: SessionId) -> Self {
+        value.0.to_string()
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({})", &self.0)
+    }
+}
+
+/// Normalise an email for indexing: trimmed and lower-cased, so `Maria@X.com ` finds `maria@x.com`.
+pub fn normalize_email(raw: &str) -> Option<String> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() || trimmed.len() > MAX_ID_LEN || trimmed.chars().any(char::is_control) {
+        return None;
+    }
+    Some(trimmed.to_lowercase())
+}
+
+/// Normalise a user id for indexing: trimmed, case kept (user ids are opaque and case-sensitive).
+pub fn normalize_user_id(raw: &str) -> Option<String> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() || trimmed.len() > MAX_ID_LEN || trimmed.chars().any(char::is_control) {
+        return None;
+    }
+    Some(trimmed.to_string())
+}
+
+/// One person-level key of the identity index.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PersonKey {
+    Email(String),
+    UserId(String),
+}
+
+impl PersonKey {
+    /// Build a normalised email key; `None` when the raw value cannot be an identifier.
+    pub fn email(raw: &str) -> Option<Self> {
+        normalize_email(raw).map(Self::Email)
+    }
+
+    /// Build a normalised user-id key.
+    pub fn user_id(raw: &str) -> Option<Self> {
+        normalize_user_id(raw).map(Self::UserId)
+    }
+
+    /// Stable text form used as a map key and a Redis key suffix.
+    pub fn index_key(&self) -> String {
+        match self {
+            Self::Email(e) => format!("email:{e}"),
+            Self::UserId(u) => format!("user:{u}"),
+        }
+    }
+}
+
+/// One UI action, in the connector's vocabulary.
+///
+/// Texts are `Box<str>` (two words instead of three): tens of thousands of sessions hold
+/// twenty or more of these each, so the per-action overhead is what decides memory use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<i64>,
+    /// `pageview`, `click`, `submit`, `type`, ... (lower-cased).
+    pub kind: Box<str>,
+    pub title: Box<str>,
+    pub description: Box<str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_start: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_end: Option<f64>,
+    /// `None` when equal to `canonical_url` (the common case), to store it once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_url: Option<Box<str>>,
+    pub canonical_url: Box<str>,
+    /// Per-action identity, kept only when it differs from the session's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Box<ActionIdentity>>,
+}
+
+/// Identity fields an action carries that differ from its envelope's.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ActionIdentity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<Box<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<Box<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<Box<str>>,
+}
+
+impl Action {
+    /// The URL as captured (falls back to the canonical one, which is how it was stored).
+    pub fn raw_url(&self) -> &str {
+        self.raw_url.as_deref().unwrap_or(&self.canonical_url)
+    }
+
+    /// Best single time for ordering and windows: start, else end.
+    pub fn time(&self) -> Option<f64> {
+        self.timestamp_start.or(self.timestamp_end)
+    }
+
+    /// Latest time the action touches.
+    pub fn end_time(&self) -> Option<f64> {
+        self.timestamp_end.or(self.timestamp_start)
+    }
+
+    pub fn is_pageview(&self) -> bool {
+        &*self.kind == "pageview"
+    }
+
+    /// Clicks and submits are what the activity record lists as "what they did".
+    pub fn is_click_or_submit(&self) -> bool {
+        matches!(&*self.kind, "click" | "submit")
+    }
+
+    /// One line for prompts and records:
+    /// `14:00:02 UTC click "Click Projects link": User clicked ... (https://app/dashboard)`.
+    pub fn describe(&self) -> String {
+        let when = self
+            .time()
+            .map(|t| format!("{} UTC ", crate::clock::format_utc_time(t)))
+            .unwrap_or_default();
+        let description = self.description.trim();
+        let detail = if description.is_empty() || description == self.title.trim() {
+            String::new()
+        } else {
+            format!(": {description}")
+        };
+        format!(
+            "{when}{} \"{}\"{detail} ({})",
+            self.kind,
+            self.title.trim(),
+            self.canonical_url
+        )
+    }
+
+    /// A readable page name for this action: the title of a page load, else the URL's path.
+    pub fn page_label(&self) -> String {
+        if self.is_pageview() {
+            if let Some(name) = self.title.strip_prefix("Page Load:") {
+                let name = name.trim();
+                if !name.is_empty() {
+                    return name.to_string();
+                }
+            }
+            if !self.title.trim().is_empty() {
+                return self.title.trim().to_string();
+            }
+        }
+        url_path_label(&self.canonical_url)
+    }
+}
+
+/// A short label from a URL: its path (`https://h/a/b?x` → `/a/b`).
+pub fn url_path_label(url: &str) -> String {
+    let without_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = if url.contains("://") {
+        without_scheme
+            .find('/')
+            .map_or("/", |i| &without_scheme[i..])
+    } else {
+        without_scheme
+    };
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    if path.is_empty() {
+        "/".to_string()
+    } else {
+        path.to_string()
+    }
+}
+
+/// One delivered batch of actions. Immutable once stored (shared by `Arc` between the store and
+/// readers), identified by a per-session sequence number that never repeats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Chunk {
+    pub seq: u64,
+    pub actions: Box<[Action]>,
+    /// Server clock (Unix seconds) when the batch was stored.
+    pub received_at: f64,
+    /// Earliest and latest action time; the connector's `forwarded_at` or `received_at` when
+    /// actions carry no timestamps.
+    pub first_ts: f64,
+    pub last_ts: f64,
+}
+
+/// Which summarizer wrote a summary; shown in record metadata as `summarizer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SummarySource {
+    /// An OpenAI-compatible LLM.
+    Llm,
+    /// The deterministic built-in summarizer (the default, and the fallback).
+    Builtin,
+    /// The connector's own `summary` payload.
+    Connector,
+}
+
+impl SummarySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Llm => "llm",
+            Self::Builtin => "builtin",
+            Self::Connector => "connector",
+        }
+    }
+}
+
+/// The rolling summary of everything a session did before its remaining raw chunks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub text: String,
+    pub source: SummarySource,
+    /// Every chunk with `seq <= covers_through_seq` is represented in this summary.
+    pub covers_through_seq: u64,
+    /// How many raw actions it condenses, in total over its whole history.
+    pub covered_actions: u64,
+    /// Time range of the activity it covers.
+    pub first_ts: f64,
+    pub last_ts: f64,
+    /// Server clock when written.
+    pub updated_at: f64,
+    /// Bumped on every replacement; lets a slow summarizer detect that it lost a race.
+    pub generation: u64,
+    /// Structured state of the built-in summarizer, so that its summaries merge without
+    /// re-reading text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<builtin::Digest>,
+}
+
+/// A stretch of time in which the stream was down: activity in it may be missing.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Gap {
+    pub from: f64,
+    pub to: f64,
+}
+
+/// A product tour the connector offered to this session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TourOffer {
+    pub flow_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub at: f64,
+}
+
+/// Where the user is now, kept across summarisation so "on X for N minutes" stays exact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurrentPage {
+    pub label: String,
+    pub url: String,
+    /// When the user arrived on this page (action time).
+    pub since: f64,
+}
+
+/// A batch of actions ready to be stored: already validated (the session id exists).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionBatch {
+    pub session_id: SessionId,
+    pub product_id: Option<String>,
+    pub user_id: Option<String>,
+    pub email: Option<String>,
+    pub conversation_id: Option<String>,
+    pub actions: Vec<Action>,
+    pub forwarded_at: Option<f64>,
+}
+
+impl ActionBatch {
+    /// Identity keys this batch feeds into the index (envelope and per-action, deduplicated).
+    pub fn person_keys(&self) -> Vec<PersonKey> {
+        let mut keys = Vec::new();
+        let mut add = |key: Option<PersonKey>| {
+            if let Some(key) = key
+                && !keys.contains(&key)
+            {
+                keys.push(key);
+            }
+        };
+        add(self.email.as_deref().and_then(PersonKey::email));
+        add(self.user_id.as_deref().and_then(PersonKey::user_id));
+        for action in &self.actions {
+            if let Some(identity) = &action.identity {
+                add(identity.email.as_deref().and_then(PersonKey::email));
+                add(identity.user_id.as_deref().and_then(PersonKey::user_id));
+            }
+        }
+        keys
+    }
+}
+
+/// Limits applied to each session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// Raw chunks kept before the oldest are folded into the summary.
+    pub max_chunks: usize,
+}
+
+/// What appending a batch did, for metrics and the summarizer trigger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppendOutcome {
+    pub seq: u64,
+    /// True when the session did not exist before.
+    pub created: bool,
+    /// Raw actions not yet covered by any summary.
+    pub unsummarized_actions: usize,
+    /// Chunks folded into the summary by the built-in summarizer because the cap was reached.
+    pub folded_chunks: usize,
+}
+
+/// A snapshot of the work a summarizer must do: the previous summary plus the raw chunks after it.
+#[derive(Debug, Clone)]
+pub struct SummaryJob {
+    pub session_id: SessionId,
+    pub previous: Option<Arc<Summary>>,
+    pub chunks: Vec<Arc<Chunk>>,
+    /// Highest chunk sequence number in `chunks`.
+    pub through_seq: u64,
+    /// A token proving the claim; the store only accepts the result from its holder.
+    pub claim_token: u64,
+}
+
+impl SummaryJob {
+    pub fn action_count(&self) -> usize {
+        self.chunks.iter().map(|c| c.actions.len()).sum()
+    }
+}
+
+/// A summary written by a summarizer, before it is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryDraft {
+    pub text: String,
+    pub source: SummarySource,
+    pub digest: Option<builtin::Digest>,
+}
+
+/// What happened to a finished summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SummaryApplied {
+    /// Stored; it replaced the previous summary and exactly the chunks it covered.
+    Applied { removed_chunks: usize },
+    /// Discarded: while it was being written, a newer summary already covered more.
+    Stale,
+    /// The session is gone (evicted or expired) or the claim was lost.
+    Gone,
+}
+
+/// Everything the store keeps about one browser session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: SessionId,
+    #[serde(default)]
+    pub product_id: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    /// Identity-index keys this session has been indexed under (for clean-up on eviction).
+    #[serde(default)]
+    pub person_keys: Vec<PersonKey>,
+    /// Server clock, Unix seconds.
+    pub created_at: f64,
+    pub last_seen: f64,
+    pub next_seq: u64,
+    pub chunks: VecDeque<Arc<Chunk>>,
+    /// Raw actions in `chunks`.
+    pub raw_actions: usize,
+    #[serde(default)]
+    pub summary: Option<Arc<Summary>>,
+    /// The newest chunks that a summary already covers, kept for the activity view.
+    #[serde(default)]
+    pub recent_covered: VecDeque<Arc<Chunk>>,
+    #[serde(default)]
+    pub current_page: Option<CurrentPage>,
+    #[serde(default)]
+    pub tour: Option<TourOffer>,
+    #[serde(default)]
+    pub gaps: Vec<Gap>,
+    /// Bumped on every change (optimistic concurrency for shared backends, dirty tracking).
+    #[serde(default)]
+    pub version: u64,
+    /// A summary job holds the session until this server-clock time.
+    #[serde(default)]
+    pub summary_claim_until: f64,
+    #[serde(default)]
+    pub summary_claim_token: u64,
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new(id: SessionId, now: f64) -> Self {
+        Self {
+            id,
+            product_id: None,
+            email: None,
+            user_id: None,
+            conversation_id: None,
+            person_keys: Vec::new(),
+            created_at: now,
+            last_seen: now,
+            next_seq: 1,
+            chunks: VecDeque::new(),
+            raw_actions: 0,
+            summary: None,
+            recent_covered: VecDeque::new(),
+            current_page: None,
+            tour: None,
+            gaps: Vec::new(),
+            version: 0,
+            summary_claim_until: 0.0,
+            summary_claim_token: 0,
+        }
+    }
+
+    /// Store one batch as a new chunk; fold the oldest chunks into the summary if the cap is hit.
+    pub fn append(&mut self, batch: ActionBatch, now: f64, limits: SessionLimits) -> AppendOutcome {
+        let created = self.version == 0;
+        self.touch_identity(&batch);
+        let fallback_time = batch.forwarded_at.unwrap_or(now);
+        let first_ts = batch
+            .actions
+            .iter()
+            .filter_map(Action::time)
+            .fold(f64::INFINITY, f64::min);
+        let last_ts = batch
+            .actions
+            .iter()
+            .filter_map(Action::end_time)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let (first_ts, last_ts) = if first_ts.is_finite() && last_ts.is_finite() {
+            (first_ts, last_ts)
+        } else {
+            (fallback_time, fallback_time)
+        };
+        self.update_current_page(&batch.actions, first_ts);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.raw_actions += batch.actions.len();
+        self.chunks.push_back(Arc::new(Chunk {
+            seq,
+            actions: batch.actions.into_boxed_slice(),
+            received_at: now,
+            first_ts,
+            last_ts,
+        }));
+        self.last_seen = now;
+        let folded_chunks = self.fold_overflow(now, limits.max_chunks.max(1));
+        self.version += 1;
+        AppendOutcome {
+            seq,
+            created,
+            unsummarized_actions: self.raw_actions,
+            folded_chunks,
+        }
+    }
+
+    fn touch_identity(&mut self, batch: &ActionBatch) {
+        if self.product_id.is_none() {
+            self.product_id.clone_from(&batch.product_id);
+        }
+        if let Some(email) = batch.email.as_deref().and_then(normalize_email) {
+            self.email = Some(email);
+        }
+        if let Some(user_id) = batch.user_id.as_deref().and_then(normalize_user_id) {
+            self.user_id = Some(user_id);
+        }
+        if batch.conversation_id.is_some() {
+            self.conversation_id.clone_from(&batch.conversation_id);
+        }
+        for key in batch.person_keys() {
+            if !self.person_keys.contains(&key) && self.person_keys.len() < 8 {
+                self.person_keys.push(key);
+            }
+        }
+    }
+
+    fn update_current_page(&mut self, actions: &[Action], batch_start: f64) {
+        for action in actions {
+            let at = action.time().unwrap_or(batch_start);
+            let moved = match &self.current_page {
+                None => true,
+                Some(page) => action.is_pageview() || page.url != *action.canonical_url,
+            };
+            if moved {
+                let same_url = self
+                    .current_page
+                    .as_ref()
+                    .is_some_and(|p| p.url == *action.canonical_url);
+                if same_url {
+                    // A reload of the same page refreshes the label but not the arrival time.
+                    if let Some(page) = self.current_page.as_mut() {
+                        page.label = action.page_label();
+                    }
+                } else {
+                    self.current_page = Some(CurrentPage {
+                        label: action.page_label(),
+                        url: action.canonical_url.to_string(),
+                        since: at,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Fold the oldest chunks beyond `max_chunks` into the summary with the built-in
+    /// summarizer: the cap bounds memory without ever dropping an action silently.
+    fn fold_overflow(&mut self, now: f64, max_chunks: usize) -> usize {
+        if self.chunks.len() <= max_chunks {
+            return 0;
+        }
+        let overflow = self.chunks.len() - max_chunks;
+        let folded: Vec<Arc<Chunk>> = self.chunks.iter().take(overflow).cloned().collect();
+        let through = folded.last().map_or(0, |c| c.seq);
+        let draft = builtin::summarize(self.summary.as_deref(), &folded);
+        self.replace_with_summary(draft, through, now);
+        overflow
+    }
+
+    /// Unsummarised raw actions.
+    pub fn unsummarized_actions(&self) -> usize {
+        self.raw_actions
+    }
+
+    /// Newest chunk sequence number, 0 when none was ever stored.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq.saturating_sub(1)
+    }
+
+    /// Try to claim a summary job: at most one in flight per session (the claim expires at
+    /// `until`, so a crashed worker cannot block the session forever).
+    pub fn claim_summary(
+        &mut self,
+        threshold: usize,
+        now: f64,
+        until: f64,
+        token: u64,
+    ) -> Option<SummaryJob> {
+        if self.raw_actions < threshold.max(1)
+            || self.chunks.is_empty()
+            || self.summary_claim_until > now
+        {
+            return None;
+        }
+        self.summary_claim_until = until;
+        self.summary_claim_token = token;
+        let chunks: Vec<Arc<Chunk>> = self.chunks.iter().cloned().collect();
+        let through_seq = chunks.last().map_or(0, |c| c.seq);
+        Some(SummaryJob {
+            session_id: self.id.clone(),
+            previous: self.summary.clone(),
+            chunks,
+            through_seq,
+            claim_token: token,
+        })
+    }
+
+    /// Give a claim back without a result (the summarizer failed); nothing is removed.
+    pub fn release_claim(&mut self, token: u64) -> bool {
+        if self.summary_claim_token == token && self.summary_claim_until > 0.0 {
+            self.summary_claim_until = 0.0;
+            return true;
+        }
+        false
+    }
+
+    /// Store a finished summary job: the new summary replaces the previous one and exactly the
+    /// chunks the job covered; chunks that arrived meanwhile stay raw.
+    ///
+    /// Accepted even if the summary changed meanwhile (a cap fold or a connector summary), as
+    /// long as what is stored now covers no more than the job did: everything the newer summary
+    /// knew came from the job's inputs. Otherwise the job is stale and discarded.
+    pub fn finish_summary(
+        &mut self,
+        job: &SummaryJob,
+        draft: SummaryDraft,
+        now: f64,
+    ) -> SummaryApplied {
+        if self.summary_claim_token != job.claim_token {
+            return SummaryApplied::Gone;
+        }
+        self.summary_claim_until = 0.0;
+        let current_cover = self.summary.as_ref().map_or(0, |s| s.covers_through_seq);
+        if current_cover > job.through_seq {
+            self.version += 1;
+            return SummaryApplied::Stale;
+        }
+        let removed = self.replace_with_summary(draft, job.through_seq, now);
+        SummaryApplied::Applied {
+            removed_chunks: removed,
+        }
+    }
+
+    /// Apply the connector's own summary: it condenses the oldest `replaces` raw actions.
+    /// Only whole chunks that fit inside `replaces` are removed; a straddling chunk stays raw
+    /// (over-keeping is safe, dropping is not).
+    pub fn apply_connector_summary(&mut self, text: &str, replaces: usize, now: f64) -> usize {
+        let mut budget = replaces;
+        let mut through = self.summary.as_ref().map_or(0, |s| s.covers_through_seq);
+        for chunk in &self.chunks {
+            if chunk.actions.len() > budget {
+                break;
+            }
+            budget -= chunk.actions.len();
+            through = chunk.seq;
+        }
+        // Autoplay's summaries cover only their own batch, not the whole session: keep what
+        // the previous summary said in front of it, so older history is not forgotten.
+        let combined = match self.summary.as_deref() {
+            Some(previous) if !previous.text.trim().is_empty() => {
+                format!("{}\n{}", previous.text.trim_end(), text.trim())
+            }
+            _ => text.trim().to_string(),
+        };
+        let draft = SummaryDraft {
+            text: combined,
+            source: SummarySource::Connector,
+            digest: None,
+        };
+        self.replace_with_summary(draft, through, now)
+    }
+
+    /// The shared replacement rule: remove chunks with `seq <= through`, store the summary.
+    fn replace_with_summary(&mut self, draft: SummaryDraft, through: u64, now: f64) -> usize {
+        let previous = self.summary.as_deref();
+        let mut first_ts = previous.map_or(f64::INFINITY, |s| s.first_ts);
+        let mut last_ts = previous.map_or(f64::NEG_INFINITY, |s| s.last_ts);
+        let mut covered_actions = previous.map_or(0, |s| s.covered_actions);
+        let mut removed = 0;
+        while let Some(front) = self.chunks.front() {
+            if front.seq > through {
+                break;
+            }
+            let Some(chunk) = self.chunks.pop_front() else {
+                break;
+            };
+            first_ts = first_ts.min(chunk.first_ts);
+            last_ts = last_ts.max(chunk.last_ts);
+            covered_actions += chunk.actions.len() as u64;
+            self.raw_actions = self.raw_actions.saturating_sub(chunk.actions.len());
+            self.recent_covered.push_back(chunk);
+            removed += 1;
+        }
+        while self.recent_covered.len() > RECENT_COVERED_CHUNKS {
+            self.recent_covered.pop_front();
+        }
+        if !first_ts.is_finite() {
+            first_ts = now;
+        }
+        if !last_ts.is_finite() {
+            last_ts = now;
+        }
+        let generation = previous.map_or(1, |s| s.generation + 1);
+        let covers_through_seq = previous.map_or(0, |s| s.covers_through_seq).max(through);
+        self.summary = Some(Arc::new(Summary {
+            text: cap_summary_text(draft.text),
+            source: draft.source,
+            covers_through_seq,
+            covered_actions,
+            first_ts,
+            last_ts,
+            updated_at: now,
+            generation,
+            digest: draft.digest,
+        }));
+        self.version += 1;
+        removed
+    }
+
+    /// Record a product tour offer.
+    pub fn record_tour(&mut self, flow_id: &str, reason: Option<&str>, at: f64, now: f64) {
+        self.tour = Some(TourOffer {
+            flow_id: flow_id.to_string(),
+            reason: reason.map(str::to_string),
+            at,
+        });
+        self.last_seen = self.last_seen.max(now);
+        self.version += 1;
+    }
+
+    /// Remember that activity in `gap` may be missing, if the session was plausibly alive then.
+    pub fn note_gap(&mut self, gap: Gap) {
+        if self.gaps.contains(&gap) {
+            return;
+        }
+        self.gaps.push(gap);
+        if self.gaps.len() > MAX_GAPS {
+            self.gaps.remove(0);
+        }
+        self.version += 1;
+    }
+
+    /// Every action the session still holds raw, oldest first (chunks in order).
+    pub fn raw_action_iter(&self) -> impl Iterator<Item = &Action> {
+        self.chunks.iter().flat_map(|c| c.actions.iter())
+    }
+
+    /// Actions for the activity view: recently summarised chunks, then raw chunks, oldest first.
+    pub fn recent_action_iter(&self) -> impl Iterator<Item = &Action> {
+        self.recent_covered
+            .iter()
+            .chain(self.chunks.iter())
+            .flat_map(|c| c.actions.iter())
+    }
+
+    /// Latest time of any activity (action time, else receive time).
+    pub fn last_activity(&self) -> f64 {
+        self.chunks
+            .back()
+            .or(self.recent_covered.back())
+            .map_or(self.last_seen, |c| c.last_ts)
+    }
+
+    /// Is the session past its idle expiry at `now`?
+    pub fn is_expired(&self, now: f64, ttl_secs: f64) -> bool {
+        self.last_seen + ttl_secs < now
+    }
+}
+
+/// Keep a summary bounded: when too long, keep its newest part (cut at a character boundary).
+fn cap_summary_text(text: String) -> String {
+    if text.chars().count() <= MAX_SUMMARY_CHARS {
+        return text;
+    }
+    let skip = text.chars().count() - MAX_SUMMARY_CHARS + 1;
+    let tail: String = text.chars().skip(skip).collect();
+    format!("…{tail}")
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn action(kind: &str, title: &str, url: &str, ts: f64) -> Action {
+        Action {
+            index: None,
+            kind: kind.into(),
+            title: title.into(),
+            description: format!("User did {kind} {title}").into(),
+            timestamp_start: Some(ts),
+            timestamp_end: Some(ts),
+            raw_url: None,
+            canonical_url: url.into(),
+            identity: None,
+        }
+    }
+
+    pub fn batch(session: &str, actions: Vec<Action>) -> ActionBatch {
+        ActionBatch {
+            session_id: SessionId::parse(session).unwrap(),
+            product_id: Some("acme".into()),
+            user_id: Some("u1".into()),
+            email: Some("A@Example.com".into()),
+            conversation_id: None,
+            actions,
+            forwarded_at: None,
+        }
+    }
+
+    fn limits(max_chunks: usize) -> SessionLimits {
+        SessionLimits { max_chunks }
+    }
+
+    #[test]
+    fn session_id_rejects_empty_and_control_characters() {
+        assert_eq!(SessionId::parse("  "), Err(InvalidId::Empty));
+        assert_eq!(
+            SessionId::parse("a\u{0}b"),
+            Err(InvalidId::ControlCharacters)
+        );
+        assert_eq!(SessionId::parse(&"x".repeat(300)), Err(InvalidId::TooLong));
+        assert_eq!(SessionId::parse(" ps_1 ").unwrap().as_str(), "ps_1");
+    }
+
+    #[test]
+    fn append_assigns_increasing_sequence_numbers_and_normalises_email() {
+        let mut s = Session::new(SessionId::parse("s1").unwrap(), 10.0);
+        let first = s.append(
+            batch("s1", vec![action("click", "A", "/a", 1.0)]),
+            10.0,
+            limits(50),
+        );
+        let second = s.append(
+            batch("s1", vec![action("click", "B", "/a", 2.0)]),
+            11.0,
+            limits(50),
+        );
+        assert!(first.created);
+        assert!(!second.created);
+        assert_eq!((first.seq, second.seq), (1, 2));
+        assert_eq!(s.email.as_deref(), Some("a@example.com"));
+        assert_eq!(s.raw_actions, 2);
+    }
+
+    #[test]
+    fn cap_folds_oldest_chunks_into_builtin_summary_instead_of_dropping() {
+        let mut s = Session::new(SessionId::parse("s1").unwrap(), 0.0);
+        for i in 0..5 {
+            s.append(
+                batch(
+                    "s1",
+                    vec![action(
+                        "pageview",
+                        &format!("Page Load: P{i}"),
+                        &format!("/p{i}"),
+                        i as f64,
+                    )],
+                ),
+                i as f64,
+                limits(3),
+            );
+        }
+        assert_eq!(s.chunks.len(), 3);
+        let summary = s.summary.as_ref().expect("folded into a summary");
+        assert_eq!(summary.covers_through_seq, 2);
+        assert_eq!(summary.covered_actions, 2);
+        assert_eq!(summary.source, SummarySource::Builtin);
+        assert!(
+            summary.text.contains("P0") && summary.text.contains("P1"),
+            "{}",
+            summary.text
+        );
+    }
+
+    #[test]
+    fn finish_summary_removes_exactly_the_covered_chunks() {
+        let mut s = Session::new(SessionId::parse("s1").unwrap(), 0.0);
+        for i in 0..3 {
+            s.append(
+                batch("s1", vec![action("click", "X", "/x", i as f64)]),
+                0.0,
+                limits(50),
+            );
+        }
+        let job = s.claim_summary(2, 0.0, 30.0, 7).expect("claimable");
+        assert!(
+            s.claim_summary(2, 1.0, 30.0, 8).is_none(),
+            "one in flight per session"
+        );
+        // Arrives while the summarizer works.
+        s.append(
+            batch("s1", vec![action("click", "Y", "/y", 9.0)]),
+            1.0,
+            limits(50),
+        );
+        let draft = SummaryDraft {
+            text: "did X three times".into(),
+            source: SummarySource::Llm,
+            digest: None,
+        };
+        assert_eq!(
+            s.finish_summary(&job, draft, 2.0),
+            SummaryApplied::Applied { removed_chunks: 3 }
+        );
+        assert_eq!(s.chunks.len(), 1);
+        assert_eq!(s.chunks[0].seq, 4);
+        assert_eq!(s.summary.as_ref().unwrap().covers_through_seq, 3);
+        assert_eq!(s.raw_actions, 1);
+    }
+
+    #[test]
+    fn stale_summary_is_discarded_when_newer_summary_covers_more() {
+        let mut s = Session::new(SessionId::parse("s1").unwrap(), 0.0);
+        s.append(
+            batch("s1", vec![action("click", "X", "/x", 1.0)]),
+            0.0,
+            limits(50),
+        );
+        let job = s.claim_summary(1, 0.0, 30.0, 1).unwrap();
+        s.append(
+            batch("s1", vec![action("click", "Y", "/y", 2.0)]),
+            0.0,
+            limits(50),
+        );
+        s.apply_connector_summary("connector saw both", 2, 1.0);
+        let draft = SummaryDraft {
+            text: "only X".into(),
+            source: SummarySource::Llm,
+            digest: None,
+        };
+        assert_eq!(s.finish_summary(&job, draft, 2.0), SummaryApplied::Stale);
+        assert!(
+            s.summary
+                .as_ref()
+                .unwrap()
+                .text
+                .contains("connector saw both")
+        );
+    }
+
+    #[test]
+    fn connector_summary_never_removes_a_straddling_chunk() {
+        let mut s = Session::new(SessionId::parse("s1").unwrap(), 0.0);
+        s.append(
+            batch(
+                "s1",
+                vec![
+                    action("click", "A", "/a", 1.0),
+                    action("click", "B", "/a", 2.0),
+                ],
+            ),
+            0.0,
+            limits(50),
+        );
+        s.append(
+            batch(
+                "s1",
+                vec![
+                    action("click", "C", "/a", 3.0),
+                    action("click", "D", "/a", 4.0),
+                ],
+            ),
+            0.0,
+            limits(50),
+        );
+        let removed = s.apply_connector_summary("A and B", 3, 5.0);
+        assert_eq!(removed, 1);
+        assert_eq!(s.raw_actions, 2);
+        assert_eq!(s.summary.as_ref().unwrap().covers_through_seq, 1);
+    }
+
+    #[test]
+    fn current_page_survives_summarisation_and_keeps_arrival_time() {
+        let mut s = Session::new(SessionId::parse("s1").unwrap(), 0.0);
+        s.append(
+            batch(
+                "s1",
+                vec![
+                    action("pageview", "Page Load: Billing", "/billing", 100.0),
+                    action("click", "Upgrade", "/billing", 130.0),
+                ],
+            ),
+            0.0,
+            limits(50),
+        );
+        let page = s.current_page.clone().unwrap();
+        assert_eq!(page.label, "Billing");
+        assert_eq!(page.since, 100.0);
+    }
+
+    #[test]
+    fn url_labels() {
+        assert_eq!(
+            url_path_label("https://app.acme.io/projects/:id?x=1"),
+            "/projects/:id"
+        );
+        assert_eq!(url_path_label("https://app.acme.io"), "/");
+        assert_eq!(url_path_label("/settings"), "/settings");
+    }
+}
