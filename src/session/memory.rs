@@ -145,8 +145,15 @@ impl MemoryStore {
         loaded
     }
 
+    /// Point every key of `session` at it (loading saved state, oldest first).
     fn index_session(&self, session: &Session) {
-        for key in &session.person_keys {
+        self.index_keys(session, &session.person_keys);
+    }
+
+    /// Point `keys` at `session`: the session last written *with* a person's identity is that
+    /// person's newest (a later batch without the identity does not re-point it).
+    fn index_keys(&self, session: &Session, keys: &[PersonKey]) {
+        for key in keys.iter().filter(|k| session.person_keys.contains(k)) {
             self.people
                 .insert(scoped_key(None, key), session.id.clone());
             if let Some(product) = session.product_id.as_deref() {
@@ -154,10 +161,14 @@ impl MemoryStore {
                     .insert(scoped_key(Some(product), key), session.id.clone());
             }
         }
-        if let Some(product) = session.product_id.as_deref() {
-            if !self.products.contains_key(product) {
-                self.products.insert(product.to_string(), ());
-            }
+        self.note_product(session);
+    }
+
+    fn note_product(&self, session: &Session) {
+        if let Some(product) = session.product_id.as_deref()
+            && !self.products.contains_key(product)
+        {
+            self.products.insert(product.to_string(), ());
         }
     }
 
@@ -298,11 +309,12 @@ impl SessionStore for MemoryStore {
         _fence: Option<&Fence>,
     ) -> Result<StoredBatch, StoreError> {
         let id = batch.session_id.clone();
+        let keys = batch.person_keys();
         let limits = self.config.limits;
         let (mut outcome, created, snapshot) =
             self.update_session(&id, now, |session| session.append(batch, now, limits));
         outcome.created = created;
-        self.index_session(&snapshot);
+        self.index_keys(&snapshot, &keys);
         let evicted = if created {
             self.evict_over_limit(Some(&id))
         } else {
@@ -327,7 +339,7 @@ impl SessionStore for MemoryStore {
             session.last_seen = now;
             session.apply_connector_summary(text, replaces, now)
         });
-        self.index_session(&snapshot);
+        self.note_product(&snapshot);
         if created {
             self.evict_over_limit(Some(session_id));
         }
@@ -349,7 +361,7 @@ impl SessionStore for MemoryStore {
             }
             session.record_tour(flow_id, reason, now, now);
         });
-        self.index_session(&snapshot);
+        self.note_product(&snapshot);
         if created {
             self.evict_over_limit(Some(session_id));
         }

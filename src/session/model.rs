@@ -22,6 +22,11 @@ pub const RECENT_COVERED_CHUNKS: usize = 16;
 /// How many stream gaps a session remembers.
 pub const MAX_GAPS: usize = 4;
 
+/// Identities (emails, user ids) one session is indexed under at most; a session claiming more
+/// (a shared kiosk, or forged traffic) is not indexed under the extra ones, so the index stays
+/// bounded and every entry is cleaned up with its session.
+pub const MAX_PERSON_KEYS: usize = 32;
+
 /// Cap on a stored summary's text; a longer one keeps its newest part.
 pub const MAX_SUMMARY_CHARS: usize = 6000;
 
@@ -551,7 +556,7 @@ impl Session {
             self.conversation_id.clone_from(&batch.conversation_id);
         }
         for key in batch.person_keys() {
-            if !self.person_keys.contains(&key) && self.person_keys.len() < 8 {
+            if !self.person_keys.contains(&key) && self.person_keys.len() < MAX_PERSON_KEYS {
                 self.person_keys.push(key);
             }
         }

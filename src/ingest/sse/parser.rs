@@ -218,16 +218,12 @@ impl SseParser {
                 self.event_type.clear();
                 self.event_type.push_str(value);
             }
-            b"id" => {
-                if !value.contains('\0') {
-                    self.last_event_id = Some(value.to_string());
-                }
+            b"id" if !value.contains('\0') => {
+                self.last_event_id = Some(value.to_string());
             }
-            b"retry" => {
-                if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-                    if let Ok(ms) = value.parse::<u64>() {
-                        emit(SseItem::Retry(ms));
-                    }
+            b"retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                if let Ok(ms) = value.parse::<u64>() {
+                    emit(SseItem::Retry(ms));
                 }
             }
             _ => {}
@@ -263,5 +259,125 @@ impl SseParser {
         self.oversize = false;
         self.oversize_line_has_bytes = false;
         self.invalid_utf8 = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(input: &[u8], max: usize) -> Vec<SseItem> {
+        let mut parser = SseParser::new(max);
+        let mut items = Vec::new();
+        parser.feed(input, &mut |i| items.push(i));
+        items
+    }
+
+    fn event(event: &str, data: &str, id: Option<&str>) -> SseItem {
+        SseItem::Event(SseEvent {
+            event: event.into(),
+            data: data.into(),
+            id: id.map(str::to_string),
+        })
+    }
+
+    #[test]
+    fn comments_fields_without_colon_and_multiline_data() {
+        let items = parse(
+            b": hello\ndata\ndata:a\ndata: b\n\nevent: ping\ndata:\n\n",
+            1024,
+        );
+        assert_eq!(
+            items,
+            [event("message", "\na\nb", None), event("ping", "", None)]
+        );
+    }
+
+    #[test]
+    fn frames_without_data_are_not_dispatched() {
+        assert_eq!(parse(b"event: x\n\n: only a comment\n\n", 1024), []);
+    }
+
+    #[test]
+    fn ids_persist_and_ids_with_nul_are_ignored() {
+        let items = parse(b"id: 7\ndata: a\n\ndata: b\n\nid: x\0y\ndata: c\n\n", 1024);
+        assert_eq!(
+            items,
+            [
+                event("message", "a", Some("7")),
+                event("message", "b", Some("7")),
+                event("message", "c", Some("7"))
+            ]
+        );
+    }
+
+    #[test]
+    fn retry_needs_digits() {
+        assert_eq!(
+            parse(b"retry: 1500\nretry: 1.5\nretry: x\n\n", 1024),
+            [SseItem::Retry(1500)]
+        );
+    }
+
+    #[test]
+    fn a_crlf_split_across_feeds_is_one_line_ending() {
+        let mut parser = SseParser::default();
+        let mut items = Vec::new();
+        parser.feed(b"data: a\r", &mut |i| items.push(i));
+        parser.feed(b"\n\r", &mut |i| items.push(i));
+        parser.feed(b"\ndata: b\r\r", &mut |i| items.push(i));
+        assert_eq!(
+            items,
+            [event("message", "a", None), event("message", "b", None)]
+        );
+    }
+
+    #[test]
+    fn oversize_frames_are_skipped_and_reported_then_parsing_resumes() {
+        let mut input = b"data: ".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 100));
+        input.extend(b"\ndata: more\n\ndata: ok\n\n");
+        let items = parse(&input, 50);
+        assert!(
+            matches!(items[0], SseItem::Oversize { bytes } if bytes > 50),
+            "{items:?}"
+        );
+        assert_eq!(items[1], event("message", "ok", None));
+        assert_eq!(items.len(), 2);
+    }
+
+    #[test]
+    fn invalid_utf8_frames_are_skipped_and_reported() {
+        let items = parse(b"data: \xff\xfe\n\ndata: fine\n\n", 1024);
+        assert_eq!(
+            items,
+            [SseItem::InvalidUtf8, event("message", "fine", None)]
+        );
+    }
+
+    #[test]
+    fn a_bom_split_across_feeds_is_removed_once() {
+        let mut parser = SseParser::default();
+        let mut items = Vec::new();
+        for chunk in [
+            &b"\xEF"[..],
+            b"\xBB",
+            b"\xBFdata: a\n\n",
+            b"\xEF\xBB\xBFdata: b\n\n",
+        ] {
+            parser.feed(chunk, &mut |i| items.push(i));
+        }
+        // Only the stream's first BOM is special; a later one is part of a field name.
+        assert_eq!(items, [event("message", "a", None)]);
+    }
+
+    #[test]
+    fn a_partial_bom_prefix_is_replayed_as_data() {
+        let mut parser = SseParser::default();
+        let mut items = Vec::new();
+        parser.feed(b"\xEF", &mut |i| items.push(i));
+        parser.feed(b"data: a\n\n", &mut |i| items.push(i));
+        // "\xEFdata" is not the field "data": nothing is dispatched, nothing panics.
+        assert_eq!(items, []);
     }
 }
