@@ -22,6 +22,7 @@ use crate::ingest::sse::{StreamConfig, StreamConsumer, StreamHandle};
 use crate::ingest::webhook::WebhookSettings;
 use crate::session::memory::MemoryStore;
 use crate::session::model::SessionLimits;
+use crate::session::persist::{Snapshots, Snapshotter};
 use crate::session::store::{SessionStore, StoreConfig};
 use crate::session::summarizer::{LlmConfig, Summarizer, SummarizerConfig};
 use crate::telemetry::Metrics;
@@ -36,6 +37,8 @@ pub enum StartupError {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("cannot use the data directory: {0}")]
+    DataDir(#[from] crate::session::persist::PersistError),
 }
 
 /// Parts a caller may supply instead of the defaults (tests, the demo, Redis mode).
@@ -57,6 +60,7 @@ pub struct Application {
     shutdown: CancellationToken,
     streams: Vec<StreamHandle>,
     background: Vec<JoinHandle<()>>,
+    snapshotter: Option<Snapshotter>,
     shutdown_timeout: Duration,
 }
 
@@ -72,12 +76,31 @@ impl Application {
         overrides: Overrides,
     ) -> Result<Self, StartupError> {
         let metrics = overrides.metrics.unwrap_or_default();
-        let store: Arc<dyn SessionStore> = match overrides.store {
-            Some(store) => store,
-            None => Arc::new(MemoryStore::new(store_config(&config))),
-        };
         let shutdown = CancellationToken::new();
         let mut background = Vec::new();
+        let mut snapshotter = None;
+        let store: Arc<dyn SessionStore> = match (overrides.store, &config.data_dir) {
+            (Some(_), Some(_)) => {
+                return Err(StartupError::Config(
+                    "--data-dir keeps the in-memory store; a shared backend keeps its own state"
+                        .into(),
+                ));
+            }
+            (Some(store), None) => store,
+            (None, None) => Arc::new(MemoryStore::new(store_config(&config))),
+            (None, Some(dir)) => {
+                let memory = Arc::new(MemoryStore::with_change_tracking(store_config(&config)));
+                let restored = Snapshotter::restore(
+                    Snapshots::open(dir)?,
+                    Arc::clone(&memory),
+                    Arc::clone(&metrics),
+                    clock::now(),
+                )?;
+                background.push(restored.spawn(config.snapshot_interval, shutdown.child_token()));
+                snapshotter = Some(restored);
+                memory
+            }
+        };
 
         let summarizer = Summarizer::new(
             Arc::clone(&store),
@@ -185,6 +208,7 @@ impl Application {
             shutdown,
             streams,
             background,
+            snapshotter,
             shutdown_timeout: config.shutdown_timeout,
         })
     }
@@ -219,6 +243,7 @@ impl Application {
             shutdown,
             streams,
             background,
+            snapshotter,
             shutdown_timeout,
             ..
         } = self;
@@ -251,6 +276,17 @@ impl Application {
         }
         for task in background {
             task.abort();
+        }
+        if let Some(snapshotter) = snapshotter {
+            match tokio::task::spawn_blocking(move || snapshotter.snapshot()).await {
+                Ok(Ok(stats)) => tracing::info!(
+                    upserted = stats.upserted,
+                    removed = stats.removed,
+                    "final snapshot written"
+                ),
+                Ok(Err(error)) => tracing::error!(%error, "final snapshot failed"),
+                Err(error) => tracing::error!(%error, "final snapshot task failed"),
+            }
         }
         tracing::info!("livectx stopped");
         Ok(())

@@ -175,6 +175,14 @@ pub struct ServeConfig {
     #[arg(long, env = "LIVECTX_NO_EMAIL_LOOKUP")]
     pub no_email_lookup: bool,
 
+    /// Keep sessions across restarts in an embedded database in this directory (memory store only).
+    #[arg(long, env = "LIVECTX_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// How often changed sessions are written to --data-dir (a crash loses at most this much).
+    #[arg(long, env = "LIVECTX_SNAPSHOT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub snapshot_interval: Duration,
+
     /// Wait at most this long for in-flight requests and tasks on shutdown.
     #[arg(long, env = "LIVECTX_SHUTDOWN_TIMEOUT", default_value = "8s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -215,6 +223,8 @@ impl Default for ServeConfig {
             summary_prompt: None,
             identity_secret: None,
             no_email_lookup: false,
+            data_dir: None,
+            snapshot_interval: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(8),
             log: LogConfig::default(),
         }

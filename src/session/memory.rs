@@ -93,6 +93,11 @@ impl MemoryStore {
         }
     }
 
+    /// The bounds this store applies.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
     fn mark_changed(&self, id: &SessionId) {
         if self.track_changes {
             lock(&self.changed).insert(id.clone());

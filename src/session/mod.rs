@@ -4,6 +4,7 @@
 pub mod activity;
 pub mod memory;
 pub mod model;
+pub mod persist;
 pub mod store;
 pub mod summarizer;
 
