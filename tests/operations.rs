@@ -100,13 +100,13 @@ fn parse_exposition(text: &str) -> Vec<(String, f64)> {
                 && name.starts_with("livectx_"),
             "bad metric name: {line}"
         );
-        if let Some(labels) = series.strip_prefix(name) {
-            if !labels.is_empty() {
-                assert!(
-                    labels.starts_with('{') && labels.ends_with('}'),
-                    "bad labels: {line}"
-                );
-            }
+        if let Some(labels) = series.strip_prefix(name)
+            && !labels.is_empty()
+        {
+            assert!(
+                labels.starts_with('{') && labels.ends_with('}'),
+                "bad labels: {line}"
+            );
         }
         samples.push((series.to_string(), value));
     }
