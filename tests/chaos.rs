@@ -47,13 +47,16 @@ struct Ledger {
     plan_done: AtomicBool,
 }
 
+/// The burst's bytes and the (session, title) of each frame in it.
+type Burst = (Bytes, Vec<(String, String)>);
+
 struct Chaos {
     ledger: Ledger,
     rng: Mutex<StdRng>,
     title_counter: AtomicUsize,
     /// The 10 000-session burst, built before the run: building it inside the handler would
     /// stall the shared runtime long enough to trip the watchdog.
-    burst: Mutex<Option<(Bytes, Vec<(String, String)>)>>,
+    burst: Mutex<Option<Burst>>,
 }
 
 impl Chaos {
