@@ -326,9 +326,9 @@ async fn active_sessions_are_listed_newest_first_one_page_at_a_time() {
 async fn calls_without_or_with_a_wrong_key_get_401_with_a_challenge() {
     let app = TestApp::spawn(keyed_config()).await;
 
-    let error = connect(&app, None).await.err().expect("refused");
+    let error = connect(&app, None).await.expect_err("refused");
     assert_eq!(error.auth_challenge(), Some(r#"Bearer realm="livectx""#));
-    let error = connect(&app, Some("wrong")).await.err().expect("refused");
+    let error = connect(&app, Some("wrong")).await.expect_err("refused");
     assert_eq!(
         error.auth_challenge(),
         Some(r#"Bearer realm="livectx", error="invalid_token""#)
