@@ -689,6 +689,16 @@ async fn openapi_lists_exactly_the_routes_the_router_serves() {
         );
     }
 
+    // Near misses get a hint instead of a bare 404.
+    for (path, hint) in [
+        ("/mcp/", "exactly /mcp"),
+        ("/users/acme_prod/u1", "live-activity"),
+    ] {
+        let (status, _, body) = get(&app, path, Some(KEY)).await;
+        assert_eq!(status, 404);
+        assert!(body["error_msg"].as_str().unwrap().contains(hint), "{body}");
+    }
+
     // Referenced schemas exist, and the security scheme the operations name is declared.
     let text = document.to_string();
     for schema in [

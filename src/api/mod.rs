@@ -96,6 +96,10 @@ pub fn router(state: ApiState) -> Router {
 async fn not_found(method: Method, uri: Uri) -> ApiError {
     let hint = if uri.path().ends_with("/retrieval") {
         "; Dify's External Knowledge API is POST /retrieval: register only the base URL in Dify"
+    } else if uri.path().starts_with("/mcp") {
+        "; the MCP endpoint is exactly /mcp (no trailing slash)"
+    } else if uri.path().starts_with("/users/") {
+        "; Autoplay's pull API is GET /users/{product_id}/{user_id}/live-activity"
     } else if uri.path().starts_with("/webhooks/") {
         "; the webhook receiver is off until AUTOPLAY_WEBHOOK_SECRET is set"
     } else {
