@@ -53,11 +53,13 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// Actions `get_live_user_activity` lists when the caller names no limit (they go into a
 /// model's context, so fewer than the REST default).
 pub const DEFAULT_ACTION_LIMIT: u32 = 20;
-/// Minutes `list_active_sessions` looks back by default, and at most.
+/// Minutes `list_active_sessions` looks back when the caller names none.
 pub const DEFAULT_ACTIVE_MINUTES: u32 = 15;
+/// Longest look-back of `list_active_sessions` (a day: sessions expire after the TTL anyway).
 pub const MAX_ACTIVE_MINUTES: u32 = 24 * 60;
-/// Sessions per `list_active_sessions` page by default, and at most.
+/// Sessions per `list_active_sessions` page when the caller names no limit.
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
+/// Largest `list_active_sessions` page, so one answer stays readable for a model.
 pub const MAX_PAGE_SIZE: u32 = 100;
 /// Which keys `/mcp` accepts, for error messages.
 const ACCEPTED_KEYS: &str = "LIVECTX_API_KEY or LIVECTX_MCP_KEY";
@@ -148,12 +150,17 @@ pub struct ActiveSessionsParams {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[schemars(crate = "rmcp::schemars")]
 pub struct ActiveSession {
+    /// The browser session id (pass it to get_live_user_activity).
     pub session_id: String,
+    /// The Autoplay product the session belongs to.
     pub product_id: Option<String>,
+    /// The user's email, once identified.
     pub email: Option<String>,
+    /// The product's user id, once identified.
     pub user_id: Option<String>,
     /// Readable name of the page they are on.
     pub current_page: Option<String>,
+    /// The URL of that page (ids collapsed to `:id`).
     pub current_url: Option<String>,
     /// When the server last received activity for it (RFC 3339, UTC).
     pub last_seen: String,
@@ -165,6 +172,7 @@ pub struct ActiveSession {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[schemars(crate = "rmcp::schemars")]
 pub struct ActiveSessionsOutput {
+    /// The look-back window used.
     pub window_minutes: u32,
     /// Most recent first.
     pub sessions: Vec<ActiveSession>,
