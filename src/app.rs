@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::ApiKeys;
 use crate::api::identity::{IdentityPolicy, IdentitySigner};
+use crate::api::mcp::McpSettings;
 use crate::api::{self, ApiContext, ApiState};
 use crate::clock;
 use crate::cluster::Leadership;
@@ -157,7 +158,18 @@ impl Application {
         let api_keys = ApiKeys::new(&config.api_keys);
         if api_keys.is_open() {
             tracing::warn!(
-                "LIVECTX_API_KEY is not set: /retrieval answers anyone who can reach it"
+                "LIVECTX_API_KEY is not set: /retrieval and the REST API answer anyone who can reach them"
+            );
+        }
+        let mcp = McpSettings::new(&api_keys, &config.mcp_keys, &config.mcp_allowed_hosts);
+        if mcp.keys.is_open() {
+            tracing::warn!(
+                "neither LIVECTX_API_KEY nor LIVECTX_MCP_KEY is set: /mcp answers anyone who can reach it{}",
+                if mcp.allowed_hosts.is_empty() {
+                    " (and any Host header: set LIVECTX_MCP_ALLOWED_HOSTS if browsers can reach this server)"
+                } else {
+                    ""
+                }
             );
         }
         let state: ApiState = Arc::new(ApiContext {
@@ -165,6 +177,8 @@ impl Application {
             metrics: Arc::clone(&metrics),
             ingestor,
             api_keys,
+            mcp,
+            public_url: config.public_url.clone(),
             identity: IdentityPolicy {
                 signer: config.identity_secret.as_deref().map(IdentitySigner::new),
                 email_lookup: !config.no_email_lookup,

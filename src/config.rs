@@ -64,6 +64,32 @@ pub struct ServeConfig {
     )]
     pub api_keys: Vec<String>,
 
+    /// Extra keys accepted only by the MCP endpoint /mcp, besides LIVECTX_API_KEY
+    /// (comma-separated). With neither set, /mcp is open like /retrieval.
+    #[arg(
+        long = "mcp-key",
+        env = "LIVECTX_MCP_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub mcp_keys: Vec<String>,
+
+    /// Host names (or host:port) /mcp accepts in the Host header, comma-separated; empty or
+    /// "*" accepts any, which is what works behind a load balancer. A list protects an open
+    /// /mcp on a private network against DNS rebinding.
+    #[arg(
+        long = "mcp-allowed-host",
+        env = "LIVECTX_MCP_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub mcp_allowed_hosts: Vec<String>,
+
+    /// The base URL clients reach livectx at (https://livectx.example.com), written into
+    /// /openapi.json as the server; default: taken from each request's Host and
+    /// X-Forwarded-Proto / X-Forwarded-Host headers.
+    #[arg(long, env = "LIVECTX_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
     /// Raw chunks kept per session; beyond, the oldest are folded into the summary.
     #[arg(long, env = "LIVECTX_MAX_CHUNKS", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_chunks: u32,
@@ -198,6 +224,9 @@ impl Default for ServeConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             api_keys: Vec::new(),
+            mcp_keys: Vec::new(),
+            mcp_allowed_hosts: Vec::new(),
+            public_url: None,
             max_chunks: 50,
             max_sessions: 100_000,
             session_ttl: Duration::from_secs(24 * 3600),

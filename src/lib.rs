@@ -6,6 +6,7 @@
 //!
 //! ```text
 //!  Autoplay SSE ──► ingest::sse ──┐                       ┌──► api::retrieval  (Dify /retrieval)
+//!                                 │                       ├──► api::mcp, api::rest (/mcp, REST)
 //!                                 ├─► ingest::Ingestor ─► session::store ──┤
 //!  Autoplay push ─► ingest::webhook┘          │            └──► api::admin      (/healthz /readyz /metrics)
 //!                                             └─► session::summarizer (background, never blocks)
@@ -19,7 +20,8 @@
 //!   storage trait with its in-memory backend, the "Current User Activity" view, and the
 //!   background summarizer (built-in or any OpenAI-compatible LLM).
 //! - [`api`]: the HTTP surface: Dify's External Knowledge API with identity resolution and
-//!   record scoring, and operator routes.
+//!   record scoring, the MCP server and the REST context API for other chatbots, the OpenAPI
+//!   document, and operator routes.
 //! - [`cluster`]: stream leadership when several replicas share a backend.
 //! - [`telemetry`]: tracing set-up and the Prometheus metrics of one running server.
 //! - [`clock`]: time as Unix seconds, and the human formats records use.

@@ -140,6 +140,12 @@ pub struct LookupLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToolLabels {
+    pub tool: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabels {
     pub op: &'static str,
 }
@@ -182,6 +188,7 @@ pub struct Metrics {
     pub identity_rejected: Family<ReasonLabels, Counter>,
     pub rate_limited: Family<RouteLabels, Counter>,
     pub store_errors: Family<OpLabels, Counter>,
+    pub mcp_tool_calls: Family<ToolLabels, Counter>,
     pub redis_buffered: Gauge,
     pub redis_buffer_dropped: Counter,
     pub redis_replayed: Counter,
@@ -231,6 +238,7 @@ impl Metrics {
             identity_rejected: Family::default(),
             rate_limited: Family::default(),
             store_errors: Family::default(),
+            mcp_tool_calls: Family::default(),
             redis_buffered: Gauge::default(),
             redis_buffer_dropped: Counter::default(),
             redis_replayed: Counter::default(),
@@ -351,6 +359,11 @@ impl Metrics {
             m.store_errors.clone(),
         );
         r.register(
+            "mcp_tool_calls",
+            "MCP tool calls by tool and outcome (found, unknown, rejected, ok, invalid, store_error)",
+            m.mcp_tool_calls.clone(),
+        );
+        r.register(
             "redis_buffered_writes",
             "Writes buffered in memory while Redis is unreachable",
             m.redis_buffered.clone(),
@@ -431,6 +444,13 @@ impl Metrics {
     pub fn reject_identity(&self, reason: &'static str) {
         self.identity_rejected
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Count an MCP tool call.
+    pub fn mcp_tool_call(&self, tool: &'static str, outcome: &'static str) {
+        self.mcp_tool_calls
+            .get_or_create(&ToolLabels { tool, outcome })
             .inc();
     }
 

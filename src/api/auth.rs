@@ -3,7 +3,10 @@
 //! Keys are compared as SHA-256 digests in constant time, against every configured key, so
 //! neither timing nor key length tells an attacker anything.
 
-use axum::http::HeaderValue;
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -86,6 +89,42 @@ impl ApiKeys {
             Ok(())
         } else {
             Err(KeyError::Wrong)
+        }
+    }
+}
+
+/// The 401 answer of the MCP and REST routes: the usual JSON error body plus an RFC 6750
+/// `WWW-Authenticate` challenge, which MCP clients (rmcp, Dify) read to report "wrong key"
+/// instead of a generic failure. `accepted` names the settings whose keys are valid.
+pub fn unauthorized(reason: KeyError, accepted: &str) -> Response {
+    let (message, challenge) = match reason {
+        KeyError::Missing => (
+            format!(
+                "missing or malformed Authorization header: send \"Authorization: Bearer <key>\" with a key from {accepted}"
+            ),
+            r#"Bearer realm="livectx""#,
+        ),
+        KeyError::Wrong => (
+            format!("authorization failed: the key is not one of {accepted}"),
+            r#"Bearer realm="livectx", error="invalid_token""#,
+        ),
+    };
+    let body =
+        json!({ "error_code": crate::api::error::codes::UNAUTHORIZED, "error_msg": message });
+    let mut response = (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    response
+}
+
+impl KeyError {
+    /// Short label for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Wrong => "wrong",
         }
     }
 }

@@ -23,6 +23,9 @@ pub mod codes {
     pub const UNAUTHORIZED: u32 = 4011;
     /// The key does not cover the requested product.
     pub const PRODUCT_MISMATCH: u32 = 4030;
+    /// The identifier was refused (unsigned where signing is required, forged, expired,
+    /// email lookups disabled).
+    pub const IDENTITY_REJECTED: u32 = 4031;
     /// No such route.
     pub const NOT_FOUND: u32 = 4040;
     /// Route exists, method does not.

@@ -1,11 +1,16 @@
-//! The HTTP surface: Dify's `/retrieval`, the webhook receiver, and operator routes.
+//! The HTTP surface: Dify's `/retrieval`, the MCP server (`/mcp`), the REST context API
+//! (`/users/.../live-activity`, `/v1/context`), the webhook receiver, operator routes, and the
+//! OpenAPI document of them all (`/openapi.json`).
 
 pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod filter;
 pub mod identity;
+pub mod mcp;
+pub mod openapi;
 pub mod records;
+pub mod rest;
 pub mod retrieval;
 
 use std::sync::Arc;
@@ -28,6 +33,7 @@ use crate::telemetry::{HttpLabels, Metrics, RouteLabels};
 use auth::ApiKeys;
 use error::{ApiError, codes};
 use identity::IdentityPolicy;
+use mcp::McpSettings;
 
 /// The `Server` header every response carries.
 pub const SERVER_HEADER: &str = concat!("livectx/", env!("CARGO_PKG_VERSION"));
@@ -37,8 +43,12 @@ pub struct ApiContext {
     pub store: Arc<dyn SessionStore>,
     pub metrics: Arc<Metrics>,
     pub ingestor: Arc<Ingestor>,
-    /// Keys for `/retrieval` (empty: open).
+    /// Keys for `/retrieval` and the REST routes (empty: open).
     pub api_keys: ApiKeys,
+    /// Keys and Host allow-list of `/mcp`.
+    pub mcp: McpSettings,
+    /// `LIVECTX_PUBLIC_URL`, for `/openapi.json`.
+    pub public_url: Option<String>,
     pub identity: IdentityPolicy,
     /// How far back the activity record looks.
     pub activity_window: Duration,
@@ -61,7 +71,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/retrieval/retrieval", post(retrieval::retrieve))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
-        .route("/metrics", get(admin::metrics));
+        .route("/metrics", get(admin::metrics))
+        .route(rest::LIVE_ACTIVITY_PATH, get(rest::live_activity))
+        .route(rest::CONTEXT_PATH, get(rest::context))
+        .route(openapi::PATH, get(openapi::openapi_json))
+        .merge(mcp::routes(&state));
     if state.webhook.is_some() {
         app = app.route(webhook::PATH, post(webhook::receive));
     }
@@ -82,6 +96,10 @@ pub fn router(state: ApiState) -> Router {
 async fn not_found(method: Method, uri: Uri) -> ApiError {
     let hint = if uri.path().ends_with("/retrieval") {
         "; Dify's External Knowledge API is POST /retrieval: register only the base URL in Dify"
+    } else if uri.path().starts_with("/mcp") {
+        "; the MCP endpoint is exactly /mcp (no trailing slash)"
+    } else if uri.path().starts_with("/users/") {
+        "; Autoplay's pull API is GET /users/{product_id}/{user_id}/live-activity"
     } else if uri.path().starts_with("/webhooks/") {
         "; the webhook receiver is off until AUTOPLAY_WEBHOOK_SECRET is set"
     } else {

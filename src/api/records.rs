@@ -35,11 +35,15 @@ pub enum RecordKind {
 }
 
 /// One record as Dify's External Knowledge API returns it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Record {
+    /// Self-describing text; the only part Dify puts into the prompt.
     pub content: String,
+    /// 0..1; the Current User Activity record is always 1.0.
     pub score: f64,
     pub title: String,
+    /// `kind` (activity, summary, actions), `session_id`, `document_id`, times, ...
+    #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
 }
 

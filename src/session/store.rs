@@ -208,8 +208,12 @@ pub trait SessionStore: Send + Sync + 'static {
 }
 
 /// Cursor format shared by backends: `<last_seen>:<session id>` of the last item returned.
+///
+/// The time is written in full (Rust prints the shortest text that parses back to the same
+/// `f64`): a rounded time would make the next page repeat or skip sessions seen within the
+/// rounding step.
 pub fn encode_cursor(last_seen: f64, id: &str) -> String {
-    format!("{last_seen:.6}:{id}")
+    format!("{last_seen}:{id}")
 }
 
 /// Parse a cursor made by [`encode_cursor`]; `None` for anything else.
@@ -221,3 +225,18 @@ pub fn decode_cursor(cursor: &str) -> Option<(f64, String)> {
 
 /// How long before a gap a session must have been active to be marked by it.
 pub const GAP_LOOKBACK_SECS: f64 = 30.0 * 60.0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_keep_the_exact_time() {
+        for last_seen in [1_795_000_000.123_456_7, 1_795_000_000.0, 0.1 + 0.2] {
+            let cursor = encode_cursor(last_seen, "s:1");
+            assert_eq!(decode_cursor(&cursor), Some((last_seen, "s:1".to_string())));
+        }
+        assert_eq!(decode_cursor("garbage"), None);
+        assert_eq!(decode_cursor("inf:s1"), None);
+    }
+}
