@@ -98,6 +98,8 @@ fn state() -> ApiState {
         metrics,
         ingestor,
         api_keys: Default::default(),
+        mcp: livectx::api::mcp::McpSettings::new(&Default::default(), &[], &[]),
+        public_url: None,
         identity: IdentityPolicy {
             signer: None,
             email_lookup: true,
