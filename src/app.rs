@@ -161,7 +161,8 @@ impl Application {
                 "LIVECTX_API_KEY is not set: /retrieval and the REST API answer anyone who can reach them"
             );
         }
-        let mcp = McpSettings::new(&api_keys, &config.mcp_keys, &config.mcp_allowed_hosts);
+        let mut mcp = McpSettings::new(&api_keys, &config.mcp_keys, &config.mcp_allowed_hosts);
+        mcp.operator_tools = config.mcp_operator_tools;
         if mcp.keys.is_open() {
             tracing::warn!(
                 "neither LIVECTX_API_KEY nor LIVECTX_MCP_KEY is set: /mcp answers anyone who can reach it{}",

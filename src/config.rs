@@ -74,6 +74,11 @@ pub struct ServeConfig {
     )]
     pub mcp_keys: Vec<String>,
 
+    /// Offer the operator tool list_active_sessions on /mcp. Off by default: it lists other
+    /// people's sessions, so an end-user chatbot holding an MCP key must never see it.
+    #[arg(long, env = "LIVECTX_MCP_OPERATOR_TOOLS")]
+    pub mcp_operator_tools: bool,
+
     /// Host names (or host:port) /mcp accepts in the Host header, comma-separated; empty or
     /// "*" accepts any, which is what works behind a load balancer. A list protects an open
     /// /mcp on a private network against DNS rebinding.
@@ -225,6 +230,7 @@ impl Default for ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             api_keys: Vec::new(),
             mcp_keys: Vec::new(),
+            mcp_operator_tools: false,
             mcp_allowed_hosts: Vec::new(),
             public_url: None,
             max_chunks: 50,

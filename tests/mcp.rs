@@ -28,6 +28,7 @@ fn keyed_config() -> ServeConfig {
     ServeConfig {
         api_keys: vec![API_KEY.into()],
         mcp_keys: vec![MCP_KEY.into()],
+        mcp_operator_tools: true,
         webhook_secret: Some(WEBHOOK_SECRET.into()),
         ..test_config()
     }
@@ -362,7 +363,8 @@ async fn calls_without_or_with_a_wrong_key_get_401_with_a_challenge() {
 async fn without_any_key_mcp_is_open_like_retrieval() {
     let app = TestApp::spawn(test_config()).await;
     let client = connect(&app, None).await.expect("open");
-    assert_eq!(client.list_all_tools().await.unwrap().len(), 2);
+    // Operator tools stay off unless enabled.
+    assert_eq!(client.list_all_tools().await.unwrap().len(), 1);
     client.cancel().await.unwrap();
     app.stop().await;
 }
@@ -447,4 +449,24 @@ async fn identifiers_follow_the_identity_policy() {
     );
     client.cancel().await.unwrap();
     app.stop().await;
+}
+
+#[tokio::test]
+async fn the_operator_tool_is_unlisted_unless_enabled() {
+    let app = TestApp::spawn(ServeConfig {
+        mcp_operator_tools: false,
+        ..keyed_config()
+    })
+    .await;
+    let client = connect(&app, Some(MCP_KEY)).await.expect("initialized");
+    let tools = client.list_all_tools().await.unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    assert_eq!(names, ["get_live_user_activity"]);
+    let refused = client
+        .call_tool(CallToolRequestParams::new("list_active_sessions"))
+        .await;
+    assert!(
+        refused.is_err(),
+        "an unlisted tool cannot be called: {refused:?}"
+    );
 }

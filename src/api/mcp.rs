@@ -2,7 +2,8 @@
 //! call tools (Dify Agents, Intercom Fin, Crisp, Tidio, Maven, ...).
 //!
 //! - Two tools: `get_live_user_activity` (what the person in the conversation is doing now) and
-//!   `list_active_sessions` (who is online, for operators).
+//!   `list_active_sessions` (who is online, for operators; offered only with
+//!   `LIVECTX_MCP_OPERATOR_TOOLS`, because it lists other people's sessions).
 //! - Stateless: no `Mcp-Session-Id`, every POST stands alone and is answered with
 //!   `application/json`, so any replica behind a load balancer can answer any request and
 //!   nothing is held between calls. rmcp builds a handler per request by cloning a template
@@ -80,6 +81,8 @@ pub struct McpSettings {
     pub keys: ApiKeys,
     /// `Host` header values accepted; empty accepts any (see the module docs).
     pub allowed_hosts: Vec<String>,
+    /// Offer `list_active_sessions` (it lists other people's sessions: operators only).
+    pub operator_tools: bool,
 }
 
 impl McpSettings {
@@ -99,6 +102,7 @@ impl McpSettings {
         Self {
             keys: api_keys.union(&ApiKeys::new(mcp_keys)),
             allowed_hosts,
+            operator_tools: false,
         }
     }
 }
@@ -504,7 +508,11 @@ async fn require_key(State(state): State<ApiState>, request: Request, next: Next
 
 /// The `/mcp` route, with its key check; merged into [`crate::api::router`].
 pub fn routes(state: &ApiState) -> Router<ApiState> {
-    let template = LiveContextServer::new(Arc::clone(state));
+    let mut template = LiveContextServer::new(Arc::clone(state));
+    if !state.mcp.operator_tools {
+        // Not merely refused: unlisted, so an agent never learns it exists.
+        template.tool_router.remove_route("list_active_sessions");
+    }
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
