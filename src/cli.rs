@@ -5,7 +5,7 @@ use anyhow::Context;
 use crate::api::identity::IdentitySigner;
 use crate::app::Application;
 use crate::clock;
-use crate::config::{Cli, Command, ServeConfig, SignArgs};
+use crate::config::{Cli, Command, HealthcheckArgs, ServeConfig, SignArgs};
 use crate::telemetry;
 
 /// Run the parsed command line.
@@ -16,6 +16,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", sign(&args));
             Ok(())
         }
+        Command::Healthcheck(args) => healthcheck(&args).await,
     }
 }
 
@@ -39,6 +40,23 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 pub fn sign(args: &SignArgs) -> String {
     let expires = (clock::now() + args.ttl.as_secs_f64()).ceil() as u64;
     IdentitySigner::new(&args.secret).sign(args.id.trim(), expires)
+}
+
+/// `livectx healthcheck`: succeed when the URL answers 2xx in time.
+pub async fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder().timeout(args.timeout).build()?;
+    let response = client
+        .get(&args.url)
+        .send()
+        .await
+        .with_context(|| format!("{} did not answer", args.url))?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "{} answered {}",
+        args.url,
+        response.status()
+    );
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

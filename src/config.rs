@@ -26,6 +26,23 @@ pub enum Command {
     Serve(Box<ServeConfig>),
     /// Print a signed identifier for LIVECTX_IDENTITY_SECRET deployments.
     Sign(SignArgs),
+    /// Exit 0 when a livectx answers /healthz (for container HEALTHCHECKs without curl).
+    Healthcheck(HealthcheckArgs),
+}
+
+/// Settings of `livectx healthcheck`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// The health URL to probe.
+    #[arg(
+        long,
+        env = "LIVECTX_HEALTHCHECK_URL",
+        default_value = "http://127.0.0.1:8000/healthz"
+    )]
+    pub url: String,
+    /// Give up after this long.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 /// Logging settings shared by the commands that run a server.
