@@ -190,7 +190,7 @@ impl PageWalk {
                 .map(|(l, n)| format!("\"{l}\" {n} times"))
                 .collect();
             return Some(format!(
-                "Pattern: this looks like searching for something — they went back to {} and changed pages {} times without submitting anything.",
+                "Pattern: this looks like searching for something — they visited {} and changed pages {} times without submitting anything.",
                 pages.join(", "),
                 self.page_changes
             ));
