@@ -2,8 +2,10 @@
 //! background summarizer.
 
 pub mod activity;
+pub mod buffered;
 pub mod memory;
 pub mod model;
+pub mod redis;
 pub mod store;
 pub mod summarizer;
 

@@ -527,3 +527,5 @@ fn completion(prompt: &str) -> Response {
     }))
     .into_response()
 }
+
+pub mod redis_env;
