@@ -16,12 +16,15 @@ use crate::api::identity::{IdentityPolicy, IdentitySigner};
 use crate::api::{self, ApiContext, ApiState};
 use crate::clock;
 use crate::cluster::Leadership;
+use crate::cluster::redis_lease::{LeaseSettings, RedisLeadership, default_replica_id};
 use crate::config::ServeConfig;
 use crate::ingest::Ingestor;
 use crate::ingest::sse::{StreamConfig, StreamConsumer, StreamHandle};
 use crate::ingest::webhook::WebhookSettings;
+use crate::session::buffered::BufferedStore;
 use crate::session::memory::MemoryStore;
 use crate::session::model::SessionLimits;
+use crate::session::redis::{self as redis_store, RedisStore};
 use crate::session::store::{SessionStore, StoreConfig};
 use crate::session::summarizer::{LlmConfig, Summarizer, SummarizerConfig};
 use crate::telemetry::Metrics;
@@ -72,12 +75,17 @@ impl Application {
         overrides: Overrides,
     ) -> Result<Self, StartupError> {
         let metrics = overrides.metrics.unwrap_or_default();
-        let store: Arc<dyn SessionStore> = match overrides.store {
-            Some(store) => store,
-            None => Arc::new(MemoryStore::new(store_config(&config))),
-        };
         let shutdown = CancellationToken::new();
         let mut background = Vec::new();
+        let (store, leadership) = build_storage(
+            &config,
+            overrides.store,
+            overrides.leadership,
+            &metrics,
+            &shutdown,
+            &mut background,
+        )
+        .await?;
 
         let summarizer = Summarizer::new(
             Arc::clone(&store),
@@ -120,7 +128,7 @@ impl Application {
                 stream_config,
                 Arc::clone(&ingestor),
                 Arc::clone(&metrics),
-                overrides.leadership.clone(),
+                leadership.clone(),
             )
             .map_err(|e| StartupError::Config(format!("cannot build the stream client: {e}")))?;
             streams.push(consumer.spawn(shutdown.child_token()));
@@ -173,6 +181,7 @@ impl Application {
         tracing::info!(
             %addr,
             store = store.backend(),
+            stream_leadership = leadership.is_some(),
             summarizer = %state.summarizer_engine,
             streams = state.streams.len(),
             webhook = state.webhook.is_some(),
@@ -249,12 +258,92 @@ impl Application {
         if flushed > 0 {
             tracing::info!(flushed, "flushed debounced batches");
         }
+        // Writes buffered through a Redis outage: give the replay until the deadline.
+        while state.metrics.redis_buffered.get() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let unreplayed = state.metrics.redis_buffered.get();
+        if unreplayed > 0 {
+            tracing::error!(
+                unreplayed,
+                "writes buffered during a Redis outage could not be replayed before shutdown and are lost"
+            );
+        }
         for task in background {
             task.abort();
         }
         tracing::info!("livectx stopped");
         Ok(())
     }
+}
+
+/// The store and stream leadership: the caller's, else Redis when `LIVECTX_REDIS_URL` is set
+/// (with the outage buffer and Redis leases), else memory.
+async fn build_storage(
+    config: &ServeConfig,
+    store: Option<Arc<dyn SessionStore>>,
+    leadership: Option<Arc<dyn Leadership>>,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+    background: &mut Vec<JoinHandle<()>>,
+) -> Result<(Arc<dyn SessionStore>, Option<Arc<dyn Leadership>>), StartupError> {
+    if let Some(store) = store {
+        return Ok((store, leadership));
+    }
+    let url = config
+        .redis_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|url| !url.is_empty());
+    let Some(url) = url else {
+        return Ok((Arc::new(MemoryStore::new(store_config(config))), leadership));
+    };
+    let shown = crate::ingest::sse::client::redact_url(url);
+    let client = redis_store::client(url).map_err(|e| {
+        StartupError::Config(format!("LIVECTX_REDIS_URL is not a usable Redis URL: {e}"))
+    })?;
+    let connection = redis_store::lazy_connection(client)
+        .map_err(|e| StartupError::Config(format!("cannot set up the Redis connection: {e}")))?;
+    let mut probe = connection.clone();
+    match redis::cmd("PING").query_async::<String>(&mut probe).await {
+        Ok(_) => {
+            tracing::info!(redis = %shown, prefix = %config.redis_prefix, "sessions are shared through Redis")
+        }
+        Err(error) if error.is_io_error() => tracing::error!(
+            redis = %shown,
+            %error,
+            "Redis is unreachable; starting anyway: retrieval answers empty and ingestion buffers until it is back"
+        ),
+        Err(error) => {
+            return Err(StartupError::Config(format!(
+                "Redis at {shown} refused livectx: {error}"
+            )));
+        }
+    }
+    let redis_store = RedisStore::new(
+        connection.clone(),
+        config.redis_prefix.clone(),
+        store_config(config),
+    );
+    let buffered = Arc::new(BufferedStore::new(
+        Arc::new(redis_store),
+        config.redis_buffer,
+        Arc::clone(metrics),
+    ));
+    background.push(buffered.spawn_replay());
+    let leadership = leadership.or_else(|| {
+        let leases = RedisLeadership::new(
+            connection,
+            config.redis_prefix.clone(),
+            LeaseSettings {
+                ttl: config.lease_ttl,
+                replica_id: default_replica_id(),
+            },
+            shutdown.child_token(),
+        );
+        Some(Arc::new(leases) as Arc<dyn Leadership>)
+    });
+    Ok((buffered, leadership))
 }
 
 /// Store bounds from the configuration.
