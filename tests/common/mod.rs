@@ -529,3 +529,5 @@ fn completion(prompt: &str) -> Response {
 }
 
 pub mod redis_env;
+
+pub mod broadcast;
