@@ -361,18 +361,16 @@ async fn one_replica_consumes_and_a_new_leader_takes_over_without_duplicates() {
         .await;
     assert!(matches!(refused, Err(StoreError::Fenced)), "{refused:?}");
     // The new leader learned where its predecessor stopped and marked the gap.
-    let session = reader
-        .session(
-            &SessionId::parse("session-one").unwrap(),
-            livectx::clock::now(),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        !session.gaps.is_empty(),
-        "the takeover gap is recorded on active sessions"
-    );
+    eventually(
+        Duration::from_secs(10),
+        "the takeover gap to be recorded",
+        || async {
+            let id = SessionId::parse("session-one").unwrap();
+            let session = reader.session(&id, livectx::clock::now()).await.unwrap();
+            session.is_some_and(|s| !s.gaps.is_empty())
+        },
+    )
+    .await;
     let all: Vec<&Replica> = replicas.iter().collect();
     assert_same_answers(&all, "session-one").await;
     assert_same_answers(&all, "session-two").await;

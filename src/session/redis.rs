@@ -64,6 +64,9 @@ const MAX_CAS_ATTEMPTS: u32 = 32;
 /// Ids expired per script call, so one call never blocks Redis for long.
 const EXPIRY_BATCH: usize = 256;
 
+/// Sessions read per pipelined round trip when marking a stream gap.
+const GAP_READ_BATCH: usize = 200;
+
 /// The connection settings livectx uses (see the constants above).
 pub fn manager_config() -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
@@ -635,6 +638,7 @@ impl SessionStore for RedisStore {
 
     async fn record_gap(&self, product_id: &str, gap: Gap, now: f64) -> Result<usize, StoreError> {
         let since = gap.from - GAP_LOOKBACK_SECS;
+        let ttl = self.config.ttl_secs();
         let mut connection = self.connection.clone();
         let candidates: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(self.keys.recency())
@@ -643,23 +647,58 @@ impl SessionStore for RedisStore {
             .query_async(&mut connection)
             .await
             .map_err(store_error)?;
+        let applies = |s: &Session| {
+            !s.is_expired(now, ttl)
+                && s.last_seen >= since
+                && s.product_id.as_deref().is_none_or(|p| p == product_id)
+        };
         let mut marked = 0;
-        for raw in candidates {
-            let Ok(id) = SessionId::parse(&raw) else {
-                continue;
-            };
-            let applies = self
-                .update(&id, now, Mode::Existing { expiry_now: now }, |s| {
-                    let applies = s.last_seen >= since
-                        && s.product_id.as_deref().is_none_or(|p| p == product_id);
-                    if applies {
-                        s.note_gap(gap);
-                    }
-                    applies
-                })
-                .await?;
-            if applies.is_some_and(|c| c.result) {
+        // Read in pipelined batches; write only the sessions the gap concerns.
+        for ids in candidates.chunks(GAP_READ_BATCH) {
+            let mut pipe = redis::pipe();
+            for id in ids {
+                pipe.cmd("HMGET")
+                    .arg(self.keys.session(id))
+                    .arg("d")
+                    .arg("r");
+            }
+            let stored: Vec<(Option<Vec<u8>>, Option<String>)> = pipe
+                .query_async(&mut connection)
+                .await
+                .map_err(store_error)?;
+            for (raw_id, (blob, revision)) in ids.iter().zip(stored) {
+                let (Some(blob), Some(revision)) = (blob, revision) else {
+                    continue;
+                };
+                let mut session = decode_session(&blob)?;
+                if !applies(&session) {
+                    continue;
+                }
                 marked += 1;
+                let before = session.version;
+                session.note_gap(gap);
+                if session.version == before {
+                    continue;
+                }
+                let key = self.keys.session(raw_id);
+                let mode = Mode::Existing { expiry_now: now };
+                match self
+                    .commit(&key, &session, Some(&revision), mode, now)
+                    .await?
+                {
+                    CommitStatus::Written { .. } | CommitStatus::Fenced => {}
+                    CommitStatus::Conflict => {
+                        // Written meanwhile: apply the gap to the newest version.
+                        if let Ok(id) = SessionId::parse(raw_id) {
+                            self.update(&id, now, mode, |s| {
+                                if applies(s) {
+                                    s.note_gap(gap);
+                                }
+                            })
+                            .await?;
+                        }
+                    }
+                }
             }
         }
         Ok(marked)

@@ -345,12 +345,15 @@ impl StreamConsumer {
                         to = %clock::format_utc(clock::now()),
                         "took over from a replica that stopped: events in between may be missing"
                     );
-                    if let Some(product) = &self.product {
+                    if let Some(product) = self.product.clone() {
                         let gap = Gap {
                             from: seen,
                             to: clock::now(),
                         };
-                        self.ingestor.record_gap(product, gap).await;
+                        // In the background: with a shared store, marking every recently
+                        // active session takes a while, and the stream must not wait for it.
+                        let ingestor = Arc::clone(&self.ingestor);
+                        tokio::spawn(async move { ingestor.record_gap(&product, gap).await });
                     }
                 }
             }
