@@ -307,21 +307,6 @@ impl RedisStore {
         }
     }
 
-    /// The key prefix.
-    pub fn prefix(&self) -> &str {
-        &self.keys.prefix
-    }
-
-    /// Check that Redis answers.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut connection)
-            .await
-            .map(|_| ())
-            .map_err(store_error)
-    }
-
     /// The stored session JSON and its revision.
     async fn load(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<String>), StoreError> {
         let mut connection = self.connection.clone();
