@@ -17,13 +17,16 @@ use crate::api::mcp::McpSettings;
 use crate::api::{self, ApiContext, ApiState};
 use crate::clock;
 use crate::cluster::Leadership;
+use crate::cluster::redis_lease::{LeaseSettings, RedisLeadership, default_replica_id};
 use crate::config::ServeConfig;
 use crate::ingest::Ingestor;
 use crate::ingest::sse::{StreamConfig, StreamConsumer, StreamHandle};
 use crate::ingest::webhook::WebhookSettings;
+use crate::session::buffered::BufferedStore;
 use crate::session::memory::MemoryStore;
 use crate::session::model::SessionLimits;
 use crate::session::persist::{Snapshots, Snapshotter};
+use crate::session::redis::{self as redis_store, RedisStore};
 use crate::session::store::{SessionStore, StoreConfig};
 use crate::session::summarizer::{LlmConfig, Summarizer, SummarizerConfig};
 use crate::telemetry::Metrics;
@@ -79,29 +82,19 @@ impl Application {
         let metrics = overrides.metrics.unwrap_or_default();
         let shutdown = CancellationToken::new();
         let mut background = Vec::new();
-        let mut snapshotter = None;
-        let store: Arc<dyn SessionStore> = match (overrides.store, &config.data_dir) {
-            (Some(_), Some(_)) => {
-                return Err(StartupError::Config(
-                    "--data-dir keeps the in-memory store; a shared backend keeps its own state"
-                        .into(),
-                ));
-            }
-            (Some(store), None) => store,
-            (None, None) => Arc::new(MemoryStore::new(store_config(&config))),
-            (None, Some(dir)) => {
-                let memory = Arc::new(MemoryStore::with_change_tracking(store_config(&config)));
-                let restored = Snapshotter::restore(
-                    Snapshots::open(dir)?,
-                    Arc::clone(&memory),
-                    Arc::clone(&metrics),
-                    clock::now(),
-                )?;
-                background.push(restored.spawn(config.snapshot_interval, shutdown.child_token()));
-                snapshotter = Some(restored);
-                memory
-            }
-        };
+        let Storage {
+            store,
+            leadership,
+            snapshotter,
+        } = build_storage(
+            &config,
+            overrides.store,
+            overrides.leadership,
+            &metrics,
+            &shutdown,
+            &mut background,
+        )
+        .await?;
 
         let summarizer = Summarizer::new(
             Arc::clone(&store),
@@ -144,7 +137,7 @@ impl Application {
                 stream_config,
                 Arc::clone(&ingestor),
                 Arc::clone(&metrics),
-                overrides.leadership.clone(),
+                leadership.clone(),
             )
             .map_err(|e| StartupError::Config(format!("cannot build the stream client: {e}")))?;
             streams.push(consumer.spawn(shutdown.child_token()));
@@ -211,6 +204,7 @@ impl Application {
         tracing::info!(
             %addr,
             store = store.backend(),
+            stream_leadership = leadership.is_some(),
             summarizer = %state.summarizer_engine,
             streams = state.streams.len(),
             webhook = state.webhook.is_some(),
@@ -289,6 +283,17 @@ impl Application {
         if flushed > 0 {
             tracing::info!(flushed, "flushed debounced batches");
         }
+        // Writes buffered through a Redis outage: give the replay until the deadline.
+        while state.metrics.redis_buffered.get() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let unreplayed = state.metrics.redis_buffered.get();
+        if unreplayed > 0 {
+            tracing::error!(
+                unreplayed,
+                "writes buffered during a Redis outage could not be replayed before shutdown and are lost"
+            );
+        }
         for task in background {
             task.abort();
         }
@@ -306,6 +311,115 @@ impl Application {
         tracing::info!("livectx stopped");
         Ok(())
     }
+}
+
+/// The store and stream leadership: the caller's, else Redis when `LIVECTX_REDIS_URL` is set
+/// (with the outage buffer and Redis leases), else memory.
+/// The storage parts the configuration asks for.
+struct Storage {
+    store: Arc<dyn SessionStore>,
+    leadership: Option<Arc<dyn Leadership>>,
+    /// Set with `--data-dir` (in-memory store only).
+    snapshotter: Option<Snapshotter>,
+}
+
+async fn build_storage(
+    config: &ServeConfig,
+    store: Option<Arc<dyn SessionStore>>,
+    leadership: Option<Arc<dyn Leadership>>,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+    background: &mut Vec<JoinHandle<()>>,
+) -> Result<Storage, StartupError> {
+    let url = config
+        .redis_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|url| !url.is_empty());
+    if config.data_dir.is_some() && (store.is_some() || url.is_some()) {
+        return Err(StartupError::Config(
+            "--data-dir keeps the in-memory store on disk; with LIVECTX_REDIS_URL, Redis keeps the state".into(),
+        ));
+    }
+    if let Some(store) = store {
+        return Ok(Storage {
+            store,
+            leadership,
+            snapshotter: None,
+        });
+    }
+    let Some(url) = url else {
+        let Some(dir) = &config.data_dir else {
+            return Ok(Storage {
+                store: Arc::new(MemoryStore::new(store_config(config))),
+                leadership,
+                snapshotter: None,
+            });
+        };
+        let memory = Arc::new(MemoryStore::with_change_tracking(store_config(config)));
+        let snapshotter = Snapshotter::restore(
+            Snapshots::open(dir)?,
+            Arc::clone(&memory),
+            Arc::clone(metrics),
+            clock::now(),
+        )?;
+        background.push(snapshotter.spawn(config.snapshot_interval, shutdown.child_token()));
+        return Ok(Storage {
+            store: memory,
+            leadership,
+            snapshotter: Some(snapshotter),
+        });
+    };
+    let shown = crate::ingest::sse::client::redact_url(url);
+    let client = redis_store::client(url).map_err(|e| {
+        StartupError::Config(format!("LIVECTX_REDIS_URL is not a usable Redis URL: {e}"))
+    })?;
+    let connection = redis_store::lazy_connection(client)
+        .map_err(|e| StartupError::Config(format!("cannot set up the Redis connection: {e}")))?;
+    let mut probe = connection.clone();
+    match redis::cmd("PING").query_async::<String>(&mut probe).await {
+        Ok(_) => {
+            tracing::info!(redis = %shown, prefix = %config.redis_prefix, "sessions are shared through Redis")
+        }
+        Err(error) if error.is_io_error() => tracing::error!(
+            redis = %shown,
+            %error,
+            "Redis is unreachable; starting anyway: retrieval answers empty and ingestion buffers until it is back"
+        ),
+        Err(error) => {
+            return Err(StartupError::Config(format!(
+                "Redis at {shown} refused livectx: {error}"
+            )));
+        }
+    }
+    let redis_store = RedisStore::new(
+        connection.clone(),
+        config.redis_prefix.clone(),
+        store_config(config),
+    );
+    let buffered = Arc::new(BufferedStore::new(
+        Arc::new(redis_store),
+        config.redis_buffer,
+        Arc::clone(metrics),
+    ));
+    background.push(buffered.spawn_replay());
+    let leadership = leadership.or_else(|| {
+        let leases = RedisLeadership::new(
+            connection,
+            config.redis_prefix.clone(),
+            LeaseSettings {
+                ttl: config.lease_ttl,
+                replica_id: default_replica_id(),
+            },
+            shutdown.child_token(),
+        );
+        Some(Arc::new(leases) as Arc<dyn Leadership>)
+    });
+    Ok(Storage {
+        store: buffered,
+        leadership,
+        snapshotter: None,
+    })
 }
 
 /// Store bounds from the configuration.

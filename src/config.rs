@@ -235,8 +235,36 @@ pub struct ServeConfig {
     #[arg(long, env = "LIVECTX_SHUTDOWN_TIMEOUT", default_value = "8s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Share sessions between replicas through this Redis (or Valkey), e.g.
+    /// redis://:password@redis:6379/0. Unset: sessions live in this process's memory.
+    #[arg(long, env = "LIVECTX_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    #[arg(long, env = "LIVECTX_REDIS_PREFIX", default_value = crate::session::redis::DEFAULT_PREFIX)]
+    pub redis_prefix: String,
+
+    /// How long a stream's lease lasts without renewal: the longest a stopped leader blocks
+    /// its stream before another replica takes over.
+    #[arg(long, env = "LIVECTX_LEASE_TTL", default_value = "10s", value_parser = parse_lease_ttl)]
+    pub lease_ttl: Duration,
+
+    /// Ingestion writes kept in memory while Redis is unreachable, replayed in order when it
+    /// is back; beyond, writes are refused and counted.
+    #[arg(long, env = "LIVECTX_REDIS_BUFFER", default_value_t = crate::session::buffered::DEFAULT_BUFFER_BOUND)]
+    pub redis_buffer: usize,
+
     #[command(flatten)]
     pub log: LogConfig,
+}
+
+/// A lease TTL: at least 300 ms, so that renewals (every third of it) stay meaningful.
+fn parse_lease_ttl(raw: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(raw)?;
+    if ttl < Duration::from_millis(300) {
+        return Err("the lease TTL must be at least 300ms".to_string());
+    }
+    Ok(ttl)
 }
 
 impl Default for ServeConfig {
@@ -278,6 +306,10 @@ impl Default for ServeConfig {
             data_dir: None,
             snapshot_interval: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(8),
+            redis_url: None,
+            redis_prefix: crate::session::redis::DEFAULT_PREFIX.to_string(),
+            lease_ttl: crate::cluster::redis_lease::DEFAULT_LEASE_TTL,
+            redis_buffer: crate::session::buffered::DEFAULT_BUFFER_BOUND,
             log: LogConfig::default(),
         }
     }

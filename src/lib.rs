@@ -17,12 +17,14 @@
 //! - [`ingest`]: the SSE parser and stream consumer, the webhook receiver, and the payload
 //!   handling both share (lenient decoding, debounce, never pooling anonymous traffic).
 //! - [`session`]: the per-session model and its rules (chunks, rolling summary, bounds), the
-//!   storage trait with its in-memory backend, the "Current User Activity" view, and the
-//!   background summarizer (built-in or any OpenAI-compatible LLM).
+//!   storage trait with its in-memory and Redis backends (and the buffer that carries ingestion
+//!   through a Redis outage), the "Current User Activity" view, and the background summarizer
+//!   (built-in or any OpenAI-compatible LLM).
 //! - [`api`]: the HTTP surface: Dify's External Knowledge API with identity resolution and
 //!   record scoring, the MCP server and the REST context API for other chatbots, the OpenAPI
 //!   document, and operator routes.
-//! - [`cluster`]: stream leadership when several replicas share a backend.
+//! - [`cluster`]: stream leadership when several replicas share a backend (Redis leases with
+//!   fencing tokens).
 //! - [`telemetry`]: tracing set-up and the Prometheus metrics of one running server.
 //! - [`clock`]: time as Unix seconds, and the human formats records use.
 //! - [`cli`]: what each subcommand does; `main.rs` only calls it.

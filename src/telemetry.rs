@@ -370,7 +370,7 @@ impl Metrics {
         );
         r.register(
             "redis_buffer_dropped",
-            "Writes dropped because the Redis outage buffer was full",
+            "Ingestion writes dropped during a Redis outage (buffer full, or refused when replayed)",
             m.redis_buffer_dropped.clone(),
         );
         r.register(

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::redis_env::{RedisPrefix, test_redis_url};
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +19,8 @@ use livectx::api::{ApiContext, ApiState};
 use livectx::ingest::{Channel, Ingestor, Source};
 use livectx::session::memory::MemoryStore;
 use livectx::session::model::SessionLimits;
-use livectx::session::store::StoreConfig;
+use livectx::session::redis::RedisStore;
+use livectx::session::store::{SessionStore, StoreConfig};
 use livectx::telemetry::Metrics;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -80,13 +83,16 @@ fn marker(session: usize) -> String {
     format!("[[mark:{}]]", session_id(session))
 }
 
-fn state() -> ApiState {
-    let metrics = Arc::new(Metrics::new());
-    let store = Arc::new(MemoryStore::new(StoreConfig {
+fn store_config() -> StoreConfig {
+    StoreConfig {
         max_sessions: 1_000_000,
         session_ttl: Duration::from_secs(86_400),
         limits: SessionLimits { max_chunks: 50 },
-    }));
+    }
+}
+
+fn state(store: Arc<dyn SessionStore>) -> ApiState {
+    let metrics = Arc::new(Metrics::new());
     let ingestor = Arc::new(Ingestor::new(
         store.clone(),
         metrics.clone(),
@@ -176,78 +182,129 @@ fn only_own_markers(text: &str, own: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Load `batches` through the real ingestion path into `store`, then check every identity
+/// through every `/retrieval` route against a reference model.
+async fn check_isolation(
+    store: Arc<dyn SessionStore>,
+    batches: &[Batch],
+) -> Result<(), TestCaseError> {
+    let state = state(store);
+    // The reference model: the session last written for each person key.
+    let mut newest_by_email: HashMap<usize, usize> = HashMap::new();
+    let mut newest_by_user: HashMap<usize, usize> = HashMap::new();
+    let mut sessions: HashSet<usize> = HashSet::new();
+    for (index, b) in batches.iter().enumerate() {
+        let bytes = serde_json::to_vec(&payload(b, index)).unwrap();
+        state
+            .ingestor
+            .ingest_json(Source::Sse, &bytes, Channel::default())
+            .await;
+        if let Some(s) = b.session {
+            sessions.insert(s);
+            for e in b.email.iter().chain(b.action_emails.iter().flatten()) {
+                newest_by_email.insert(*e, s);
+            }
+            if let Some(u) = b.user {
+                newest_by_user.insert(u, s);
+            }
+        }
+    }
+    let ask = |knowledge_id: String, query: String, condition: Value| {
+        json!({"knowledge_id": knowledge_id, "query": query, "metadata_condition": condition,
+               "retrieval_setting": {"top_k": 50, "score_threshold": 0.0}})
+    };
+    // Session ids, through the three routes.
+    for s in &sessions {
+        let id = session_id(*s);
+        let routes = [
+            ask(id.clone(), "help".into(), Value::Null),
+            ask("acme".into(), format!("{id}\nhelp"), Value::Null),
+            ask(
+                "kb".into(),
+                "help".into(),
+                json!({"conditions": [{"name": "session_id", "comparison_operator": "is", "value": id}]}),
+            ),
+        ];
+        for body in routes {
+            let (found, text) = retrieval(&state, body).await;
+            prop_assert_eq!(found.as_deref(), Some(id.as_str()));
+            prop_assert!(
+                only_own_markers(&text, &id).is_ok(),
+                "{:?}",
+                only_own_markers(&text, &id)
+            );
+        }
+    }
+    // Emails (case variants) and user ids resolve to the newest session of that person.
+    for e in 0..12 {
+        let expected = newest_by_email.get(&e).map(|s| session_id(*s));
+        for variant in 0..3 {
+            let (found, text) = retrieval(
+                &state,
+                ask(email_variant(e, variant), "help".into(), Value::Null),
+            )
+            .await;
+            prop_assert_eq!(&found, &expected, "email {} variant {}", e, variant);
+            if let Some(id) = &expected {
+                prop_assert!(only_own_markers(&text, id).is_ok());
+            }
+        }
+        let (found, _) = retrieval(
+            &state,
+            ask(
+                "kb".into(),
+                format!("email: {}\nq", email_variant(e, 1)),
+                Value::Null,
+            ),
+        )
+        .await;
+        prop_assert_eq!(&found, &expected);
+    }
+    for u in 0..12 {
+        let expected = newest_by_user.get(&u).map(|s| session_id(*s));
+        let (found, text) = retrieval(&state, ask(user_id(u), "help".into(), Value::Null)).await;
+        prop_assert_eq!(&found, &expected, "user {}", u);
+        if let Some(id) = &expected {
+            prop_assert!(only_own_markers(&text, id).is_ok());
+        }
+        // Case variants of a user id are different users.
+        let (found, _) = retrieval(
+            &state,
+            ask(user_id(u).to_uppercase(), "help".into(), Value::Null),
+        )
+        .await;
+        prop_assert_eq!(found, None);
+    }
+    // Anonymous traffic is never reachable.
+    for probe in ["anonymous", "unknown", "null", ""] {
+        let (found, _) = retrieval(
+            &state,
+            ask(format!("x{probe}"), format!("{probe}\nq"), Value::Null),
+        )
+        .await;
+        prop_assert_eq!(found, None);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
     #[test]
     fn every_identity_sees_only_its_own_newest_session(batches in prop::collection::vec(batch(), 50..400)) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(check_isolation(Arc::new(MemoryStore::new(store_config())), &batches))?;
+    }
+
+    #[test]
+    fn the_redis_store_isolates_identities_the_same_way(batches in prop::collection::vec(batch(), 50..200)) {
+        let Some(url) = test_redis_url("the_redis_store_isolates_identities_the_same_way") else {
+            return Ok(());
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
-            let state = state();
-            // The reference model: the session last written for each person key.
-            let mut newest_by_email: HashMap<usize, usize> = HashMap::new();
-            let mut newest_by_user: HashMap<usize, usize> = HashMap::new();
-            let mut sessions: HashSet<usize> = HashSet::new();
-            for (index, b) in batches.iter().enumerate() {
-                let bytes = serde_json::to_vec(&payload(b, index)).unwrap();
-                state.ingestor.ingest_json(Source::Sse, &bytes, Channel::default()).await;
-                if let Some(s) = b.session {
-                    sessions.insert(s);
-                    for e in b.email.iter().chain(b.action_emails.iter().flatten()) {
-                        newest_by_email.insert(*e, s);
-                    }
-                    if let Some(u) = b.user {
-                        newest_by_user.insert(u, s);
-                    }
-                }
-            }
-            let ask = |knowledge_id: String, query: String, condition: Value| {
-                json!({"knowledge_id": knowledge_id, "query": query, "metadata_condition": condition,
-                       "retrieval_setting": {"top_k": 50, "score_threshold": 0.0}})
-            };
-            // Session ids, through the three routes.
-            for s in &sessions {
-                let id = session_id(*s);
-                let routes = [
-                    ask(id.clone(), "help".into(), Value::Null),
-                    ask("acme".into(), format!("{id}\nhelp"), Value::Null),
-                    ask("kb".into(), "help".into(), json!({"conditions": [{"name": "session_id", "comparison_operator": "is", "value": id}]})),
-                ];
-                for body in routes {
-                    let (found, text) = retrieval(&state, body).await;
-                    prop_assert_eq!(found.as_deref(), Some(id.as_str()));
-                    prop_assert!(only_own_markers(&text, &id).is_ok(), "{:?}", only_own_markers(&text, &id));
-                }
-            }
-            // Emails (case variants) and user ids resolve to the newest session of that person.
-            for e in 0..12 {
-                let expected = newest_by_email.get(&e).map(|s| session_id(*s));
-                for variant in 0..3 {
-                    let (found, text) = retrieval(&state, ask(email_variant(e, variant), "help".into(), Value::Null)).await;
-                    prop_assert_eq!(&found, &expected, "email {} variant {}", e, variant);
-                    if let Some(id) = &expected {
-                        prop_assert!(only_own_markers(&text, id).is_ok());
-                    }
-                }
-                let (found, _) = retrieval(&state, ask("kb".into(), format!("email: {}\nq", email_variant(e, 1)), Value::Null)).await;
-                prop_assert_eq!(&found, &expected);
-            }
-            for u in 0..12 {
-                let expected = newest_by_user.get(&u).map(|s| session_id(*s));
-                let (found, text) = retrieval(&state, ask(user_id(u), "help".into(), Value::Null)).await;
-                prop_assert_eq!(&found, &expected, "user {}", u);
-                if let Some(id) = &expected {
-                    prop_assert!(only_own_markers(&text, id).is_ok());
-                }
-                // Case variants of a user id are different users.
-                let (found, _) = retrieval(&state, ask(user_id(u).to_uppercase(), "help".into(), Value::Null)).await;
-                prop_assert_eq!(found, None);
-            }
-            // Anonymous traffic is never reachable.
-            for probe in ["anonymous", "unknown", "null", ""] {
-                let (found, _) = retrieval(&state, ask(format!("x{probe}"), format!("{probe}\nq"), Value::Null)).await;
-                prop_assert_eq!(found, None);
-            }
-            Ok(())
+            let prefix = RedisPrefix::new(&url, "isolation");
+            let store = Arc::new(RedisStore::new(prefix.connect().await, prefix.prefix.clone(), store_config()));
+            check_isolation(store, &batches).await
         })?;
     }
 }

@@ -15,10 +15,11 @@ pub async fn healthz() -> Response {
 }
 
 /// `GET /readyz`: 200 when the store answers and every stream this replica consumes is
-/// connected; 503 otherwise. The body always reports each part, for operators.
+/// connected; 503 otherwise. The body always reports each part, for operators (with Redis, also
+/// how many ingestion writes wait in memory for it).
 pub async fn readyz(State(state): State<ApiState>) -> Response {
     let now = clock::now();
-    let store = match state.store.stats().await {
+    let mut store = match state.store.stats().await {
         Ok(stats) => {
             json!({ "backend": state.store.backend(), "ok": true, "sessions": stats.sessions, "chunks": stats.chunks })
         }
@@ -26,6 +27,10 @@ pub async fn readyz(State(state): State<ApiState>) -> Response {
             json!({ "backend": state.store.backend(), "ok": false, "error": error.to_string() })
         }
     };
+    if state.store.backend() == "redis" {
+        // Ingestion writes waiting in memory for Redis (see session::buffered).
+        store["buffered_writes"] = json!(state.metrics.redis_buffered.get());
+    }
     let store_ok = store["ok"].as_bool().unwrap_or(false);
     let streams: Vec<_> = state.streams.iter().map(|s| s.view(now)).collect();
     let streams_ok = streams.iter().all(|s| s.connected || !s.leading);

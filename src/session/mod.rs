@@ -2,9 +2,11 @@
 //! background summarizer.
 
 pub mod activity;
+pub mod buffered;
 pub mod memory;
 pub mod model;
 pub mod persist;
+pub mod redis;
 pub mod store;
 pub mod summarizer;
 

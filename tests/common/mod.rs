@@ -527,3 +527,7 @@ fn completion(prompt: &str) -> Response {
     }))
     .into_response()
 }
+
+pub mod redis_env;
+
+pub mod broadcast;

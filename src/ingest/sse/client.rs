@@ -345,12 +345,15 @@ impl StreamConsumer {
                         to = %clock::format_utc(clock::now()),
                         "took over from a replica that stopped: events in between may be missing"
                     );
-                    if let Some(product) = &self.product {
+                    if let Some(product) = self.product.clone() {
                         let gap = Gap {
                             from: seen,
                             to: clock::now(),
                         };
-                        self.ingestor.record_gap(product, gap).await;
+                        // In the background: with a shared store, marking every recently
+                        // active session takes a while, and the stream must not wait for it.
+                        let ingestor = Arc::clone(&self.ingestor);
+                        tokio::spawn(async move { ingestor.record_gap(&product, gap).await });
                     }
                 }
             }
@@ -380,11 +383,15 @@ impl StreamConsumer {
         guard: Option<&LeaseGuard>,
     ) {
         let (tx, rx) = mpsc::channel::<Frame>(self.config.queue_capacity.max(1));
+        let lease = match (&self.leadership, guard) {
+            (Some(leadership), Some(guard)) => Some((Arc::clone(leadership), guard.clone())),
+            _ => None,
+        };
         let processor = tokio::spawn(process_frames(
             rx,
             Arc::clone(&self.ingestor),
             self.product.clone(),
-            guard.map(|g| g.fence.clone()),
+            lease,
         ));
         let mut parser = SseParser::new(self.config.max_frame_bytes);
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
@@ -671,20 +678,26 @@ fn frame_label(event: &str) -> &str {
     }
 }
 
+/// Store each frame in order; under a lease, with its fence, reporting progress so that a
+/// successor knows where its gap starts.
 async fn process_frames(
     mut rx: mpsc::Receiver<Frame>,
     ingestor: Arc<Ingestor>,
     product: Option<String>,
-    fence: Option<Fence>,
+    lease: Option<(Arc<dyn Leadership>, LeaseGuard)>,
 ) {
+    let fence: Option<&Fence> = lease.as_ref().map(|(_, guard)| &guard.fence);
     while let Some(frame) = rx.recv().await {
         let channel = Channel {
             product_id: product.as_deref(),
-            fence: fence.as_ref(),
+            fence,
         };
         ingestor
             .ingest_json(Source::Sse, frame.data.as_bytes(), channel)
             .await;
+        if let Some((leadership, guard)) = &lease {
+            leadership.record_progress(guard, clock::now()).await;
+        }
     }
 }
 

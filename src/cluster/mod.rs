@@ -5,6 +5,10 @@
 //! holds each stream's lease and consumes it; its writes carry a fence so that a paused
 //! ex-leader cannot write after losing the lease.
 
+pub mod redis_lease;
+
+pub use redis_lease::{LeaseSettings, RedisLeadership};
+
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 

@@ -1,0 +1,697 @@
+//! Riding out a storage outage: ingestion writes that fail because the backend is unreachable
+//! are kept in memory, in order, and replayed when it is back.
+//!
+//! [`BufferedStore`] wraps a shared backend (Redis). A write (`append_actions`,
+//! `apply_connector_summary`, `record_tour`) that fails with [`StoreError::Unavailable`] joins a
+//! FIFO queue and the caller is told it was accepted. While the queue is not empty, new writes
+//! queue behind it without trying the backend, so a session's writes land in the order they
+//! arrived. A background task ([`BufferedStore::spawn_replay`]) replays the queue front to back,
+//! backing off while the backend is still away.
+//!
+//! The queue is bounded: beyond the bound a write is refused (the caller sees the error, so a
+//! webhook answers 503 and the connector retries), counted in `livectx_redis_buffer_dropped`
+//! and logged. A replayed write the backend refuses for good (a fence this replica no longer
+//! holds: another replica consumes the stream now) is dropped and counted the same way.
+//! `livectx_redis_buffered` shows the queue length, `livectx_redis_replayed` what was replayed.
+//!
+//! Reads are not buffered: they go to the backend and fail fast (retrieval then answers empty).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::session::model::{
+    ActionBatch, AppendOutcome, Gap, PersonKey, Session, SessionId, SummaryApplied, SummaryDraft,
+    SummaryJob,
+};
+use crate::session::store::{
+    Fence, SessionPage, SessionStore, StoreError, StoreStats, StoredBatch,
+};
+use crate::telemetry::Metrics;
+
+/// Writes buffered when none is configured.
+pub const DEFAULT_BUFFER_BOUND: usize = 10_000;
+
+const REPLAY_BACKOFF_INITIAL: Duration = Duration::from_millis(200);
+const REPLAY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Drops are logged at most this often (with a count), so an outage does not flood the log.
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// One ingestion write waiting for the backend.
+#[derive(Debug, Clone)]
+enum PendingWrite {
+    Append {
+        batch: ActionBatch,
+        now: f64,
+        fence: Option<Fence>,
+    },
+    ConnectorSummary {
+        session_id: SessionId,
+        product_id: Option<String>,
+        text: String,
+        replaces: usize,
+        now: f64,
+        fence: Option<Fence>,
+    },
+    Tour {
+        session_id: SessionId,
+        product_id: Option<String>,
+        flow_id: String,
+        reason: Option<String>,
+        now: f64,
+        fence: Option<Fence>,
+    },
+}
+
+impl PendingWrite {
+    fn session_id(&self) -> &SessionId {
+        match self {
+            Self::Append { batch, .. } => &batch.session_id,
+            Self::ConnectorSummary { session_id, .. } | Self::Tour { session_id, .. } => session_id,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Append { .. } => "append_actions",
+            Self::ConnectorSummary { .. } => "apply_connector_summary",
+            Self::Tour { .. } => "record_tour",
+        }
+    }
+
+    /// Perform the write on `store` (with the time it originally arrived).
+    async fn apply(&self, store: &dyn SessionStore) -> Result<Option<StoredBatch>, StoreError> {
+        match self {
+            Self::Append { batch, now, fence } => store
+                .append_actions(batch.clone(), *now, fence.as_ref())
+                .await
+                .map(Some),
+            Self::ConnectorSummary {
+                session_id,
+                product_id,
+                text,
+                replaces,
+                now,
+                fence,
+            } => store
+                .apply_connector_summary(
+                    session_id,
+                    product_id.as_deref(),
+                    text,
+                    *replaces,
+                    *now,
+                    fence.as_ref(),
+                )
+                .await
+                .map(|()| None),
+            Self::Tour {
+                session_id,
+                product_id,
+                flow_id,
+                reason,
+                now,
+                fence,
+            } => store
+                .record_tour(
+                    session_id,
+                    product_id.as_deref(),
+                    flow_id,
+                    reason.as_deref(),
+                    *now,
+                    fence.as_ref(),
+                )
+                .await
+                .map(|()| None),
+        }
+    }
+}
+
+/// Drops not yet logged.
+#[derive(Debug)]
+struct DropLog {
+    unlogged: u64,
+    last_logged: Option<Instant>,
+}
+
+/// A [`SessionStore`] that buffers ingestion writes through an outage of `inner`.
+pub struct BufferedStore {
+    inner: Arc<dyn SessionStore>,
+    metrics: Arc<Metrics>,
+    bound: usize,
+    queue: Mutex<VecDeque<PendingWrite>>,
+    wake: Notify,
+    drops: Mutex<DropLog>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each critical section is one queue operation: a poisoned lock holds consistent data.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What a caller learns from a buffered append: stored later, nothing to summarise yet.
+fn buffered_outcome() -> StoredBatch {
+    StoredBatch {
+        outcome: AppendOutcome {
+            seq: 0,
+            created: false,
+            unsummarized_actions: 0,
+            folded_chunks: 0,
+        },
+        evicted: 0,
+    }
+}
+
+impl BufferedStore {
+    /// Buffer up to `bound` writes for `inner`. Call [`BufferedStore::spawn_replay`] once.
+    pub fn new(inner: Arc<dyn SessionStore>, bound: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner,
+            metrics,
+            bound,
+            queue: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            drops: Mutex::new(DropLog {
+                unlogged: 0,
+                last_logged: None,
+            }),
+        }
+    }
+
+    /// Writes waiting for the backend.
+    pub fn buffered(&self) -> usize {
+        lock(&self.queue).len()
+    }
+
+    /// Replay buffered writes in order whenever there are some, until the task is aborted.
+    pub fn spawn_replay(self: &Arc<Self>) -> JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.replay().await })
+    }
+
+    async fn replay(&self) {
+        let mut backoff = REPLAY_BACKOFF_INITIAL;
+        let mut replayed_in_run: u64 = 0;
+        loop {
+            let front = lock(&self.queue).front().cloned();
+            let Some(write) = front else {
+                if replayed_in_run > 0 {
+                    tracing::info!(
+                        replayed = replayed_in_run,
+                        "the storage backend is back: every buffered write was replayed"
+                    );
+                    replayed_in_run = 0;
+                }
+                self.wake.notified().await;
+                continue;
+            };
+            match write.apply(self.inner.as_ref()).await {
+                Ok(_) => {
+                    self.pop_front();
+                    self.metrics.redis_replayed.inc();
+                    replayed_in_run += 1;
+                    backoff = REPLAY_BACKOFF_INITIAL;
+                }
+                Err(StoreError::Unavailable(_)) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(REPLAY_BACKOFF_MAX);
+                }
+                Err(error) => {
+                    self.pop_front();
+                    self.metrics.store_error("replay");
+                    tracing::error!(
+                        session = %write.session_id(),
+                        op = write.kind(),
+                        %error,
+                        "a buffered write was refused on replay and is dropped"
+                    );
+                    self.count_drop(1);
+                }
+            }
+        }
+    }
+
+    fn pop_front(&self) {
+        let mut queue = lock(&self.queue);
+        queue.pop_front();
+        self.metrics
+            .redis_buffered
+            .set(i64::try_from(queue.len()).unwrap_or(i64::MAX));
+    }
+
+    fn count_drop(&self, dropped: u64) {
+        self.metrics.redis_buffer_dropped.inc_by(dropped);
+        let mut log = lock(&self.drops);
+        log.unlogged += dropped;
+        let due = log
+            .last_logged
+            .is_none_or(|at| at.elapsed() >= DROP_LOG_INTERVAL);
+        if due {
+            tracing::error!(
+                dropped = log.unlogged,
+                bound = self.bound,
+                "storage outage: ingestion writes dropped (buffer full or refused on replay; counted in livectx_redis_buffer_dropped_total)"
+            );
+            log.unlogged = 0;
+            log.last_logged = Some(Instant::now());
+        }
+    }
+
+    /// Queue `write` when writes are already waiting (so it keeps its place); otherwise hand
+    /// it back to be tried now.
+    fn queue_if_backlogged(&self, write: PendingWrite) -> Result<Option<PendingWrite>, StoreError> {
+        let mut queue = lock(&self.queue);
+        if queue.is_empty() {
+            return Ok(Some(write));
+        }
+        self.push(
+            &mut queue,
+            write,
+            "writes are waiting for the storage backend",
+        )?;
+        Ok(None)
+    }
+
+    fn push(
+        &self,
+        queue: &mut VecDeque<PendingWrite>,
+        write: PendingWrite,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        if queue.len() >= self.bound {
+            self.count_drop(1);
+            return Err(StoreError::Unavailable(format!(
+                "{reason}, and the outage buffer is full ({} writes)",
+                self.bound
+            )));
+        }
+        if queue.is_empty() {
+            tracing::warn!(%reason, "storage backend unavailable: buffering ingestion writes in memory until it is back");
+        }
+        queue.push_back(write);
+        self.metrics
+            .redis_buffered
+            .set(i64::try_from(queue.len()).unwrap_or(i64::MAX));
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Try `write` now (unless others wait), buffering it when the backend is unavailable.
+    /// `Ok(None)` means buffered.
+    async fn write(&self, write: PendingWrite) -> Result<Option<StoredBatch>, StoreError> {
+        let Some(write) = self.queue_if_backlogged(write)? else {
+            return Ok(None);
+        };
+        match write.apply(self.inner.as_ref()).await {
+            Err(StoreError::Unavailable(reason)) => {
+                let mut queue = lock(&self.queue);
+                self.push(&mut queue, write, &reason)?;
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for BufferedStore {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    async fn append_actions(
+        &self,
+        batch: ActionBatch,
+        now: f64,
+        fence: Option<&Fence>,
+    ) -> Result<StoredBatch, StoreError> {
+        let write = PendingWrite::Append {
+            batch,
+            now,
+            fence: fence.cloned(),
+        };
+        Ok(self.write(write).await?.unwrap_or_else(buffered_outcome))
+    }
+
+    async fn apply_connector_summary(
+        &self,
+        session_id: &SessionId,
+        product_id: Option<&str>,
+        text: &str,
+        replaces: usize,
+        now: f64,
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError> {
+        self.write(PendingWrite::ConnectorSummary {
+            session_id: session_id.clone(),
+            product_id: product_id.map(str::to_string),
+            text: text.to_string(),
+            replaces,
+            now,
+            fence: fence.cloned(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn record_tour(
+        &self,
+        session_id: &SessionId,
+        product_id: Option<&str>,
+        flow_id: &str,
+        reason: Option<&str>,
+        now: f64,
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError> {
+        self.write(PendingWrite::Tour {
+            session_id: session_id.clone(),
+            product_id: product_id.map(str::to_string),
+            flow_id: flow_id.to_string(),
+            reason: reason.map(str::to_string),
+            now,
+            fence: fence.cloned(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn record_gap(&self, product_id: &str, gap: Gap, now: f64) -> Result<usize, StoreError> {
+        self.inner.record_gap(product_id, gap, now).await
+    }
+
+    async fn session(&self, id: &SessionId, now: f64) -> Result<Option<Arc<Session>>, StoreError> {
+        self.inner.session(id, now).await
+    }
+
+    async fn resolve_person(
+        &self,
+        key: &PersonKey,
+        product_id: Option<&str>,
+        now: f64,
+    ) -> Result<Option<SessionId>, StoreError> {
+        self.inner.resolve_person(key, product_id, now).await
+    }
+
+    async fn has_product(&self, product_id: &str) -> Result<bool, StoreError> {
+        self.inner.has_product(product_id).await
+    }
+
+    async fn claim_summary(
+        &self,
+        id: &SessionId,
+        threshold: usize,
+        now: f64,
+        lease: Duration,
+    ) -> Result<Option<SummaryJob>, StoreError> {
+        self.inner.claim_summary(id, threshold, now, lease).await
+    }
+
+    async fn finish_summary(
+        &self,
+        job: &SummaryJob,
+        draft: SummaryDraft,
+        now: f64,
+    ) -> Result<SummaryApplied, StoreError> {
+        self.inner.finish_summary(job, draft, now).await
+    }
+
+    async fn release_summary(&self, job: &SummaryJob) -> Result<(), StoreError> {
+        self.inner.release_summary(job).await
+    }
+
+    async fn active_sessions(
+        &self,
+        since: f64,
+        cursor: Option<&str>,
+        limit: usize,
+        now: f64,
+    ) -> Result<SessionPage, StoreError> {
+        self.inner.active_sessions(since, cursor, limit, now).await
+    }
+
+    async fn expire_idle(&self, now: f64) -> Result<usize, StoreError> {
+        self.inner.expire_idle(now).await
+    }
+
+    async fn first_delivery(
+        &self,
+        body_hash: [u8; 32],
+        now: f64,
+        window: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.first_delivery(body_hash, now, window).await
+    }
+
+    async fn forget_delivery(&self, body_hash: [u8; 32]) -> Result<(), StoreError> {
+        self.inner.forget_delivery(body_hash).await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.inner.stats().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::session::memory::MemoryStore;
+    use crate::session::model::SessionLimits;
+    use crate::session::model::tests::{action, batch};
+    use crate::session::store::StoreConfig;
+
+    /// A memory store that can be switched "down".
+    struct Flaky {
+        inner: MemoryStore,
+        down: AtomicBool,
+    }
+
+    impl Flaky {
+        fn check(&self) -> Result<(), StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                Err(StoreError::Unavailable("down".into()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[async_trait]
+    impl SessionStore for Flaky {
+        fn backend(&self) -> &'static str {
+            "flaky"
+        }
+        async fn append_actions(
+            &self,
+            batch: ActionBatch,
+            now: f64,
+            fence: Option<&Fence>,
+        ) -> Result<StoredBatch, StoreError> {
+            self.check()?;
+            self.inner.append_actions(batch, now, fence).await
+        }
+        async fn apply_connector_summary(
+            &self,
+            id: &SessionId,
+            product: Option<&str>,
+            text: &str,
+            replaces: usize,
+            now: f64,
+            fence: Option<&Fence>,
+        ) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner
+                .apply_connector_summary(id, product, text, replaces, now, fence)
+                .await
+        }
+        async fn record_tour(
+            &self,
+            id: &SessionId,
+            product: Option<&str>,
+            flow: &str,
+            reason: Option<&str>,
+            now: f64,
+            fence: Option<&Fence>,
+        ) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner
+                .record_tour(id, product, flow, reason, now, fence)
+                .await
+        }
+        async fn record_gap(&self, p: &str, gap: Gap, now: f64) -> Result<usize, StoreError> {
+            self.inner.record_gap(p, gap, now).await
+        }
+        async fn session(
+            &self,
+            id: &SessionId,
+            now: f64,
+        ) -> Result<Option<Arc<Session>>, StoreError> {
+            self.inner.session(id, now).await
+        }
+        async fn resolve_person(
+            &self,
+            key: &PersonKey,
+            product: Option<&str>,
+            now: f64,
+        ) -> Result<Option<SessionId>, StoreError> {
+            self.inner.resolve_person(key, product, now).await
+        }
+        async fn has_product(&self, p: &str) -> Result<bool, StoreError> {
+            self.inner.has_product(p).await
+        }
+        async fn claim_summary(
+            &self,
+            id: &SessionId,
+            threshold: usize,
+            now: f64,
+            lease: Duration,
+        ) -> Result<Option<SummaryJob>, StoreError> {
+            self.inner.claim_summary(id, threshold, now, lease).await
+        }
+        async fn finish_summary(
+            &self,
+            job: &SummaryJob,
+            draft: SummaryDraft,
+            now: f64,
+        ) -> Result<SummaryApplied, StoreError> {
+            self.inner.finish_summary(job, draft, now).await
+        }
+        async fn release_summary(&self, job: &SummaryJob) -> Result<(), StoreError> {
+            self.inner.release_summary(job).await
+        }
+        async fn active_sessions(
+            &self,
+            since: f64,
+            cursor: Option<&str>,
+            limit: usize,
+            now: f64,
+        ) -> Result<SessionPage, StoreError> {
+            self.inner.active_sessions(since, cursor, limit, now).await
+        }
+        async fn expire_idle(&self, now: f64) -> Result<usize, StoreError> {
+            self.inner.expire_idle(now).await
+        }
+        async fn first_delivery(
+            &self,
+            hash: [u8; 32],
+            now: f64,
+            window: Duration,
+        ) -> Result<bool, StoreError> {
+            self.inner.first_delivery(hash, now, window).await
+        }
+        async fn forget_delivery(&self, hash: [u8; 32]) -> Result<(), StoreError> {
+            self.inner.forget_delivery(hash).await
+        }
+        async fn stats(&self) -> Result<StoreStats, StoreError> {
+            self.inner.stats().await
+        }
+    }
+
+    fn flaky() -> Arc<Flaky> {
+        Arc::new(Flaky {
+            inner: MemoryStore::new(StoreConfig {
+                max_sessions: 100,
+                session_ttl: Duration::from_secs(3600),
+                limits: SessionLimits { max_chunks: 50 },
+            }),
+            down: AtomicBool::new(false),
+        })
+    }
+
+    fn titles(session: &Session) -> Vec<String> {
+        session
+            .raw_action_iter()
+            .map(|a| a.title.to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn writes_during_an_outage_are_replayed_in_order() {
+        let backend = flaky();
+        let metrics = Arc::new(Metrics::new());
+        let store = Arc::new(BufferedStore::new(
+            backend.clone(),
+            100,
+            Arc::clone(&metrics),
+        ));
+        let replay = store.spawn_replay();
+        store
+            .append_actions(
+                batch("s1", vec![action("click", "A", "/a", 1.0)]),
+                1.0,
+                None,
+            )
+            .await
+            .unwrap();
+        backend.down.store(true, Ordering::SeqCst);
+        for (i, title) in ["B", "C", "D"].iter().enumerate() {
+            let stored = store
+                .append_actions(
+                    batch("s1", vec![action("click", title, "/a", 2.0 + i as f64)]),
+                    2.0,
+                    None,
+                )
+                .await
+                .unwrap();
+            assert_eq!(stored.outcome.seq, 0, "buffered, not stored yet");
+        }
+        assert_eq!(store.buffered(), 3);
+        assert_eq!(metrics.redis_buffered.get(), 3);
+        backend.down.store(false, Ordering::SeqCst);
+        // A write arriving while the backlog drains queues behind it.
+        store
+            .append_actions(
+                batch("s1", vec![action("click", "E", "/a", 9.0)]),
+                9.0,
+                None,
+            )
+            .await
+            .unwrap();
+        for _ in 0..200 {
+            if store.buffered() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let id = SessionId::parse("s1").unwrap();
+        let session = store.session(&id, 9.0).await.unwrap().unwrap();
+        assert_eq!(titles(&session), ["A", "B", "C", "D", "E"]);
+        assert_eq!(metrics.redis_buffered.get(), 0);
+        assert!(metrics.redis_replayed.get() >= 3);
+        replay.abort();
+    }
+
+    #[tokio::test]
+    async fn writes_beyond_the_bound_are_refused_and_counted() {
+        let backend = flaky();
+        backend.down.store(true, Ordering::SeqCst);
+        let metrics = Arc::new(Metrics::new());
+        let store = BufferedStore::new(backend.clone(), 2, Arc::clone(&metrics));
+        for title in ["A", "B"] {
+            store
+                .append_actions(
+                    batch("s1", vec![action("click", title, "/a", 1.0)]),
+                    1.0,
+                    None,
+                )
+                .await
+                .unwrap();
+        }
+        let refused = store
+            .append_actions(
+                batch("s1", vec![action("click", "C", "/a", 1.0)]),
+                1.0,
+                None,
+            )
+            .await;
+        assert!(matches!(refused, Err(StoreError::Unavailable(_))));
+        assert_eq!(metrics.redis_buffer_dropped.get(), 1);
+        assert_eq!(store.buffered(), 2);
+    }
+}
