@@ -3,23 +3,16 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
+use common::faulty_store::FaultyStore;
 use common::{
     Connection, FakeConnector, StreamEnd, TestApp, actions_payload, eventually, metric, sse_frame,
     test_config,
 };
 use livectx::Overrides;
-use livectx::session::memory::MemoryStore;
-use livectx::session::model::{
-    ActionBatch, Gap, PersonKey, Session, SessionId, SummaryApplied, SummaryDraft, SummaryJob,
-};
-use livectx::session::store::{
-    Fence, SessionPage, SessionStore, StoreError, StoreStats, StoredBatch,
-};
+use livectx::session::model::{PersonKey, SessionId};
 use serde_json::Value;
 
 /// Every action title of a session, in stored order.
@@ -281,117 +274,16 @@ async fn ids_are_resumed_with_last_event_id() {
     app.stop().await;
 }
 
-/// A store whose writes are slow, to prove the socket is never stalled by processing.
-struct SlowStore {
-    inner: MemoryStore,
-    delay: Duration,
-}
-
-#[async_trait]
-impl SessionStore for SlowStore {
-    fn backend(&self) -> &'static str {
-        "slow"
-    }
-    async fn append_actions(
-        &self,
-        batch: ActionBatch,
-        now: f64,
-        fence: Option<&Fence>,
-    ) -> Result<StoredBatch, StoreError> {
-        tokio::time::sleep(self.delay).await;
-        self.inner.append_actions(batch, now, fence).await
-    }
-    async fn apply_connector_summary(
-        &self,
-        s: &SessionId,
-        p: Option<&str>,
-        t: &str,
-        r: usize,
-        now: f64,
-        f: Option<&Fence>,
-    ) -> Result<(), StoreError> {
-        self.inner.apply_connector_summary(s, p, t, r, now, f).await
-    }
-    async fn record_tour(
-        &self,
-        s: &SessionId,
-        p: Option<&str>,
-        flow: &str,
-        reason: Option<&str>,
-        now: f64,
-        f: Option<&Fence>,
-    ) -> Result<(), StoreError> {
-        self.inner.record_tour(s, p, flow, reason, now, f).await
-    }
-    async fn record_gap(&self, p: &str, gap: Gap, now: f64) -> Result<usize, StoreError> {
-        self.inner.record_gap(p, gap, now).await
-    }
-    async fn session(&self, id: &SessionId, now: f64) -> Result<Option<Arc<Session>>, StoreError> {
-        self.inner.session(id, now).await
-    }
-    async fn resolve_person(
-        &self,
-        k: &PersonKey,
-        p: Option<&str>,
-        now: f64,
-    ) -> Result<Option<SessionId>, StoreError> {
-        self.inner.resolve_person(k, p, now).await
-    }
-    async fn has_product(&self, p: &str) -> Result<bool, StoreError> {
-        self.inner.has_product(p).await
-    }
-    async fn claim_summary(
-        &self,
-        id: &SessionId,
-        t: usize,
-        now: f64,
-        lease: Duration,
-    ) -> Result<Option<SummaryJob>, StoreError> {
-        self.inner.claim_summary(id, t, now, lease).await
-    }
-    async fn finish_summary(
-        &self,
-        job: &SummaryJob,
-        draft: SummaryDraft,
-        now: f64,
-    ) -> Result<SummaryApplied, StoreError> {
-        self.inner.finish_summary(job, draft, now).await
-    }
-    async fn release_summary(&self, job: &SummaryJob) -> Result<(), StoreError> {
-        self.inner.release_summary(job).await
-    }
-    async fn active_sessions(
-        &self,
-        since: f64,
-        c: Option<&str>,
-        l: usize,
-        now: f64,
-    ) -> Result<SessionPage, StoreError> {
-        self.inner.active_sessions(since, c, l, now).await
-    }
-    async fn expire_idle(&self, now: f64) -> Result<usize, StoreError> {
-        self.inner.expire_idle(now).await
-    }
-    async fn first_delivery(&self, h: [u8; 32], now: f64, w: Duration) -> Result<bool, StoreError> {
-        self.inner.first_delivery(h, now, w).await
-    }
-    async fn forget_delivery(&self, h: [u8; 32]) -> Result<(), StoreError> {
-        self.inner.forget_delivery(h).await
-    }
-    async fn stats(&self) -> Result<StoreStats, StoreError> {
-        self.inner.stats().await
-    }
-}
-
 #[tokio::test]
 async fn a_slow_store_drops_and_counts_instead_of_stalling_the_socket() {
     let connector = FakeConnector::start(vec![]).await;
     let mut config = config_for(&connector);
     config.ingest_queue = 4;
-    let store = Arc::new(SlowStore {
-        inner: MemoryStore::new(livectx::app::store_config(&config)),
-        delay: Duration::from_millis(30),
-    });
+    // Slow writes: the socket must never wait on them.
+    let store = FaultyStore::slow_appends(
+        livectx::app::store_config(&config),
+        Duration::from_millis(30),
+    );
     let app = TestApp::spawn_with(
         config,
         Overrides {

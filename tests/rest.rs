@@ -4,17 +4,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
 
-use async_trait::async_trait;
+use common::faulty_store::FaultyStore;
 use common::{TestApp, action, batch, metric, test_config};
-use livectx::session::model::{
-    ActionBatch, Gap, PersonKey, Session, SessionId, SummaryApplied, SummaryDraft, SummaryJob,
-};
-use livectx::session::store::{
-    Fence, SessionPage, SessionStore, StoreError, StoreStats, StoredBatch,
-};
 use livectx::{Overrides, ServeConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -491,113 +483,14 @@ async fn context_statuses() {
 // A storage backend that is down: the REST API answers 503, never an empty success.
 // ---------------------------------------------------------------------------------------------
 
-struct DownStore;
-
-fn down<T>() -> Result<T, StoreError> {
-    Err(StoreError::Unavailable("test: backend down".into()))
-}
-
-#[async_trait]
-impl SessionStore for DownStore {
-    fn backend(&self) -> &'static str {
-        "down"
-    }
-    async fn append_actions(
-        &self,
-        _: ActionBatch,
-        _: f64,
-        _: Option<&Fence>,
-    ) -> Result<StoredBatch, StoreError> {
-        down()
-    }
-    async fn apply_connector_summary(
-        &self,
-        _: &SessionId,
-        _: Option<&str>,
-        _: &str,
-        _: usize,
-        _: f64,
-        _: Option<&Fence>,
-    ) -> Result<(), StoreError> {
-        down()
-    }
-    async fn record_tour(
-        &self,
-        _: &SessionId,
-        _: Option<&str>,
-        _: &str,
-        _: Option<&str>,
-        _: f64,
-        _: Option<&Fence>,
-    ) -> Result<(), StoreError> {
-        down()
-    }
-    async fn record_gap(&self, _: &str, _: Gap, _: f64) -> Result<usize, StoreError> {
-        down()
-    }
-    async fn session(&self, _: &SessionId, _: f64) -> Result<Option<Arc<Session>>, StoreError> {
-        down()
-    }
-    async fn resolve_person(
-        &self,
-        _: &PersonKey,
-        _: Option<&str>,
-        _: f64,
-    ) -> Result<Option<SessionId>, StoreError> {
-        down()
-    }
-    async fn has_product(&self, _: &str) -> Result<bool, StoreError> {
-        down()
-    }
-    async fn claim_summary(
-        &self,
-        _: &SessionId,
-        _: usize,
-        _: f64,
-        _: Duration,
-    ) -> Result<Option<SummaryJob>, StoreError> {
-        down()
-    }
-    async fn finish_summary(
-        &self,
-        _: &SummaryJob,
-        _: SummaryDraft,
-        _: f64,
-    ) -> Result<SummaryApplied, StoreError> {
-        down()
-    }
-    async fn release_summary(&self, _: &SummaryJob) -> Result<(), StoreError> {
-        down()
-    }
-    async fn active_sessions(
-        &self,
-        _: f64,
-        _: Option<&str>,
-        _: usize,
-        _: f64,
-    ) -> Result<SessionPage, StoreError> {
-        down()
-    }
-    async fn expire_idle(&self, _: f64) -> Result<usize, StoreError> {
-        down()
-    }
-    async fn first_delivery(&self, _: [u8; 32], _: f64, _: Duration) -> Result<bool, StoreError> {
-        down()
-    }
-    async fn forget_delivery(&self, _: [u8; 32]) -> Result<(), StoreError> {
-        down()
-    }
-    async fn stats(&self) -> Result<StoreStats, StoreError> {
-        down()
-    }
-}
-
 #[tokio::test]
 async fn a_store_outage_is_a_503_not_an_empty_answer() {
     let app = TestApp::spawn_with(
         config(),
         Overrides {
-            store: Some(Arc::new(DownStore)),
+            store: Some(FaultyStore::down(
+                livectx::app::store_config(&test_config()),
+            )),
             ..Overrides::default()
         },
     )

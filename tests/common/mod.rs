@@ -531,3 +531,5 @@ fn completion(prompt: &str) -> Response {
 pub mod redis_env;
 
 pub mod broadcast;
+
+pub mod faulty_store;
