@@ -21,10 +21,8 @@ use serde_json::{Value, json};
 use crate::api::ApiState;
 use crate::api::auth::KeyError;
 use crate::api::error::{ApiError, codes, read_body};
-use crate::api::filter::MetadataCondition;
-use crate::api::identity::{
-    Claim, ClaimKind, ClaimOutcome, IdentityResolver, SignatureError, Via, is_unresolved_variable,
-};
+use crate::api::filter::{Condition, MetadataCondition};
+use crate::api::identity::{Claim, ClaimKind, ClaimOutcome, IdentityResolver, SignatureError, Via};
 use crate::api::records::{Record, select, session_records};
 use crate::clock;
 use crate::session::model::{MAX_ID_LEN, Session};
@@ -185,6 +183,22 @@ fn identity_kind(name: &str) -> Option<ClaimKind> {
         .map(|(_, k)| *k)
 }
 
+/// A channel's verdict: it carried an identifier, which names this session (or none).
+struct Decision {
+    session: Option<Arc<Session>>,
+    via: Via,
+}
+
+impl Decision {
+    fn of(outcome: ClaimOutcome, via: Via) -> Self {
+        let session = match outcome {
+            ClaimOutcome::Found(session) => Some(session),
+            ClaimOutcome::Unknown | ClaimOutcome::Rejected(_) => None,
+        };
+        Self { session, via }
+    }
+}
+
 /// Resolve the user of a retrieval request (see the module docs for the order).
 pub async fn resolve_request<'q>(
     state: &ApiState,
@@ -204,7 +218,7 @@ pub async fn resolve_request<'q>(
     };
     let (query_identity, rest) = split_query(&request.query);
 
-    // (a) metadata conditions naming the user.
+    // Conditions naming the user choose the session; the others filter its records.
     let mut filter = request.metadata_condition.clone();
     let mut metadata_claims = Vec::new();
     if let Some(condition) = filter.as_mut() {
@@ -218,8 +232,44 @@ pub async fn resolve_request<'q>(
         });
     }
     metadata_claims.sort_by_key(|c| IDENTITY_FIELDS.iter().position(|(n, _)| *n == c.names[0]));
-    let mut decided = false;
-    for condition in &metadata_claims {
+
+    let question = match query_identity {
+        QueryIdentity::Explicit(..) => rest,
+        _ => request.query.as_str(),
+    };
+    let decision = match decide_by_metadata(&resolver, &metadata_claims, product, now).await? {
+        Some(decision) => Some(decision),
+        None => match decide_by_query(&resolver, &query_identity, product, now).await? {
+            Some(decision) => {
+                // The identity line is not part of the question.
+                return Ok(Resolved {
+                    session: decision.session,
+                    via: Some(decision.via),
+                    question: rest,
+                    filter,
+                });
+            }
+            None => decide_by_knowledge_id(&resolver, knowledge_id, product, now).await?,
+        },
+    };
+    Ok(Resolved {
+        via: decision.as_ref().map(|d| d.via),
+        session: decision.and_then(|d| d.session),
+        question,
+        filter,
+    })
+}
+
+/// (a) Conditions on `session_id`, `user_id` or `email`: the first value that resolves wins;
+/// any other well-formed identifier there decides "nobody". Unresolved variables are absent.
+async fn decide_by_metadata(
+    resolver: &IdentityResolver<'_>,
+    conditions: &[Condition],
+    product: Option<&str>,
+    now: f64,
+) -> Result<Option<Decision>, StoreError> {
+    let mut carried_identifier = false;
+    for condition in conditions {
         let Some(kind) = identity_kind(&condition.names[0]) else {
             continue;
         };
@@ -230,119 +280,72 @@ pub async fn resolve_request<'q>(
                 via: Via::Metadata,
             };
             match resolver.resolve(&claim, product, now).await? {
-                ClaimOutcome::Found(session) => {
-                    return Ok(Resolved {
-                        session: Some(session),
-                        via: Some(Via::Metadata),
-                        question: query_question(&query_identity, rest, &request.query),
-                        filter,
-                    });
-                }
                 ClaimOutcome::Rejected("unresolved_variable") => {}
-                ClaimOutcome::Unknown | ClaimOutcome::Rejected(_) => decided = true,
-            }
-        }
-    }
-    if decided {
-        return Ok(Resolved {
-            session: None,
-            via: Some(Via::Metadata),
-            question: &request.query,
-            filter,
-        });
-    }
-
-    // (b) the first line of the query.
-    match &query_identity {
-        QueryIdentity::Explicit(kind, value) => {
-            let claim = Claim {
-                kind: *kind,
-                value: value.clone(),
-                via: Via::Query,
-            };
-            match resolver.resolve(&claim, product, now).await? {
                 ClaimOutcome::Found(session) => {
-                    return Ok(Resolved {
+                    return Ok(Some(Decision {
                         session: Some(session),
-                        via: Some(Via::Query),
-                        question: rest,
-                        filter,
-                    });
+                        via: Via::Metadata,
+                    }));
                 }
-                ClaimOutcome::Rejected("unresolved_variable") => {}
-                _ => {
-                    return Ok(Resolved {
-                        session: None,
-                        via: Some(Via::Query),
-                        question: rest,
-                        filter,
-                    });
-                }
+                ClaimOutcome::Unknown | ClaimOutcome::Rejected(_) => carried_identifier = true,
             }
         }
-        QueryIdentity::Candidate(token) => {
-            let claim = Claim {
-                kind: ClaimKind::Any,
-                value: token.clone(),
-                via: Via::Query,
-            };
-            match resolver.resolve(&claim, product, now).await? {
-                ClaimOutcome::Found(session) => {
-                    return Ok(Resolved {
-                        session: Some(session),
-                        via: Some(Via::Query),
-                        question: rest,
-                        filter,
-                    });
-                }
-                // A token that carries a signature but fails it is an identity attempt: decisive.
-                ClaimOutcome::Rejected(reason)
-                    if reason == SignatureError::BadSignature.reason()
-                        || reason == SignatureError::Expired.reason() =>
-                {
-                    return Ok(Resolved {
-                        session: None,
-                        via: Some(Via::Query),
-                        question: rest,
-                        filter,
-                    });
-                }
-                _ => {}
-            }
-        }
-        QueryIdentity::None => {}
     }
-
-    // (c) the knowledge id itself.
-    if product.is_none() && !knowledge_id.is_empty() {
-        let claim = Claim {
-            kind: ClaimKind::Any,
-            value: knowledge_id.to_string(),
-            via: Via::KnowledgeId,
-        };
-        if let ClaimOutcome::Found(session) = resolver.resolve(&claim, None, now).await? {
-            return Ok(Resolved {
-                session: Some(session),
-                via: Some(Via::KnowledgeId),
-                question: &request.query,
-                filter,
-            });
-        }
-    } else if is_unresolved_variable(knowledge_id) {
-        tracing::warn!("knowledge_id is an unresolved Dify variable");
-    }
-    Ok(Resolved {
+    Ok(carried_identifier.then_some(Decision {
         session: None,
-        via: None,
-        question: &request.query,
-        filter,
-    })
+        via: Via::Metadata,
+    }))
 }
 
-fn query_question<'q>(identity: &QueryIdentity, rest: &'q str, whole: &'q str) -> &'q str {
-    match identity {
-        QueryIdentity::Explicit(..) => rest,
-        _ => whole,
+/// (b) The first line of the query: an explicit `session_id: X` always decides; a bare token
+/// decides only when it resolves, or when it carries a signature that fails.
+async fn decide_by_query(
+    resolver: &IdentityResolver<'_>,
+    identity: &QueryIdentity,
+    product: Option<&str>,
+    now: f64,
+) -> Result<Option<Decision>, StoreError> {
+    let (kind, value, explicit) = match identity {
+        QueryIdentity::Explicit(kind, value) => (*kind, value, true),
+        QueryIdentity::Candidate(token) => (ClaimKind::Any, token, false),
+        QueryIdentity::None => return Ok(None),
+    };
+    let claim = Claim {
+        kind,
+        value: value.clone(),
+        via: Via::Query,
+    };
+    let outcome = resolver.resolve(&claim, product, now).await?;
+    let decisive = match &outcome {
+        ClaimOutcome::Found(_) => true,
+        ClaimOutcome::Rejected("unresolved_variable") => false,
+        ClaimOutcome::Rejected(reason) if !explicit => {
+            *reason == SignatureError::BadSignature.reason()
+                || *reason == SignatureError::Expired.reason()
+        }
+        ClaimOutcome::Unknown | ClaimOutcome::Rejected(_) => explicit,
+    };
+    Ok(decisive.then(|| Decision::of(outcome, Via::Query)))
+}
+
+/// (c) The knowledge id, when it is not a product name and names someone.
+async fn decide_by_knowledge_id(
+    resolver: &IdentityResolver<'_>,
+    knowledge_id: &str,
+    product: Option<&str>,
+    now: f64,
+) -> Result<Option<Decision>, StoreError> {
+    if product.is_some() || knowledge_id.is_empty() {
+        return Ok(None);
+    }
+    let claim = Claim {
+        kind: ClaimKind::Any,
+        value: knowledge_id.to_string(),
+        via: Via::KnowledgeId,
+    };
+    match resolver.resolve(&claim, None, now).await? {
+        outcome @ ClaimOutcome::Found(_) => Ok(Some(Decision::of(outcome, Via::KnowledgeId))),
+        _ => Ok(None),
     }
 }
 
