@@ -178,6 +178,7 @@ pub struct Metrics {
     pub identity_lookups: Family<LookupLabels, Counter>,
     pub identity_rejected: Family<ReasonLabels, Counter>,
     pub rate_limited: Family<RouteLabels, Counter>,
+    pub request_timeouts: Family<RouteLabels, Counter>,
     pub store_errors: Family<OpLabels, Counter>,
     pub redis_buffered: Gauge,
     pub redis_buffer_dropped: Counter,
@@ -227,6 +228,7 @@ impl Metrics {
             identity_lookups: Family::default(),
             identity_rejected: Family::default(),
             rate_limited: Family::default(),
+            request_timeouts: Family::default(),
             store_errors: Family::default(),
             redis_buffered: Gauge::default(),
             redis_buffer_dropped: Counter::default(),
@@ -339,8 +341,13 @@ impl Metrics {
         );
         r.register(
             "rate_limited",
-            "Requests refused by the per-IP rate limit",
+            "Requests refused by the per-IP rate limit (LIVECTX_RATE_LIMIT), by route",
             m.rate_limited.clone(),
+        );
+        r.register(
+            "request_timeouts",
+            "Requests answered 503 after LIVECTX_REQUEST_TIMEOUT, by route",
+            m.request_timeouts.clone(),
         );
         r.register(
             "store_errors",
