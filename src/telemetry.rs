@@ -326,7 +326,7 @@ impl Metrics {
         );
         r.register(
             "webhook_deliveries",
-            "Webhook deliveries by outcome (ok, bad_signature, duplicate, malformed, ignored)",
+            "Webhook deliveries by outcome (ok, bad_signature, rate_limited, duplicate, malformed, ignored, too_large, failed)",
             m.webhook_deliveries.clone(),
         );
         r.register(

@@ -199,6 +199,63 @@ async fn forwarded_for_is_honoured_only_when_trusted() {
     trusted.stop().await;
 }
 
+#[tokio::test]
+async fn genuine_webhook_deliveries_are_never_rate_limited_forged_ones_are() {
+    const SECRET: &str = "webhook-secret-for-rate-tests";
+    let mut config = test_config();
+    config.webhook_secret = Some(SECRET.into());
+    config.rate_limit = 0.01;
+    config.rate_limit_burst = Some(1);
+    let app = TestApp::spawn(config).await;
+    let deliver = |titles: &'static [&'static str], secret: &'static str| {
+        let app = &app;
+        async move {
+            let body = common::actions_payload(Some(MARIA), None, titles, livectx::clock::now())
+                .to_string();
+            let signature = livectx::ingest::webhook::sign(secret, body.as_bytes());
+            app.http
+                .post(app.url("/webhooks/autoplay"))
+                .header("x-connector-signature", signature)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // The first forged delivery is within the rate: refused as unauthentic.
+    assert_eq!(deliver(&["a"], "guess").await, StatusCode::UNAUTHORIZED);
+    // Over the rate, the connector's deliveries still go through (it never retries a 4xx) ...
+    for titles in [&["b"][..], &["c"], &["d"]] {
+        assert_eq!(deliver(titles, SECRET).await, StatusCode::OK);
+    }
+    // ... and forged ones are refused as over the rate.
+    assert_eq!(
+        deliver(&["e"], "guess").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "livectx_rate_limited_total{route=\"/webhooks/autoplay\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "livectx_webhook_deliveries_total{outcome=\"rate_limited\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&metrics, "livectx_webhook_deliveries_total{outcome=\"ok\"}"),
+        3.0
+    );
+    app.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Request timeout and header limits
 // ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ use lru::LruCache;
 
 use crate::api::ApiState;
 use crate::api::error::{ApiError, codes};
+use crate::ingest::webhook;
 use crate::telemetry::RouteLabels;
 
 /// Most client addresses tracked at once (~64 bytes each: ~4 MiB). Beyond, the least recently
@@ -200,8 +201,26 @@ fn route_of(request: &Request) -> String {
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string())
 }
 
+/// Marks a webhook request that arrived over its sender's rate: the receiver refuses it only if
+/// it is not authentic (see [`rate_limit`]).
+#[derive(Debug, Clone, Copy)]
+pub struct OverRateLimit {
+    pub client: IpAddr,
+    /// When a token will be available.
+    pub wait: Duration,
+}
+
 /// Middleware: refuse requests over the per-IP rate with `429` (operator routes exempt).
-pub async fn rate_limit(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+///
+/// The webhook receiver is the exception: the connector never retries a 4xx, so refusing a
+/// genuine delivery would lose it. A webhook request over the rate is marked with
+/// [`OverRateLimit`] and refused by the receiver only when its signature fails, so floods of
+/// forged deliveries are limited and the connector's own never are.
+pub async fn rate_limit(
+    State(state): State<ApiState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let Some(limiter) = state.rate_limiter.as_ref() else {
         return next.run(request).await;
     };
@@ -216,27 +235,49 @@ pub async fn rate_limit(State(state): State<ApiState>, request: Request, next: N
         // Served without connection info (embedded in another server): nothing to key on.
         return next.run(request).await;
     };
-    let now = Instant::now();
-    let Err(wait) = limiter.check(client, now) else {
+    let Err(wait) = limiter.check(client, Instant::now()) else {
         return next.run(request).await;
     };
+    if request.uri().path() == webhook::PATH {
+        request
+            .extensions_mut()
+            .insert(OverRateLimit { client, wait });
+        return next.run(request).await;
+    }
     let route = route_of(&request);
+    refuse(&state, limiter, &route, OverRateLimit { client, wait })
+}
+
+/// The `429` answer to a request over the rate: counted, logged (at most once per 10 s).
+pub fn rate_limited(state: &ApiState, route: &str, over: OverRateLimit) -> Response {
+    match state.rate_limiter.as_ref() {
+        Some(limiter) => refuse(state, limiter, route, over),
+        None => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            codes::RATE_LIMITED,
+            "rate limit exceeded",
+        )
+        .into_response(),
+    }
+}
+
+fn refuse(state: &ApiState, limiter: &RateLimiter, route: &str, over: OverRateLimit) -> Response {
     state
         .metrics
         .rate_limited
         .get_or_create(&RouteLabels {
-            route: route.clone(),
+            route: route.to_string(),
         })
         .inc();
-    if let Some(unlogged) = limiter.take_log_turn(now) {
+    if let Some(unlogged) = limiter.take_log_turn(Instant::now()) {
         tracing::warn!(
-            %client,
+            client = %over.client,
             route,
             also_refused_since_last_line = unlogged,
             "rate limit exceeded; answering 429 (LIVECTX_RATE_LIMIT)"
         );
     }
-    let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let retry_after = over.wait.as_secs_f64().ceil().max(1.0) as u64;
     let config = limiter.config();
     let mut response = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
