@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::ApiKeys;
 use crate::api::identity::{IdentityPolicy, IdentitySigner};
+use crate::api::limits::RateLimiter;
 use crate::api::mcp::McpSettings;
 use crate::api::{self, ApiContext, ApiState};
 use crate::clock;
@@ -79,6 +80,16 @@ impl Application {
         config: ServeConfig,
         overrides: Overrides,
     ) -> Result<Self, StartupError> {
+        let webhook_secret =
+            secret_setting("AUTOPLAY_WEBHOOK_SECRET", config.webhook_secret.as_deref())?;
+        let identity_secret =
+            secret_setting("LIVECTX_IDENTITY_SECRET", config.identity_secret.as_deref())?;
+        if config.request_timeout.is_zero() {
+            return Err(StartupError::Config(
+                "LIVECTX_REQUEST_TIMEOUT must be longer than 0".to_string(),
+            ));
+        }
+        let rate_limiter = RateLimiter::new(config.rate_limit_config());
         let metrics = overrides.metrics.unwrap_or_default();
         let shutdown = CancellationToken::new();
         let mut background = Vec::new();
@@ -142,7 +153,7 @@ impl Application {
             .map_err(|e| StartupError::Config(format!("cannot build the stream client: {e}")))?;
             streams.push(consumer.spawn(shutdown.child_token()));
         }
-        if streams.is_empty() && config.webhook_secret.is_none() {
+        if streams.is_empty() && webhook_secret.is_none() {
             tracing::warn!(
                 "no AUTOPLAY_STREAM_URL and no AUTOPLAY_WEBHOOK_SECRET: nothing will feed activity into livectx"
             );
@@ -174,21 +185,29 @@ impl Application {
             mcp,
             public_url: config.public_url.clone(),
             identity: IdentityPolicy {
-                signer: config.identity_secret.as_deref().map(IdentitySigner::new),
+                signer: identity_secret.as_deref().map(IdentitySigner::new),
                 email_lookup: !config.no_email_lookup,
             },
             activity_window: config.activity_window,
-            webhook: config
-                .webhook_secret
-                .as_ref()
-                .map(|secret| WebhookSettings {
-                    secret: secret.clone(),
-                    dedupe_window: config.webhook_dedupe_window,
-                }),
+            webhook: webhook_secret.map(|secret| WebhookSettings {
+                secret,
+                dedupe_window: config.webhook_dedupe_window,
+            }),
             streams: streams.iter().map(|s| Arc::clone(&s.status)).collect(),
             summarizer_engine: engine,
             started_at: clock::now(),
+            rate_limiter,
+            request_timeout: config.request_timeout,
         });
+        if let Some(limiter) = &state.rate_limiter {
+            let limit = limiter.config();
+            tracing::info!(
+                per_second = limit.per_second,
+                burst = limit.burst,
+                trust_forwarded_for = limit.trust_forwarded_for,
+                "per-IP rate limit on"
+            );
+        }
 
         let listener =
             TcpListener::bind(config.listen)
@@ -313,9 +332,9 @@ impl Application {
     }
 }
 
-/// The store and stream leadership: the caller's, else Redis when `LIVECTX_REDIS_URL` is set
-/// (with the outage buffer and Redis leases), else memory.
-/// The storage parts the configuration asks for.
+/// The storage parts the configuration asks for: the caller's store, else Redis when
+/// `LIVECTX_REDIS_URL` is set (with the outage buffer and Redis leases), else memory (kept on
+/// disk with `--data-dir`).
 struct Storage {
     store: Arc<dyn SessionStore>,
     leadership: Option<Arc<dyn Leadership>>,
@@ -420,6 +439,32 @@ async fn build_storage(
         leadership,
         snapshotter: None,
     })
+}
+
+/// Secrets shorter than this get a warning at start.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// A configured secret, trimmed (a trailing newline from a secrets file is not part of it).
+/// Set but blank is refused: an empty HMAC key is a key everyone knows, so the webhook would
+/// accept anyone's deliveries and anyone could mint signed identities.
+pub fn secret_setting(name: &str, value: Option<&str>) -> Result<Option<String>, StartupError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(StartupError::Config(format!(
+            "{name} is set but empty: unset it, or set it to a long random value"
+        )));
+    }
+    if trimmed.chars().count() < MIN_SECRET_LEN {
+        tracing::warn!(
+            setting = name,
+            min_chars = MIN_SECRET_LEN,
+            "a secret is short; use a long random value"
+        );
+    }
+    Ok(Some(trimmed.to_string()))
 }
 
 /// Store bounds from the configuration.

@@ -13,6 +13,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(config) => serve(*config).await,
         Command::Sign(args) => {
+            if args.secret.trim().is_empty() {
+                anyhow::bail!(
+                    "the signing secret is empty: set LIVECTX_IDENTITY_SECRET or --secret"
+                );
+            }
             println!("{}", sign(&args));
             Ok(())
         }
@@ -36,10 +41,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `livectx sign`: a signed identifier valid for `ttl`.
+/// `livectx sign`: a signed identifier valid for `ttl`. The secret is trimmed, as the server
+/// trims `LIVECTX_IDENTITY_SECRET`.
 pub fn sign(args: &SignArgs) -> String {
     let expires = (clock::now() + args.ttl.as_secs_f64()).ceil() as u64;
-    IdentitySigner::new(&args.secret).sign(args.id.trim(), expires)
+    IdentitySigner::new(args.secret.trim()).sign(args.id.trim(), expires)
 }
 
 /// `livectx healthcheck`: succeed when the URL answers 2xx in time.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::api::limits::RateLimitConfig;
 use crate::clock::parse_duration;
 use crate::telemetry::LogFormat;
 
@@ -231,6 +232,24 @@ pub struct ServeConfig {
     #[arg(long, env = "LIVECTX_SNAPSHOT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub snapshot_interval: Duration,
 
+    /// Requests per second allowed per client IP (IPv6: per /64) on every route but /healthz,
+    /// /readyz and /metrics; beyond, 429. 0 turns the limit off.
+    #[arg(long, env = "LIVECTX_RATE_LIMIT", default_value_t = 0.0, value_parser = parse_rate)]
+    pub rate_limit: f64,
+
+    /// Requests a client may send at once on top of the rate (default: two seconds' worth).
+    #[arg(long, env = "LIVECTX_RATE_LIMIT_BURST", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_burst: Option<u32>,
+
+    /// Count requests against the last X-Forwarded-For address instead of the TCP peer. Only
+    /// behind your own reverse proxy, which must append the client's address.
+    #[arg(long, env = "LIVECTX_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
+
+    /// Longest a request may take to produce its response head; beyond, 503.
+    #[arg(long, env = "LIVECTX_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
     /// Wait at most this long for in-flight requests and tasks on shutdown.
     #[arg(long, env = "LIVECTX_SHUTDOWN_TIMEOUT", default_value = "8s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -305,6 +324,10 @@ impl Default for ServeConfig {
             no_email_lookup: false,
             data_dir: None,
             snapshot_interval: Duration::from_secs(5),
+            rate_limit: 0.0,
+            rate_limit_burst: None,
+            trust_forwarded_for: false,
+            request_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(8),
             redis_url: None,
             redis_prefix: crate::session::redis::DEFAULT_PREFIX.to_string(),
@@ -357,6 +380,17 @@ impl ServeConfig {
         }
     }
 
+    /// The per-IP rate limit settings (a rate of 0 means off).
+    pub fn rate_limit_config(&self) -> RateLimitConfig {
+        RateLimitConfig {
+            per_second: self.rate_limit,
+            burst: self
+                .rate_limit_burst
+                .unwrap_or_else(|| RateLimitConfig::default_burst(self.rate_limit)),
+            trust_forwarded_for: self.trust_forwarded_for,
+        }
+    }
+
     /// The summary prompt: inline text, a file (`@path`), or the default.
     pub fn prompt_template(&self) -> Result<String, String> {
         match self.summary_prompt.as_deref() {
@@ -372,6 +406,21 @@ impl ServeConfig {
             }
             Some(text) => Ok(text.to_string()),
         }
+    }
+}
+
+/// A rate in requests per second: a finite number, 0 or more.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of requests per second"))?;
+    if rate.is_finite() && rate >= 0.0 {
+        Ok(rate)
+    } else {
+        Err(format!(
+            "{text:?}: the rate must be 0 (off) or a positive number"
+        ))
     }
 }
 

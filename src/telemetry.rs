@@ -187,6 +187,7 @@ pub struct Metrics {
     pub identity_lookups: Family<LookupLabels, Counter>,
     pub identity_rejected: Family<ReasonLabels, Counter>,
     pub rate_limited: Family<RouteLabels, Counter>,
+    pub request_timeouts: Family<RouteLabels, Counter>,
     pub store_errors: Family<OpLabels, Counter>,
     pub mcp_tool_calls: Family<ToolLabels, Counter>,
     pub redis_buffered: Gauge,
@@ -237,6 +238,7 @@ impl Metrics {
             identity_lookups: Family::default(),
             identity_rejected: Family::default(),
             rate_limited: Family::default(),
+            request_timeouts: Family::default(),
             store_errors: Family::default(),
             mcp_tool_calls: Family::default(),
             redis_buffered: Gauge::default(),
@@ -335,7 +337,7 @@ impl Metrics {
         );
         r.register(
             "webhook_deliveries",
-            "Webhook deliveries by outcome (ok, bad_signature, duplicate, malformed, ignored)",
+            "Webhook deliveries by outcome (ok, bad_signature, rate_limited, duplicate, malformed, ignored, too_large, failed)",
             m.webhook_deliveries.clone(),
         );
         r.register(
@@ -350,8 +352,13 @@ impl Metrics {
         );
         r.register(
             "rate_limited",
-            "Requests refused by the per-IP rate limit",
+            "Requests refused by the per-IP rate limit (LIVECTX_RATE_LIMIT), by route",
             m.rate_limited.clone(),
+        );
+        r.register(
+            "request_timeouts",
+            "Requests answered 503 after LIVECTX_REQUEST_TIMEOUT, by route",
+            m.request_timeouts.clone(),
         );
         r.register(
             "store_errors",

@@ -115,6 +115,8 @@ fn state(store: Arc<dyn SessionStore>) -> ApiState {
         streams: Vec::new(),
         summarizer_engine: "none".into(),
         started_at: 0.0,
+        rate_limiter: None,
+        request_timeout: Duration::from_secs(10),
     })
 }
 

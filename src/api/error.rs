@@ -38,6 +38,8 @@ pub mod codes {
     pub const INTERNAL: u32 = 5000;
     /// The storage backend is unavailable; try again.
     pub const UNAVAILABLE: u32 = 5030;
+    /// The request took longer than `LIVECTX_REQUEST_TIMEOUT`.
+    pub const TIMED_OUT: u32 = 5031;
 }
 
 /// An error that becomes an HTTP response.

@@ -305,6 +305,19 @@ mod tests {
         );
     }
 
+    /// The token the README's Python and Node snippets print for this input (both were run
+    /// and printed exactly this): a backend in either language interoperates.
+    #[test]
+    fn matches_the_documented_backend_snippets() {
+        let signer = IdentitySigner::new("docs-example-secret");
+        let token = "maria@example.com.4102444800.SOqtWfNOCdegtO6mmrXYDhovo4Lo7Bl6XZitmGklSBQ";
+        assert_eq!(signer.sign("maria@example.com", 4_102_444_800), token);
+        assert_eq!(
+            signer.verify(token, 4_000_000_000.0),
+            Ok("maria@example.com".to_string())
+        );
+    }
+
     #[test]
     fn recognises_unresolved_dify_variables() {
         assert!(is_unresolved_variable("{{session_id}}"));

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod error;
 pub mod filter;
 pub mod identity;
+pub mod limits;
 pub mod mcp;
 pub mod openapi;
 pub mod records;
@@ -33,6 +34,7 @@ use crate::telemetry::{HttpLabels, Metrics, RouteLabels};
 use auth::ApiKeys;
 use error::{ApiError, codes};
 use identity::IdentityPolicy;
+use limits::RateLimiter;
 use mcp::McpSettings;
 
 /// The `Server` header every response carries.
@@ -57,13 +59,17 @@ pub struct ApiContext {
     pub summarizer_engine: String,
     /// Server clock at start.
     pub started_at: f64,
+    /// The per-IP rate limit (`None`: off).
+    pub rate_limiter: Option<RateLimiter>,
+    /// Longest a request may take to produce its response head.
+    pub request_timeout: Duration,
 }
 
 /// Shared handler state.
 pub type ApiState = Arc<ApiContext>;
 
-/// The full router, with metrics, the `Server` header, and JSON errors for unknown routes,
-/// wrong methods and panics.
+/// The full router, with metrics, the per-IP rate limit, the request timeout, the `Server`
+/// header, and JSON errors for unknown routes, wrong methods and panics.
 pub fn router(state: ApiState) -> Router {
     let mut app = Router::new()
         .route("/retrieval", post(retrieval::retrieve))
@@ -81,6 +87,14 @@ pub fn router(state: ApiState) -> Router {
     }
     app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            limits::request_timeout,
+        ))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            limits::rate_limit,
+        ))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             track_http,

@@ -105,17 +105,20 @@ fn text_field(value: Option<&Value>, name: &str) -> Result<String, ApiError> {
     }
 }
 
+/// A number, or a string holding one (absent when null or blank). Non-finite values are
+/// refused: Rust parses `"NaN"` and `"inf"`, and a NaN `top_k` would become 0 records, a NaN
+/// threshold would drop every scored record (found by `fuzz/fuzz_targets/retrieval_request.rs`).
 fn number_field(value: Option<&Value>, name: &str) -> Result<Option<f64>, ApiError> {
+    let not_a_number = || ApiError::bad_request(format!("{name} must be a finite number"));
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => Ok(n.as_f64().filter(|v| v.is_finite())),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => s
-            .trim()
-            .parse::<f64>()
-            .map(Some)
-            .map_err(|_| ApiError::bad_request(format!("{name} must be a number"))),
-        Some(_) => Err(ApiError::bad_request(format!("{name} must be a number"))),
+        Some(Value::String(s)) => match s.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() => Ok(Some(v)),
+            _ => Err(not_a_number()),
+        },
+        Some(_) => Err(not_a_number()),
     }
 }
 
@@ -462,6 +465,27 @@ mod tests {
             panic!()
         };
         assert_eq!(r.top_k, MAX_TOP_K);
+    }
+
+    /// Regression (fuzzing): `"NaN"` in a string gave `top_k` 0 and a NaN threshold.
+    #[test]
+    fn non_finite_numbers_in_strings_are_refused() {
+        for setting in [
+            r#"{"top_k": "NaN"}"#,
+            r#"{"top_k": "inf"}"#,
+            r#"{"score_threshold": "nan"}"#,
+            r#"{"score_threshold": "-Infinity"}"#,
+        ] {
+            let body = format!(r#"{{"knowledge_id": "k", "retrieval_setting": {setting}}}"#);
+            let error = parse_request(body.as_bytes()).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{setting}");
+            assert!(error.message.contains("finite number"), "{error}");
+        }
+        let body = br#"{"knowledge_id": "k", "retrieval_setting": {"top_k": " 3 ", "score_threshold": "0.25"}}"#;
+        let ParsedRequest::Retrieve(r) = parse_request(body).unwrap() else {
+            panic!()
+        };
+        assert_eq!((r.top_k, r.score_threshold), (3, 0.25));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, KeyInit, Mac};
@@ -21,6 +21,7 @@ use subtle::ConstantTimeEq;
 use crate::api::ApiState;
 use crate::api::auth::bearer_token;
 use crate::api::error::{ApiError, codes, read_body};
+use crate::api::limits::{self, OverRateLimit};
 use crate::clock;
 use crate::ingest::{Channel, Ingested, Source, payload};
 use crate::telemetry::OutcomeLabels;
@@ -92,8 +93,14 @@ fn outcome(state: &ApiState, outcome: &'static str) {
         .inc();
 }
 
-/// The webhook handler.
-pub async fn receive(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
+/// The webhook handler. A delivery over its sender's rate limit ([`OverRateLimit`]) is refused
+/// with `429` only if it is not authentic: the connector never retries a 4xx.
+pub async fn receive(
+    State(state): State<ApiState>,
+    over_limit: Option<Extension<OverRateLimit>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let Some(settings) = state.webhook.as_ref() else {
         return ApiError::not_found(
             "the webhook receiver is off until AUTOPLAY_WEBHOOK_SECRET is set",
@@ -115,6 +122,10 @@ pub async fn receive(State(state): State<ApiState>, headers: HeaderMap, body: Bo
             header_text(header::AUTHORIZATION.as_str()),
         );
     if !authentic {
+        if let Some(Extension(over)) = over_limit {
+            outcome(&state, "rate_limited");
+            return limits::rate_limited(&state, PATH, over);
+        }
         outcome(&state, "bad_signature");
         tracing::warn!("refused a webhook delivery: missing or invalid signature");
         return ApiError::new(
