@@ -12,7 +12,7 @@ pub fn now() -> f64 {
 }
 
 fn to_system_time(ts: f64) -> Option<SystemTime> {
-    if !ts.is_finite() || ts < 0.0 || ts > 253_402_300_799.0 {
+    if !ts.is_finite() || !(0.0..=253_402_300_799.0).contains(&ts) {
         return None;
     }
     Some(UNIX_EPOCH + Duration::from_secs_f64(ts))

@@ -154,10 +154,10 @@ impl MemoryStore {
                     .insert(scoped_key(Some(product), key), session.id.clone());
             }
         }
-        if let Some(product) = session.product_id.as_deref() {
-            if !self.products.contains_key(product) {
-                self.products.insert(product.to_string(), ());
-            }
+        if let Some(product) = session.product_id.as_deref()
+            && !self.products.contains_key(product)
+        {
+            self.products.insert(product.to_string(), ());
         }
     }
 

@@ -218,16 +218,12 @@ impl SseParser {
                 self.event_type.clear();
                 self.event_type.push_str(value);
             }
-            b"id" => {
-                if !value.contains('\0') {
-                    self.last_event_id = Some(value.to_string());
-                }
+            b"id" if !value.contains('\0') => {
+                self.last_event_id = Some(value.to_string());
             }
-            b"retry" => {
-                if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-                    if let Ok(ms) = value.parse::<u64>() {
-                        emit(SseItem::Retry(ms));
-                    }
+            b"retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                if let Ok(ms) = value.parse::<u64>() {
+                    emit(SseItem::Retry(ms));
                 }
             }
             _ => {}
