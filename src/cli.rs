@@ -16,6 +16,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", sign(&args));
             Ok(())
         }
+        Command::Simulate(config) => crate::demo::simulator::run_cli(*config).await,
+        Command::Demo(config) => crate::demo::runner::run(*config).await,
     }
 }
 
