@@ -45,7 +45,9 @@ pub fn question_of(role: Role) -> &'static str {
 }
 
 /// The three `/retrieval` bodies that reach `session_id`, exactly as Dify would send them.
-pub fn dify_routes(session_id: &str, question: &str) -> Vec<DifyRoute> {
+/// The knowledge base's External Knowledge ID is the product id (livectx then scopes email
+/// and user-id lookups to that product).
+pub fn dify_routes(product_id: &str, session_id: &str, question: &str) -> Vec<DifyRoute> {
     let text = |s: &str| Value::String(s.to_string()).to_string();
     let setting = r#""retrieval_setting": {"top_k": 3, "score_threshold": 0.0}"#;
     vec![
@@ -60,15 +62,17 @@ pub fn dify_routes(session_id: &str, question: &str) -> Vec<DifyRoute> {
         DifyRoute {
             label: "chatflow Template node: the session id on the query's first line",
             body: format!(
-                r#"{{{setting}, "query": {}, "knowledge_id": "livectx"}}"#,
-                text(&format!("session_id: {session_id}\n{question}"))
+                r#"{{{setting}, "query": {}, "knowledge_id": {}}}"#,
+                text(&format!("session_id: {session_id}\n{question}")),
+                text(product_id)
             ),
         },
         DifyRoute {
             label: "knowledge base metadata filter: session_id is {{session_id}}",
             body: format!(
-                r#"{{{setting}, "query": {}, "knowledge_id": "livectx", "metadata_condition": {{"logical_operator": "and", "conditions": [{{"name": "session_id", "comparison_operator": "is", "value": {}}}]}}}}"#,
+                r#"{{{setting}, "query": {}, "knowledge_id": {}, "metadata_condition": {{"logical_operator": "and", "conditions": [{{"name": "session_id", "comparison_operator": "is", "value": {}}}]}}}}"#,
                 text(question),
+                text(product_id),
                 text(session_id)
             ),
         },
@@ -283,7 +287,7 @@ fn print_banner(
         "\nAsk livectx about {} exactly as Dify would (POST /retrieval with the API key):",
         watched.name
     );
-    for (i, route) in dify_routes(session_id, question_of(watched.role))
+    for (i, route) in dify_routes(&watched.product_id, session_id, question_of(watched.role))
         .iter()
         .enumerate()
     {
@@ -390,7 +394,7 @@ mod tests {
 
     #[test]
     fn the_three_routes_name_the_session_the_way_livectx_reads_them() {
-        let routes = dify_routes("019f-abc", "Where are my alerts?");
+        let routes = dify_routes("acme_prod", "019f-abc", "Where are my alerts?");
         assert_eq!(routes.len(), 3);
         let parsed: Vec<_> = routes
             .iter()
@@ -400,6 +404,7 @@ mod tests {
             })
             .collect();
         assert_eq!(parsed[0].knowledge_id, "019f-abc");
+        assert_eq!(parsed[1].knowledge_id, "acme_prod");
         assert_eq!(
             split_query(&parsed[1].query),
             (

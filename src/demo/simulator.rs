@@ -11,8 +11,10 @@
 //!   (`X-Connector-Signature: sha256=<hex HMAC of the raw body>` and `Authorization: Bearer
 //!   <secret>`), retried with backoff on 5xx and network errors, never on 4xx.
 //!
-//! Two extras the connector does not have: `GET /personas` (each simulated session and the
-//! page it is on, which tests and the demo compare with what livectx says) and `GET /healthz`.
+//! Where it differs on purpose: the simulated users start when the first subscriber connects
+//! (at once when pushing to a webhook), so nothing is lost while livectx starts; and two extras,
+//! `GET /personas` (each simulated session and the page it is on, which tests and the demo
+//! compare with what livectx says) and `GET /healthz`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -93,6 +95,8 @@ struct HubState {
 pub struct Hub {
     state: Mutex<HubState>,
     capacity: usize,
+    /// Subscribers connected now, for whoever waits for the first one.
+    connected: tokio::sync::watch::Sender<usize>,
 }
 
 impl Hub {
@@ -101,7 +105,15 @@ impl Hub {
         Self {
             state: Mutex::new(HubState::default()),
             capacity: capacity.max(1),
+            connected: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Resolves once at least one subscriber is connected.
+    pub async fn first_subscriber(&self) {
+        let mut connected = self.connected.subscribe();
+        // The sender lives as long as the hub, so this only ends when someone connects.
+        let _ = connected.wait_for(|n| *n > 0).await;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
@@ -124,6 +136,7 @@ impl Hub {
             delivered: 0,
             dropped: 0,
         });
+        self.connected.send_replace(state.subscribers.len());
         Some((id, rx))
     }
 
@@ -163,6 +176,7 @@ impl Hub {
             );
             state.departed.push(subscriber.stats(false));
         }
+        self.connected.send_replace(state.subscribers.len());
         taken
     }
 
@@ -174,6 +188,7 @@ impl Hub {
         for subscriber in closing {
             state.departed.push(subscriber.stats(false));
         }
+        self.connected.send_replace(0);
     }
 
     /// Every subscriber so far, connected ones first.
@@ -380,10 +395,21 @@ impl Simulator {
             narration,
         };
         let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
-        if config.sessions == 0 {
-            drive_personas(&config, sinks, deadline, &shutdown).await;
+        // Nothing is lost at start-up: without a webhook to push to, the users' clocks start
+        // when the first subscriber connects (the real connector would drop those events).
+        let audience_arrived = if sinks.pushers.is_empty() {
+            tracing::info!("waiting for the first stream subscriber before starting");
+            tokio::select! {
+                () = shared.hub.first_subscriber() => true,
+                () = wait_until(deadline, &shutdown) => false,
+            }
         } else {
-            drive_load(&config, sinks, deadline, &shutdown).await;
+            true
+        };
+        match (audience_arrived, config.sessions) {
+            (false, _) => drop(sinks),
+            (true, 0) => drive_personas(&config, sinks, deadline, &shutdown).await,
+            (true, _) => drive_load(&config, sinks, deadline, &shutdown).await,
         }
         // The driver dropped its senders: the push workers finish what is queued.
         for task in push_tasks {
@@ -821,7 +847,7 @@ pub async fn run_cli(config: SimulateConfig) -> anyhow::Result<()> {
         );
     }
     println!(
-        "Feed livectx from it:\n  AUTOPLAY_STREAM_URL={stream_url} AUTOPLAY_API_TOKEN={token_shown} livectx serve"
+        "Feed livectx from it (the users start when the first subscriber connects):\n  AUTOPLAY_STREAM_URL={stream_url} AUTOPLAY_API_TOKEN={token_shown} livectx serve"
     );
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
@@ -888,6 +914,22 @@ mod tests {
         let fast = stats.iter().find(|s| s.peer == "fast").unwrap();
         assert_eq!((slow.delivered, slow.dropped), (256, 44));
         assert_eq!((fast.delivered, fast.dropped), (300, 0));
+    }
+
+    #[tokio::test]
+    async fn waits_for_the_first_subscriber() {
+        let hub = Arc::new(Hub::new(4));
+        let waiting = tokio::spawn({
+            let hub = Arc::clone(&hub);
+            async move { hub.first_subscriber().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        let _subscriber = hub.subscribe("first").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the first subscriber")
+            .unwrap();
     }
 
     #[tokio::test]
