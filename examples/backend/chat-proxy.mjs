@@ -104,7 +104,7 @@ function serve(port) {
     .listen(port, () => console.log(`chat proxy on http://localhost:${port}/api/chat`));
 }
 
-if (import.meta.url === pathToFileURL(process.argv[1]).href) {
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   for (const name of ['DIFY_API_BASE', 'DIFY_APP_KEY']) {
     if (!process.env[name]) {
       console.error(`${name} is not set`);
