@@ -424,6 +424,8 @@ pub struct Journey {
     round: u32,
     next_index: i64,
     last_at: f64,
+    /// The page (raw, canonical path) the previous round ended on: the next one starts there.
+    here: (String, String),
     envelope: Envelope,
     pending: std::collections::VecDeque<Emission>,
 }
@@ -460,6 +462,7 @@ impl Journey {
             round: 0,
             next_index: 0,
             last_at: 0.0,
+            here: ("/".to_string(), "/".to_string()),
             envelope,
             pending: std::collections::VecDeque::new(),
         }
@@ -484,7 +487,7 @@ impl Journey {
     fn plan_round(&mut self) {
         let round = self.round;
         self.round += 1;
-        let mut script = Script::new(&mut self.rng);
+        let mut script = Script::new(&mut self.rng, self.here.clone());
         match self.persona.role {
             Role::NotificationsHunter => hunter(&mut script, round),
             Role::ProjectAbandoner => abandoner(&mut script, round),
@@ -497,8 +500,11 @@ impl Journey {
             beats,
             summary,
             pause,
+            raw_path,
+            canonical_path,
             ..
         } = script;
+        self.here = (raw_path, canonical_path);
         let mut batch = Batch::default();
         let mut round_actions = 0;
         for beat in beats {
@@ -669,12 +675,12 @@ const REACH: Think = (0.3, 0.9);
 const LOAD: Think = (0.2, 0.6);
 
 impl<'r> Script<'r> {
-    fn new(rng: &'r mut StdRng) -> Self {
+    fn new(rng: &'r mut StdRng, (raw_path, canonical_path): (String, String)) -> Self {
         Self {
             rng,
             beats: Vec::new(),
-            raw_path: "/".to_string(),
-            canonical_path: "/".to_string(),
+            raw_path,
+            canonical_path,
             summary: None,
             pause: 10.0,
         }
@@ -1528,6 +1534,29 @@ mod tests {
         }
         for kind in ["actions", "summary", "usertour_trigger"] {
             assert!(kinds.contains(kind), "no {kind} payload generated");
+        }
+    }
+
+    #[test]
+    fn every_action_happens_on_a_page_the_user_loaded() {
+        for persona in cast(13, DEFAULT_PRODUCT) {
+            let mut loaded = std::collections::HashSet::new();
+            for e in emissions(&persona, 13, 120) {
+                if let Body::Actions { actions, .. } = &e.body {
+                    for a in actions {
+                        if a.kind == "pageview" {
+                            loaded.insert(a.canonical_path.clone());
+                        }
+                        assert!(
+                            loaded.contains(&a.canonical_path),
+                            "{}: {} on {} before any page load there",
+                            persona.name,
+                            a.title,
+                            a.canonical_path
+                        );
+                    }
+                }
+            }
         }
     }
 
