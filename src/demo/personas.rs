@@ -103,7 +103,8 @@ pub struct Persona {
     pub user_id: Option<String>,
     /// The email once identified; `None` for anonymous personas.
     pub email: Option<String>,
-    /// PostHog's anonymous distinct id, sent as `user_id` before identification.
+    /// PostHog's anonymous distinct id, sent as `user_id` before identification (and by
+    /// synthetic unlinked traffic).
     pub anonymous_id: Option<String>,
     /// The load-test session number; `None` in the default cast.
     pub index: Option<u64>,
@@ -131,8 +132,15 @@ impl Persona {
             (_, Some(i)) => Some(format!("{first}.{i}@load.example.com")),
         };
         let session_id = (role != Role::UnlinkedTraffic).then(|| uuid_v7_like(&mut rng));
-        let anonymous_id =
-            matches!(role, Role::Newcomer | Role::AnonymousVisitor).then(|| uuid_v7_like(&mut rng));
+        // PostHog's anonymous distinct id. The cast's unlinked traffic has none (all ids null,
+        // as in the reference sample); synthetic unlinked visitors get one, so that thousands
+        // of them do not send byte-identical payloads (which a webhook receiver deduplicates).
+        let anonymous_id = match (role, index) {
+            (Role::Newcomer | Role::AnonymousVisitor, _) | (Role::UnlinkedTraffic, Some(_)) => {
+                Some(uuid_v7_like(&mut rng))
+            }
+            _ => None,
+        };
         let user_id = (!matches!(role, Role::AnonymousVisitor | Role::UnlinkedTraffic))
             .then(|| format!("usr_{}", alphanumeric(&mut rng, 8)));
         Self {
@@ -445,7 +453,9 @@ impl Journey {
             product_id: persona.product_id.clone(),
             session_id: persona.session_id.clone(),
             user_id: match persona.role {
-                Role::Newcomer | Role::AnonymousVisitor => persona.anonymous_id.clone(),
+                Role::Newcomer | Role::AnonymousVisitor | Role::UnlinkedTraffic => {
+                    persona.anonymous_id.clone()
+                }
                 _ => persona.user_id.clone(),
             },
             email: match persona.role {
@@ -1556,6 +1566,26 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn synthetic_sessions_never_send_identical_payloads() {
+        // Even stamped with one capped clock, as load mode does within a tick.
+        let time = Timebase {
+            not_after: Some(ORIGIN),
+            ..Timebase::new(ORIGIN, 1000.0)
+        };
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..60 {
+            let persona = synthetic(4, i, "p");
+            for e in emissions(&persona, 4, 5) {
+                assert!(
+                    seen.insert(e.to_json(&time)),
+                    "{} repeats a payload",
+                    persona.name
+                );
             }
         }
     }
