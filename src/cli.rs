@@ -22,6 +22,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck(args) => healthcheck(&args).await,
+        Command::Simulate(config) => crate::demo::simulator::run_cli(*config).await,
+        Command::Demo(config) => crate::demo::runner::run(*config).await,
     }
 }
 

@@ -27,6 +27,8 @@
 //!   fencing tokens).
 //! - [`telemetry`]: tracing set-up and the Prometheus metrics of one running server.
 //! - [`clock`]: time as Unix seconds, and the human formats records use.
+//! - [`demo`]: `livectx demo` and `livectx simulate`: simulated users streamed by a stand-in
+//!   Autoplay connector, to see the whole loop on one machine.
 //! - [`cli`]: what each subcommand does; `main.rs` only calls it.
 
 pub mod api;
@@ -35,6 +37,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod demo;
 pub mod ingest;
 pub mod session;
 pub mod telemetry;
