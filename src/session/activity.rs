@@ -115,7 +115,8 @@ pub fn render_activity(session: &Session, now: f64, window_secs: f64) -> String 
 struct PageWalk {
     path: Vec<String>,
     key_actions: Vec<String>,
-    arrivals: HashMap<String, (String, u32)>,
+    /// Arrivals per page (canonical URL, label).
+    arrivals: HashMap<(String, String), u32>,
     page_changes: u32,
     submits: u32,
 }
@@ -129,25 +130,23 @@ impl PageWalk {
             page_changes: 0,
             submits: 0,
         };
-        let mut current_url: Option<&str> = None;
-        let mut current_label = String::new();
+        let mut current: Option<(String, String)> = None;
         for action in actions {
-            let url: &str = &action.canonical_url;
-            if action.is_pageview() || current_url != Some(url) {
-                let label = action.page_label();
-                if current_url != Some(url) {
-                    if current_url.is_some() {
-                        walk.page_changes += 1;
-                    }
-                    walk.path.push(label.clone());
-                    walk.arrivals
-                        .entry(url.to_string())
-                        .or_insert_with(|| (label.clone(), 0))
-                        .1 += 1;
+            let here = current
+                .as_ref()
+                .map(|(url, label)| (url.as_str(), label.as_str()));
+            if let Some((url, label)) = action.arrives_at(here) {
+                if current.is_some() {
+                    walk.page_changes += 1;
                 }
-                current_url = Some(url);
-                current_label = label;
+                walk.path.push(label.clone());
+                *walk
+                    .arrivals
+                    .entry((url.clone(), label.clone()))
+                    .or_insert(0) += 1;
+                current = Some((url, label));
             }
+            let current_label = current.as_ref().map_or("", |(_, label)| label.as_str());
             if action.is_click_or_submit() {
                 if &*action.kind == "submit" {
                     walk.submits += 1;
@@ -178,9 +177,9 @@ impl PageWalk {
         }
         let mut revisited: Vec<(&String, u32)> = self
             .arrivals
-            .values()
-            .filter(|(_, n)| *n >= 2)
-            .map(|(label, n)| (label, *n))
+            .iter()
+            .filter(|(_, n)| **n >= 2)
+            .map(|((_, label), n)| (label, *n))
             .collect();
         revisited.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
         if !revisited.is_empty() && self.page_changes >= 3 {
@@ -258,6 +257,49 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("Pattern:"), "{text}");
+    }
+
+    #[test]
+    fn pages_sharing_a_canonical_url_are_told_apart_by_title() {
+        let s = session_with(vec![
+            action(
+                "pageview",
+                "Page Load: Consultant: Ana",
+                "/consultants/:id",
+                900.0,
+            ),
+            action("pageview", "Page Load: Consultants", "/consultants", 905.0),
+            action(
+                "pageview",
+                "Page Load: Consultant: Ana",
+                "/consultants/:id",
+                910.0,
+            ),
+            action(
+                "pageview",
+                "Page Load: Consultant: Ana",
+                "/consultants/:id",
+                911.0,
+            ),
+            action(
+                "pageview",
+                "Page Load: Consultant: Mei",
+                "/consultants/:id",
+                920.0,
+            ),
+        ]);
+        let text = render_activity(&s, 930.0, 120.0);
+        // The reload at 911 is not an arrival; Mei's profile is another page.
+        assert!(
+            text.contains("Consultant: Ana → Consultants → Consultant: Ana → Consultant: Mei."),
+            "{text}"
+        );
+        assert!(
+            text.contains("Now on: \"Consultant: Mei\" (/consultants/:id) for 10 s."),
+            "{text}"
+        );
+        assert!(text.contains("\"Consultant: Ana\" 2 times"), "{text}");
+        assert!(!text.contains("\"Consultant: Mei\" 2 times"), "{text}");
     }
 
     #[test]

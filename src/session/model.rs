@@ -222,6 +222,21 @@ impl Action {
         )
     }
 
+    /// The page (canonical URL, label) this action puts the user on, when it is not `current`:
+    /// a page load of another page — the same canonical URL with another title counts, since
+    /// two consultants' profiles share `/consultants/:id` — or any action on another URL. A
+    /// reload of the current page is not a move.
+    pub fn arrives_at(&self, current: Option<(&str, &str)>) -> Option<(String, String)> {
+        let url: &str = &self.canonical_url;
+        let moved = match current {
+            None => true,
+            Some((current_url, current_label)) => {
+                current_url != url || (self.is_pageview() && current_label != self.page_label())
+            }
+        };
+        moved.then(|| (url.to_string(), self.page_label()))
+    }
+
     /// A readable page name for this action: the title of a page load, else the URL's path.
     pub fn page_label(&self) -> String {
         if self.is_pageview() {
@@ -564,28 +579,16 @@ impl Session {
 
     fn update_current_page(&mut self, actions: &[Action], batch_start: f64) {
         for action in actions {
-            let at = action.time().unwrap_or(batch_start);
-            let moved = match &self.current_page {
-                None => true,
-                Some(page) => action.is_pageview() || page.url != *action.canonical_url,
-            };
-            if moved {
-                let same_url = self
-                    .current_page
-                    .as_ref()
-                    .is_some_and(|p| p.url == *action.canonical_url);
-                if same_url {
-                    // A reload of the same page refreshes the label but not the arrival time.
-                    if let Some(page) = self.current_page.as_mut() {
-                        page.label = action.page_label();
-                    }
-                } else {
-                    self.current_page = Some(CurrentPage {
-                        label: action.page_label(),
-                        url: action.canonical_url.to_string(),
-                        since: at,
-                    });
-                }
+            let current = self
+                .current_page
+                .as_ref()
+                .map(|p| (p.url.as_str(), p.label.as_str()));
+            if let Some((url, label)) = action.arrives_at(current) {
+                self.current_page = Some(CurrentPage {
+                    label,
+                    url,
+                    since: action.time().unwrap_or(batch_start),
+                });
             }
         }
     }

@@ -79,11 +79,15 @@ impl Digest {
         self.first_ts = Some(self.first_ts.map_or(ts, |t| t.min(ts)));
         self.last_ts = Some(self.last_ts.map_or(ts, |t| t.max(ts)));
 
-        let url = action.canonical_url.to_string();
-        let changed_page = self.current_page.as_ref().is_none_or(|(_, u)| *u != url);
-        if action.is_pageview() || changed_page {
-            let label = action.page_label();
-            self.leave_page_if_changed(&url);
+        let current = self
+            .current_page
+            .as_ref()
+            .map(|(label, url)| (url.as_str(), label.as_str()));
+        if let Some((url, label)) = action.arrives_at(current) {
+            // A form typed into and then left for another page without a submit is abandoned.
+            if let Some((page, field)) = self.open_form.take() {
+                push_capped(&mut self.forms_abandoned, format!("\"{field}\" on {page}"));
+            }
             self.count_visit(&label, &url);
             self.current_page = Some((label, url));
         }
@@ -116,21 +120,13 @@ impl Digest {
         }
     }
 
-    /// A form typed into and then left for another page without a submit is "abandoned".
-    fn leave_page_if_changed(&mut self, new_url: &str) {
-        let leaving = self
-            .current_page
-            .as_ref()
-            .is_some_and(|(_, u)| u != new_url);
-        if leaving && let Some((page, field)) = self.open_form.take() {
-            push_capped(&mut self.forms_abandoned, format!("\"{field}\" on {page}"));
-        }
-    }
-
     fn count_visit(&mut self, label: &str, url: &str) {
-        if let Some(page) = self.pages.iter_mut().find(|p| p.url == url) {
+        if let Some(page) = self
+            .pages
+            .iter_mut()
+            .find(|p| p.url == url && p.label == label)
+        {
             page.visits += 1;
-            page.label = label.to_string();
         } else if self.pages.len() < MAX_PAGES {
             self.pages.push(PageVisits {
                 label: label.to_string(),
