@@ -556,3 +556,15 @@ async fn webhook_secret_is_trimmed_like_every_other_secret() {
     assert_eq!(response.status(), StatusCode::OK);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn ordinary_first_words_are_not_counted_as_unsigned_identities() {
+    let app = app_with_maria(signed_config()).await;
+    for query in ["help", "billing?", "where\nis my bell"] {
+        let (status, body) = ask(&app, query, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(records(&body).len(), 0);
+    }
+    assert_eq!(rejected(&app.metrics().await, "unsigned"), 0.0);
+    app.stop().await;
+}

@@ -70,6 +70,24 @@ pub fn is_unresolved_variable(value: &str) -> bool {
     v.starts_with("{{") && v.ends_with("}}")
 }
 
+/// Does `value` have the shape of a signed identifier (`<id>.<digits>.<43 base64url chars>`)?
+/// Only a shape check: [`IdentitySigner::verify`] decides.
+pub fn looks_signed(value: &str) -> bool {
+    let Some((message, signature)) = value.trim().rsplit_once('.') else {
+        return false;
+    };
+    let Some((id, expires)) = message.rsplit_once('.') else {
+        return false;
+    };
+    !id.is_empty()
+        && !expires.is_empty()
+        && expires.bytes().all(|b| b.is_ascii_digit())
+        && signature.len() == 43
+        && signature
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Why a signed identifier was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
@@ -187,13 +205,32 @@ impl IdentityResolver<'_> {
             ClaimOutcome::Found(_) => "found",
             ClaimOutcome::Unknown => "unknown",
             ClaimOutcome::Rejected(reason) => {
-                self.metrics.reject_identity(reason);
-                tracing::warn!(via = claim.via.as_str(), reason, "refused an identifier");
+                self.count_rejection(claim.via, reason);
                 "rejected"
             }
         };
         self.metrics.lookup(claim.via.as_str(), result);
         Ok(outcome)
+    }
+
+    /// Count and log a refused identifier.
+    pub fn count_rejection(&self, via: Via, reason: &'static str) {
+        self.metrics.reject_identity(reason);
+        tracing::warn!(via = via.as_str(), reason, "refused an identifier");
+    }
+
+    /// Does `value`, taken as it is (no signature check), name a live session? Tells an
+    /// identifier sent without its signature from the first word of an ordinary question.
+    pub async fn names_someone(
+        &self,
+        value: &str,
+        product: Option<&str>,
+        now: f64,
+    ) -> Result<bool, StoreError> {
+        let outcome = self
+            .find(ClaimKind::Any, value.trim(), product, now, Via::Query)
+            .await?;
+        Ok(matches!(outcome, ClaimOutcome::Found(_)))
     }
 
     async fn resolve_inner(
@@ -217,10 +254,22 @@ impl IdentityResolver<'_> {
             },
             _ => claim.value.trim().to_string(),
         };
+        self.find(claim.kind, &value, product, now, claim.via).await
+    }
+
+    /// Look up a verified identifier value.
+    async fn find(
+        &self,
+        kind: ClaimKind,
+        value: &str,
+        product: Option<&str>,
+        now: f64,
+        via: Via,
+    ) -> Result<ClaimOutcome, StoreError> {
         if value.is_empty() {
             return Ok(ClaimOutcome::Unknown);
         }
-        let kinds: &[ClaimKind] = match claim.kind {
+        let kinds: &[ClaimKind] = match kind {
             ClaimKind::Any => &[ClaimKind::SessionId, ClaimKind::Email, ClaimKind::UserId],
             ClaimKind::SessionId => &[ClaimKind::SessionId],
             ClaimKind::Email => &[ClaimKind::Email],
@@ -228,22 +277,22 @@ impl IdentityResolver<'_> {
         };
         for kind in kinds {
             let found = match kind {
-                ClaimKind::SessionId => match SessionId::parse(&value) {
+                ClaimKind::SessionId => match SessionId::parse(value) {
                     Ok(id) => self.store.session(&id, now).await?,
                     Err(_) => None,
                 },
                 ClaimKind::Email => {
-                    if normalize_email(&value).is_none() || !value.contains('@') {
+                    if normalize_email(value).is_none() || !value.contains('@') {
                         continue;
                     }
                     if !self.policy.email_lookup {
                         return Ok(ClaimOutcome::Rejected("email_lookup_disabled"));
                     }
-                    self.person_session(PersonKey::email(&value), product, now)
+                    self.person_session(PersonKey::email(value), product, now)
                         .await?
                 }
                 ClaimKind::UserId => {
-                    self.person_session(PersonKey::user_id(&value), product, now)
+                    self.person_session(PersonKey::user_id(value), product, now)
                         .await?
                 }
                 ClaimKind::Any => None,
@@ -254,7 +303,7 @@ impl IdentityResolver<'_> {
                     _ => true,
                 };
                 if in_scope {
-                    tracing::debug!(via = claim.via.as_str(), person = %Person(&value), session = %session.id, "identifier resolved");
+                    tracing::debug!(via = via.as_str(), person = %Person(value), session = %session.id, "identifier resolved");
                     return Ok(ClaimOutcome::Found(session));
                 }
             }
@@ -316,6 +365,15 @@ mod tests {
             signer.verify(token, 4_000_000_000.0),
             Ok("maria@example.com".to_string())
         );
+    }
+
+    #[test]
+    fn recognises_the_shape_of_signed_identifiers() {
+        let token = IdentitySigner::new("s3cret").sign("maria@example.com", 2_000);
+        assert!(looks_signed(&token));
+        assert!(!looks_signed("help"));
+        assert!(!looks_signed("maria@example.com"));
+        assert!(!looks_signed("a.b.c"));
     }
 
     #[test]

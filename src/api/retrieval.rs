@@ -22,7 +22,9 @@ use crate::api::ApiState;
 use crate::api::auth::KeyError;
 use crate::api::error::{ApiError, codes, read_body};
 use crate::api::filter::{Condition, MetadataCondition};
-use crate::api::identity::{Claim, ClaimKind, ClaimOutcome, IdentityResolver, SignatureError, Via};
+use crate::api::identity::{
+    Claim, ClaimKind, ClaimOutcome, IdentityResolver, SignatureError, Via, looks_signed,
+};
 use crate::api::records::{Record, select, session_records};
 use crate::clock;
 use crate::session::model::{MAX_ID_LEN, Session};
@@ -310,6 +312,21 @@ async fn decide_by_query(
 ) -> Result<Option<Decision>, StoreError> {
     let (kind, value, explicit) = match identity {
         QueryIdentity::Explicit(kind, value) => (*kind, value, true),
+        // With signed identities on, a bare first word without a signature is the start of a
+        // question ("help") — unless it names someone: then it is an identity sent unsigned,
+        // refused, counted and decisive.
+        QueryIdentity::Candidate(token)
+            if resolver.policy.signer.is_some() && !looks_signed(token) =>
+        {
+            if !resolver.names_someone(token, product, now).await? {
+                return Ok(None);
+            }
+            resolver.count_rejection(Via::Query, SignatureError::Unsigned.reason());
+            return Ok(Some(Decision {
+                session: None,
+                via: Via::Query,
+            }));
+        }
         QueryIdentity::Candidate(token) => (ClaimKind::Any, token, false),
         QueryIdentity::None => return Ok(None),
     };
