@@ -389,7 +389,7 @@ async fn build_storage(
             snapshotter: Some(snapshotter),
         });
     };
-    let shown = crate::ingest::sse::client::redact_url(url);
+    let shown = crate::telemetry::redact_url(url);
     let client = redis_store::client(url).map_err(|e| {
         StartupError::Config(format!("LIVECTX_REDIS_URL is not a usable Redis URL: {e}"))
     })?;

@@ -71,6 +71,22 @@ impl fmt::Display for Person<'_> {
     }
 }
 
+/// A URL as it may appear in logs and `/readyz`: without user, password, query or fragment
+/// (stream tokens and Redis passwords live there).
+pub fn redact_url(raw: &str) -> String {
+    match reqwest::Url::parse(raw.trim()) {
+        Ok(mut url) => {
+            // Errors here mean the URL cannot carry credentials at all: nothing to remove.
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.set_query(None);
+            url.set_fragment(None);
+            url.to_string()
+        }
+        Err(_) => "<unparseable URL>".to_string(),
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StreamLabels {
     pub stream: String,
@@ -470,6 +486,28 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials_and_queries() {
+        assert_eq!(
+            redact_url("https://user:pw@c.example/stream/p?token=x#f"),
+            "https://c.example/stream/p"
+        );
+        assert_eq!(
+            redact_url("http://127.0.0.1:9/stream/p"),
+            "http://127.0.0.1:9/stream/p"
+        );
+        // No path after the host: the case a hand-written split got wrong.
+        assert_eq!(
+            redact_url("redis://:s3cretpw@127.0.0.1:16390"),
+            "redis://127.0.0.1:16390"
+        );
+        assert_eq!(
+            redact_url("redis://default:s3cretpw@redis:6379/0"),
+            "redis://redis:6379/0"
+        );
+        assert_eq!(redact_url("not a url with pw"), "<unparseable URL>");
+    }
 
     #[test]
     fn masks_emails_unless_asked() {

@@ -77,22 +77,7 @@ pub fn product_of(url: &str) -> Option<String> {
     (segments.next() == Some("stream")).then(|| last.to_string())
 }
 
-/// A URL without its query string or credentials, for logs.
-pub fn redact_url(url: &str) -> String {
-    let base = url.split(['?', '#']).next().unwrap_or(url);
-    match base.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
-            Some((_, host))
-                if !rest.split('/').next().unwrap_or("").is_empty()
-                    && rest.find('@') < rest.find('/') =>
-            {
-                format!("{scheme}://{host}")
-            }
-            _ => base.to_string(),
-        },
-        None => base.to_string(),
-    }
-}
+pub use crate::telemetry::redact_url;
 
 /// Live state of one stream, for `/readyz`.
 #[derive(Debug)]
