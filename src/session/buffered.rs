@@ -466,10 +466,12 @@ mod tests {
     use crate::session::model::tests::{action, batch};
     use crate::session::store::StoreConfig;
 
-    /// A memory store that can be switched "down".
+    /// A memory store that can be switched "down", or made to lose the acknowledgement of
+    /// its next append (the write lands, the caller sees an outage).
     struct Flaky {
         inner: MemoryStore,
         down: AtomicBool,
+        lose_next_ack: AtomicBool,
     }
 
     impl Flaky {
@@ -494,7 +496,11 @@ mod tests {
             fence: Option<&Fence>,
         ) -> Result<StoredBatch, StoreError> {
             self.check()?;
-            self.inner.append_actions(batch, now, fence).await
+            let stored = self.inner.append_actions(batch, now, fence).await?;
+            if self.lose_next_ack.swap(false, Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("response timed out".into()));
+            }
+            Ok(stored)
         }
         async fn apply_connector_summary(
             &self,
@@ -601,6 +607,7 @@ mod tests {
                 limits: SessionLimits { max_chunks: 50 },
             }),
             down: AtomicBool::new(false),
+            lose_next_ack: AtomicBool::new(false),
         })
     }
 
@@ -664,6 +671,44 @@ mod tests {
         assert_eq!(titles(&session), ["A", "B", "C", "D", "E"]);
         assert_eq!(metrics.redis_buffered.get(), 0);
         assert!(metrics.redis_replayed.get() >= 3);
+        replay.abort();
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_acknowledgement_was_lost_is_not_stored_twice() {
+        let backend = flaky();
+        let store = Arc::new(BufferedStore::new(
+            backend.clone(),
+            100,
+            Arc::new(Metrics::new()),
+        ));
+        let replay = store.spawn_replay();
+        backend.lose_next_ack.store(true, Ordering::SeqCst);
+        let stored = store
+            .append_actions(
+                batch("s1", vec![action("click", "A", "/a", 1.0)]),
+                5.0,
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            stored.outcome.seq, 0,
+            "seen as an outage: buffered for replay"
+        );
+        for _ in 0..200 {
+            if store.buffered() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let id = SessionId::parse("s1").unwrap();
+        let session = store.session(&id, 5.0).await.unwrap().unwrap();
+        assert_eq!(
+            titles(&session),
+            ["A"],
+            "the replay found the write already there"
+        );
         replay.abort();
     }
 

@@ -516,7 +516,19 @@ impl Session {
     }
 
     /// Store one batch as a new chunk; fold the oldest chunks into the summary if the cap is hit.
+    ///
+    /// Idempotent for retries: a batch identical to one already stored at the same `now` is not
+    /// stored again (a shared backend may commit a write whose acknowledgement is then lost, and
+    /// the retry carries the original `now`).
     pub fn append(&mut self, batch: ActionBatch, now: f64, limits: SessionLimits) -> AppendOutcome {
+        if let Some(seq) = self.stored_at(now, &batch.actions) {
+            return AppendOutcome {
+                seq,
+                created: false,
+                unsummarized_actions: self.raw_actions,
+                folded_chunks: 0,
+            };
+        }
         let created = self.version == 0;
         self.touch_identity(&batch);
         let fallback_time = batch.forwarded_at.unwrap_or(now);
@@ -607,6 +619,16 @@ impl Session {
         overflow
     }
 
+    /// The sequence number of a chunk holding exactly `actions`, stored at `now`, if any (raw or
+    /// recently summarised).
+    fn stored_at(&self, now: f64, actions: &[Action]) -> Option<u64> {
+        self.chunks
+            .iter()
+            .chain(self.recent_covered.iter())
+            .find(|c| c.received_at == now && *c.actions == *actions)
+            .map(|c| c.seq)
+    }
+
     /// Unsummarised raw actions.
     pub fn unsummarized_actions(&self) -> usize {
         self.raw_actions
@@ -685,6 +707,15 @@ impl Session {
     /// Only whole chunks that fit inside `replaces` are removed; a straddling chunk stays raw
     /// (over-keeping is safe, dropping is not).
     pub fn apply_connector_summary(&mut self, text: &str, replaces: usize, now: f64) -> usize {
+        let already_applied = self.summary.as_deref().is_some_and(|s| {
+            s.source == SummarySource::Connector
+                && s.updated_at == now
+                && s.text.ends_with(text.trim())
+        });
+        if already_applied {
+            // The same summary retried after a lost acknowledgement (see `append`).
+            return 0;
+        }
         let mut budget = replaces;
         let mut through = self.summary.as_ref().map_or(0, |s| s.covers_through_seq);
         for chunk in &self.chunks {
@@ -880,6 +911,23 @@ pub(crate) mod tests {
         assert_eq!((first.seq, second.seq), (1, 2));
         assert_eq!(s.email.as_deref(), Some("a@example.com"));
         assert_eq!(s.raw_actions, 2);
+    }
+
+    #[test]
+    fn a_retried_write_is_stored_once() {
+        let mut s = Session::new(SessionId::parse("s1").unwrap(), 0.0);
+        let b = batch("s1", vec![action("click", "A", "/a", 1.0)]);
+        let first = s.append(b.clone(), 10.0, limits(50));
+        let retry = s.append(b.clone(), 10.0, limits(50));
+        assert_eq!(retry.seq, first.seq);
+        assert_eq!(s.chunks.len(), 1);
+        // The same batch at another time is another delivery.
+        s.append(b, 11.0, limits(50));
+        assert_eq!(s.chunks.len(), 2);
+        s.apply_connector_summary("covered", 2, 12.0);
+        let text = s.summary.as_ref().unwrap().text.clone();
+        assert_eq!(s.apply_connector_summary("covered", 2, 12.0), 0);
+        assert_eq!(s.summary.as_ref().unwrap().text, text, "not appended twice");
     }
 
     #[test]
