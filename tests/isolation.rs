@@ -350,3 +350,65 @@ async fn thousands_of_sessions_over_http_stay_isolated() {
     }
     app.stop().await;
 }
+
+/// A session id reused after expiry starts over: whoever used it before is not found through it.
+async fn check_reused_session_id_forgets_its_people(store: Arc<dyn SessionStore>) {
+    use livectx::api::identity::{Claim, ClaimKind, ClaimOutcome, IdentityResolver, Via};
+    let ttl = store_config().session_ttl.as_secs_f64();
+    let t0 = 1_800_000_000.0;
+    let alice = common::batch(
+        "kiosk",
+        Some("alice@x.com"),
+        Some("u-alice"),
+        vec![common::action("click", "Alice's", "/a", t0)],
+    );
+    store.append_actions(alice, t0, None).await.unwrap();
+    let later = t0 + ttl + 5.0;
+    let bob = common::batch(
+        "kiosk",
+        None,
+        None,
+        vec![common::action("click", "Bob's", "/b", later)],
+    );
+    store.append_actions(bob, later, None).await.unwrap();
+    let state = state(store);
+    let resolver = IdentityResolver {
+        store: state.store.as_ref(),
+        policy: &state.identity,
+        metrics: &state.metrics,
+    };
+    for (kind, value) in [
+        (ClaimKind::Email, "alice@x.com"),
+        (ClaimKind::UserId, "u-alice"),
+    ] {
+        let claim = Claim {
+            kind,
+            value: value.into(),
+            via: Via::Rest,
+        };
+        let outcome = resolver.resolve(&claim, None, later + 1.0).await.unwrap();
+        assert!(
+            matches!(outcome, ClaimOutcome::Unknown),
+            "{value} still finds the reused session: {outcome:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_reused_session_id_forgets_its_people_in_memory() {
+    check_reused_session_id_forgets_its_people(Arc::new(MemoryStore::new(store_config()))).await;
+}
+
+#[tokio::test]
+async fn a_reused_session_id_forgets_its_people_on_redis() {
+    let Some(url) = test_redis_url("a_reused_session_id_forgets_its_people_on_redis") else {
+        return;
+    };
+    let prefix = RedisPrefix::new(&url, "reuse");
+    let store = Arc::new(RedisStore::new(
+        prefix.connect().await,
+        prefix.prefix.clone(),
+        store_config(),
+    ));
+    check_reused_session_id_forgets_its_people(store).await;
+}

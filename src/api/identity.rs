@@ -318,10 +318,16 @@ impl IdentityResolver<'_> {
         now: f64,
     ) -> Result<Option<Arc<Session>>, StoreError> {
         let Some(key) = key else { return Ok(None) };
-        match self.store.resolve_person(&key, product, now).await? {
-            Some(id) => self.store.session(&id, now).await,
-            None => Ok(None),
-        }
+        let Some(id) = self.store.resolve_person(&key, product, now).await? else {
+            return Ok(None);
+        };
+        // The index only points; the session must still be this person's (a session id
+        // reused after expiry starts over without its old identities).
+        Ok(self
+            .store
+            .session(&id, now)
+            .await?
+            .filter(|session| session.person_keys.contains(&key)))
     }
 }
 

@@ -185,6 +185,14 @@ impl MemoryStore {
         self.session_count.fetch_sub(1, Ordering::Relaxed);
         self.chunk_count
             .fetch_sub(session.chunks.len() as u64, Ordering::Relaxed);
+        self.unindex(&session);
+        self.mark_changed(id);
+        true
+    }
+
+    /// Remove the index entries that still point at `session`.
+    fn unindex(&self, session: &Session) {
+        let id = &session.id;
         for key in &session.person_keys {
             self.people
                 .remove_if(&scoped_key(None, key), |_, v| v == id);
@@ -193,8 +201,6 @@ impl MemoryStore {
                     .remove_if(&scoped_key(Some(product), key), |_, v| v == id);
             }
         }
-        self.mark_changed(id);
-        true
     }
 
     /// Evict least recently active sessions beyond `max_sessions` (never `keep`).
@@ -245,10 +251,12 @@ impl MemoryStore {
                 self.fresh_session(id, now)
             });
             if !created && entry.value().is_expired(now, ttl) {
-                // An expired session is not resurrected: it starts over.
-                let old_chunks = entry.value().chunks.len() as u64;
-                self.chunk_count.fetch_sub(old_chunks, Ordering::Relaxed);
-                *entry.value_mut() = self.fresh_session(id, now);
+                // An expired session is not resurrected: it starts over, and nobody who used
+                // it before can be found through it any more.
+                let old = std::mem::replace(entry.value_mut(), self.fresh_session(id, now));
+                self.chunk_count
+                    .fetch_sub(old.chunks.len() as u64, Ordering::Relaxed);
+                self.unindex(&old);
             }
             let session = Arc::make_mut(entry.value_mut());
             let before = session.chunks.len() as u64;
