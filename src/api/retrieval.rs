@@ -154,8 +154,11 @@ pub fn split_query(query: &str) -> (QueryIdentity, &str) {
             "user_id" | "userid" | "user" => Some(ClaimKind::UserId),
             _ => None,
         };
-        if let Some(kind) = kind {
-            let value = value.trim().trim_matches(['"', '\'', '`']).trim();
+        let value = value.trim().trim_matches(['"', '\'', '`']).trim();
+        // "Email: why did I not get the invoice?" is a question, not an identity: an identifier
+        // is one token.
+        let one_token = !value.contains(char::is_whitespace) && value.len() <= MAX_ID_LEN * 2;
+        if let Some(kind) = kind.filter(|_| one_token) {
             return (QueryIdentity::Explicit(kind, value.to_string()), rest);
         }
     }
@@ -541,6 +544,17 @@ mod tests {
         assert_eq!(
             split_query("where are my alerts?"),
             (QueryIdentity::None, "where are my alerts?")
+        );
+        assert_eq!(
+            split_query("Email: why did I not get the invoice email?\nthanks"),
+            (
+                QueryIdentity::None,
+                "Email: why did I not get the invoice email?\nthanks"
+            )
+        );
+        assert_eq!(
+            split_query("user: how do I reset"),
+            (QueryIdentity::None, "user: how do I reset")
         );
         assert_eq!(
             split_query("note: this is a question"),
