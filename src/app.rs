@@ -3,6 +3,7 @@
 //! Integration tests use exactly this: [`Application::build`] on port 0, then
 //! [`Application::run_until_stopped`] in a task, then plain HTTP against [`Application::port`].
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +67,8 @@ pub struct Application {
     streams: Vec<StreamHandle>,
     background: Vec<JoinHandle<()>>,
     snapshotter: Option<Snapshotter>,
+    /// Releases the stream leases at the end of shutdown.
+    leadership: Option<Arc<dyn Leadership>>,
     shutdown_timeout: Duration,
 }
 
@@ -237,6 +240,7 @@ impl Application {
             streams,
             background,
             snapshotter,
+            leadership,
             shutdown_timeout: config.shutdown_timeout,
         })
     }
@@ -272,6 +276,7 @@ impl Application {
             streams,
             background,
             snapshotter,
+            leadership,
             shutdown_timeout,
             ..
         } = self;
@@ -280,22 +285,27 @@ impl Application {
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let grace = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(shutdown_timeout).await;
-        };
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+        tokio::pin!(server);
         tokio::select! {
-            result = server => result?,
-            () = grace => tracing::warn!("in-flight requests did not finish within the shutdown timeout"),
+            result = &mut server => result?,
+            () = shutdown.cancelled() => {}
         }
+        // One budget for the whole shutdown, counted from the signal.
         let deadline = tokio::time::Instant::now() + shutdown_timeout;
+        match tokio::time::timeout_at(deadline, &mut server).await {
+            Ok(result) => result?,
+            Err(_) => {
+                tracing::warn!("in-flight requests did not finish within the shutdown timeout")
+            }
+        }
+        let mut leases = Vec::new();
         for stream in streams {
-            if tokio::time::timeout_at(deadline, stream.task)
-                .await
-                .is_err()
-            {
-                tracing::warn!("a stream consumer did not stop in time");
+            match tokio::time::timeout_at(deadline, stream.task).await {
+                Ok(Ok(Some(lease))) => leases.push(lease),
+                Ok(_) => {}
+                Err(_) => tracing::warn!("a stream consumer did not stop in time"),
             }
         }
         let flushed = state.ingestor.flush_due(true).await;
@@ -312,6 +322,12 @@ impl Application {
                 unreplayed,
                 "writes buffered during a Redis outage could not be replayed before shutdown and are lost"
             );
+        }
+        // Only now that what was read is stored may another replica take the streams over.
+        if let Some(leadership) = &leadership {
+            for lease in &leases {
+                leadership.release(lease).await;
+            }
         }
         for task in background {
             task.abort();

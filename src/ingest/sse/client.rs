@@ -254,7 +254,9 @@ struct Frame {
 /// A running stream consumer.
 pub struct StreamHandle {
     pub status: Arc<StreamStatus>,
-    pub task: JoinHandle<()>,
+    /// Ends on shutdown with the lease still held (if any): the caller releases it once what
+    /// was read is stored, so a successor never races the last writes.
+    pub task: JoinHandle<Option<LeaseGuard>>,
 }
 
 /// Consumes one Autoplay stream.
@@ -307,7 +309,7 @@ impl StreamConsumer {
         }
     }
 
-    async fn run(self, shutdown: CancellationToken) {
+    async fn run(self, shutdown: CancellationToken) -> Option<LeaseGuard> {
         let stream_key = self.config.url.clone();
         loop {
             let guard = match &self.leadership {
@@ -315,7 +317,7 @@ impl StreamConsumer {
                     tracing::info!(stream = %self.status.label, "waiting for this stream's lease");
                     match leadership.acquire(&stream_key, &shutdown).await {
                         Some(guard) => Some(guard),
-                        None => return,
+                        None => return None,
                     }
                 }
                 None => None,
@@ -347,14 +349,8 @@ impl StreamConsumer {
                 .map_or_else(CancellationToken::new, |g| g.lost.clone());
             self.consume(&shutdown, &lost, guard.as_ref()).await;
             self.status.leading.store(false, Ordering::Relaxed);
-            if shutdown.is_cancelled() {
-                if let (Some(leadership), Some(guard)) = (&self.leadership, &guard) {
-                    leadership.release(guard).await;
-                }
-                return;
-            }
-            if guard.is_none() {
-                return;
+            if shutdown.is_cancelled() || guard.is_none() {
+                return guard;
             }
             tracing::warn!(stream = %self.status.label, "lost this stream's lease; another replica consumes it now");
         }
