@@ -558,3 +558,64 @@ async fn a_lease_lost_to_another_replica_cancels_the_guard() {
     shutdown.cancel();
     assert!(a.acquire(stream, &shutdown).await.is_none());
 }
+
+#[tokio::test]
+async fn after_redis_loses_the_lease_its_last_holder_gets_it_back() {
+    let Some(url) = test_redis_url("redis_lease_data_loss") else {
+        return;
+    };
+    let prefix = RedisPrefix::new(&url, "lease-data-loss");
+    let connection = prefix.connect().await;
+    // a renews every 500 ms; b polls every 300 ms, so without the rule b would usually grab
+    // the vanished lease before a renews.
+    let ttl = Duration::from_millis(1500);
+    let leases = |name: &str, ttl: Duration| {
+        RedisLeadership::new(
+            connection.clone(),
+            prefix.prefix.clone(),
+            LeaseSettings {
+                ttl,
+                replica_id: name.to_string(),
+            },
+            CancellationToken::new(),
+        )
+    };
+    let (a, b) = (leases("a", ttl), leases("b", Duration::from_millis(900)));
+    let shutdown = CancellationToken::new();
+    let stream = "http://connector.test/stream/acme_prod";
+    let guard = a.acquire(stream, &shutdown).await.unwrap();
+    let waiter = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { b.acquire(stream, &shutdown).await })
+    };
+    // b sees the lease held, then Redis loses everything about it (a restart without
+    // persistence): every lease key of this prefix is gone.
+    tokio::time::sleep(ttl / 2).await;
+    let mut raw = connection.clone();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}lease*", prefix.prefix))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    // a renews within a third of the TTL and keeps the stream; b waits instead of grabbing it.
+    tokio::time::sleep(ttl * 2).await;
+    assert!(!guard.lost.is_cancelled(), "the last holder kept its lease");
+    assert!(
+        !waiter.is_finished(),
+        "the waiter did not take the stream over"
+    );
+    let holder: Option<String> = redis::cmd("GET")
+        .arg(a.lease_key(stream))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(holder.as_deref(), Some(guard.fence.token.as_str()));
+    shutdown.cancel();
+    assert!(waiter.await.unwrap().is_none());
+}

@@ -50,11 +50,13 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 const PROGRESS_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// Take the lease if nobody holds it.
-/// KEYS: 1 lease, 2 last holder, 3 counter, 4 progress. ARGV: 1 replica id, 2 nonce, 3 TTL ms.
-/// Returns `{'acquired', token, progress}` or `{'held', pttl, ''}`.
+/// KEYS: 1 lease, 2 last holder, 3 counter, 4 progress. ARGV: 1 replica id, 2 nonce, 3 TTL ms,
+/// 4 '1' to take a lease nobody ever held (else such a lease answers 'fresh').
+/// Returns `{'acquired', token, progress}`, `{'held', pttl, ''}` or `{'fresh', '', ''}`.
 const ACQUIRE_LUA: &str = r"
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl ~= -2 then return {'held', tostring(pttl), ''} end
+if ARGV[4] ~= '1' and redis.call('EXISTS', KEYS[2]) == 0 then return {'fresh', '', ''} end
 local n = redis.call('INCR', KEYS[3])
 local token = n .. ':' .. ARGV[1] .. ':' .. ARGV[2]
 redis.call('SET', KEYS[1], token, 'PX', ARGV[3])
@@ -185,8 +187,15 @@ pub struct RedisLeadership {
 }
 
 enum Attempt {
-    Acquired { token: String, progress: String },
-    Held { remaining: Duration },
+    Acquired {
+        token: String,
+        progress: String,
+    },
+    Held {
+        remaining: Duration,
+    },
+    /// No lease and no trace of a holder: a first start, or Redis lost its data.
+    Fresh,
 }
 
 impl RedisLeadership {
@@ -232,7 +241,7 @@ impl RedisLeadership {
         }
     }
 
-    async fn try_acquire(&self, keys: &LeaseKeys) -> Result<Attempt, StoreError> {
+    async fn try_acquire(&self, keys: &LeaseKeys, take_fresh: bool) -> Result<Attempt, StoreError> {
         let nonce = format!("{:08x}", rand::random::<u32>());
         let mut connection = self.inner.connection.clone();
         let reply: (String, String, String) = self
@@ -245,6 +254,7 @@ impl RedisLeadership {
             .arg(&self.inner.settings.replica_id)
             .arg(nonce)
             .arg(self.inner.settings.ttl_ms())
+            .arg(if take_fresh { "1" } else { "0" })
             .invoke_async(&mut connection)
             .await
             .map_err(store_error)?;
@@ -253,6 +263,7 @@ impl RedisLeadership {
                 token: reply.1,
                 progress: reply.2,
             }),
+            "fresh" => Ok(Attempt::Fresh),
             _ => {
                 // -1: a lease without expiry (set by hand?): look again after a period.
                 let ms = reply.1.parse::<i64>().unwrap_or(-1);
@@ -361,6 +372,10 @@ impl Leadership for RedisLeadership {
         let keys = self.keys(stream_key);
         let settings = &self.inner.settings;
         let mut recovering = false;
+        // This replica saw the lease held; finding no trace of any holder afterwards means
+        // Redis lost its data, and the replica that held it must get the first chance back.
+        let mut seen_held = false;
+        let mut take_fresh = false;
         loop {
             if shutdown.is_cancelled() || self.inner.lifetime.is_cancelled() {
                 return None;
@@ -379,7 +394,7 @@ impl Leadership for RedisLeadership {
                 }
                 continue;
             }
-            match self.try_acquire(&keys).await {
+            match self.try_acquire(&keys, take_fresh).await {
                 Ok(Attempt::Acquired { token, progress }) => {
                     let lost = CancellationToken::new();
                     tracing::info!(lease = %keys.lease, token = %token, "acquired the stream lease");
@@ -393,7 +408,19 @@ impl Leadership for RedisLeadership {
                         previous_holder_seen: progress.parse::<f64>().ok().filter(|t| *t > 0.0),
                     });
                 }
+                Ok(Attempt::Fresh) => {
+                    take_fresh = true;
+                    if seen_held {
+                        tracing::warn!(lease = %keys.lease, wait_ms = settings.ttl.as_millis() as u64, "the stream lease vanished with every trace of its holder (Redis restarted without persistence?); waiting one lease period so the last holder can take it back");
+                        seen_held = false;
+                        if !self.pause(settings.ttl, shutdown).await {
+                            return None;
+                        }
+                    }
+                }
                 Ok(Attempt::Held { remaining }) => {
+                    seen_held = true;
+                    take_fresh = false;
                     // Wake right when the current lease would lapse, or after a period.
                     let wait = (remaining + Duration::from_millis(5)).min(settings.period());
                     if !self.pause(wait, shutdown).await {
