@@ -288,16 +288,23 @@ impl Application {
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();
         tokio::pin!(server);
-        tokio::select! {
-            result = &mut server => result?,
-            () = shutdown.cancelled() => {}
-        }
+        // The server future may finish in the same instant the signal fires; it must not be
+        // polled again once done.
+        let server_done = tokio::select! {
+            result = &mut server => {
+                result?;
+                true
+            }
+            () = shutdown.cancelled() => false,
+        };
         // One budget for the whole shutdown, counted from the signal.
         let deadline = tokio::time::Instant::now() + shutdown_timeout;
-        match tokio::time::timeout_at(deadline, &mut server).await {
-            Ok(result) => result?,
-            Err(_) => {
-                tracing::warn!("in-flight requests did not finish within the shutdown timeout")
+        if !server_done {
+            match tokio::time::timeout_at(deadline, &mut server).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    tracing::warn!("in-flight requests did not finish within the shutdown timeout")
+                }
             }
         }
         let mut leases = Vec::new();
