@@ -5,7 +5,9 @@
 //! their own server counted.
 
 use std::fmt;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -26,6 +28,57 @@ pub enum LogFormat {
 }
 
 static LOG_IDENTITIES: AtomicBool = AtomicBool::new(false);
+
+/// One log line per interval for an event that can repeat thousands of times a second (a
+/// refused payload, a rate-limited client, a dropped frame): the metric counts every
+/// occurrence, the log line says how many it held back, and the log stays readable.
+#[derive(Debug)]
+pub struct LogThrottle {
+    interval: Duration,
+    state: Mutex<ThrottleState>,
+}
+
+#[derive(Debug)]
+struct ThrottleState {
+    last_line: Option<Instant>,
+    held_back: u64,
+}
+
+impl LogThrottle {
+    /// A throttle letting one line through per `interval`.
+    pub const fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            state: Mutex::new(ThrottleState {
+                last_line: None,
+                held_back: 0,
+            }),
+        }
+    }
+
+    /// Note `count` occurrences now; see [`LogThrottle::note_at`].
+    pub fn note(&self, count: u64) -> Option<u64> {
+        self.note_at(Instant::now(), count)
+    }
+
+    /// Note `count` occurrences at `now`. `Some(held_back)` when a line should be written
+    /// (`held_back`: earlier occurrences that were not logged), `None` when it should not.
+    pub fn note_at(&self, now: Instant, count: u64) -> Option<u64> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = state
+            .last_line
+            .is_none_or(|at| now.saturating_duration_since(at) >= self.interval);
+        if !due {
+            state.held_back += count;
+            return None;
+        }
+        state.last_line = Some(now);
+        Some(std::mem::take(&mut state.held_back))
+    }
+}
 
 /// Install the global tracing subscriber (level from `RUST_LOG`, default `info`).
 /// Safe to call more than once: later calls are ignored.
@@ -507,6 +560,17 @@ mod tests {
             "redis://redis:6379/0"
         );
         assert_eq!(redact_url("not a url with pw"), "<unparseable URL>");
+    }
+
+    #[test]
+    fn a_throttle_logs_once_per_interval_and_counts_the_rest() {
+        let throttle = LogThrottle::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(throttle.note_at(t0, 1), Some(0));
+        assert_eq!(throttle.note_at(t0 + Duration::from_secs(1), 1), None);
+        assert_eq!(throttle.note_at(t0 + Duration::from_secs(2), 5), None);
+        assert_eq!(throttle.note_at(t0 + Duration::from_secs(10), 1), Some(6));
+        assert_eq!(throttle.note_at(t0 + Duration::from_secs(11), 1), None);
     }
 
     #[test]

@@ -12,7 +12,6 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -24,7 +23,7 @@ use lru::LruCache;
 use crate::api::ApiState;
 use crate::api::error::{ApiError, codes};
 use crate::ingest::webhook;
-use crate::telemetry::RouteLabels;
+use crate::telemetry::{LogThrottle, RouteLabels};
 
 /// Most client addresses tracked at once (~64 bytes each: ~4 MiB). Beyond, the least recently
 /// seen address is forgotten, which only ever gives that client a fresh bucket.
@@ -65,10 +64,7 @@ struct Bucket {
 pub struct RateLimiter {
     config: RateLimitConfig,
     buckets: Mutex<LruCache<IpAddr, Bucket>>,
-    started: Instant,
-    /// Milliseconds after `started` of the last log line, and refusals since.
-    last_log_ms: AtomicU64,
-    unlogged: AtomicU64,
+    log: LogThrottle,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -96,9 +92,7 @@ impl RateLimiter {
                 ..config
             },
             buckets: Mutex::new(LruCache::new(capacity)),
-            started: Instant::now(),
-            last_log_ms: AtomicU64::new(0),
-            unlogged: AtomicU64::new(0),
+            log: LogThrottle::new(LOG_INTERVAL),
         })
     }
 
@@ -137,23 +131,6 @@ impl RateLimiter {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .len()
-    }
-
-    /// Should this refusal be logged? Returns the refusals not logged since the last line.
-    fn take_log_turn(&self, now: Instant) -> Option<u64> {
-        let now_ms = u64::try_from(now.saturating_duration_since(self.started).as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let last = self.last_log_ms.load(Ordering::Relaxed);
-        let interval = LOG_INTERVAL.as_millis() as u64;
-        if last != 0 && now_ms.saturating_sub(last) < interval {
-            self.unlogged.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        self.last_log_ms
-            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-            .ok()?;
-        Some(self.unlogged.swap(0, Ordering::Relaxed))
     }
 
     /// Which address a request counts against.
@@ -269,7 +246,7 @@ fn refuse(state: &ApiState, limiter: &RateLimiter, route: &str, over: OverRateLi
             route: route.to_string(),
         })
         .inc();
-    if let Some(unlogged) = limiter.take_log_turn(Instant::now()) {
+    if let Some(unlogged) = limiter.log.note(1) {
         tracing::warn!(
             client = %over.client,
             route,
@@ -439,16 +416,6 @@ mod tests {
             HeaderValue::from_static("[2001:db8::1]:443"),
         );
         assert_eq!(last_forwarded_for(&with_port), Some(ip("2001:db8::1")));
-    }
-
-    #[test]
-    fn logs_at_most_once_per_interval_and_counts_the_rest() {
-        let l = limiter(1.0, 1);
-        let t0 = l.started + Duration::from_secs(1);
-        assert_eq!(l.take_log_turn(t0), Some(0));
-        assert_eq!(l.take_log_turn(t0 + Duration::from_secs(1)), None);
-        assert_eq!(l.take_log_turn(t0 + Duration::from_secs(2)), None);
-        assert_eq!(l.take_log_turn(t0 + LOG_INTERVAL), Some(2));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::clock;
 use crate::session::model::{ActionBatch, Gap, SessionId};
 use crate::session::store::{Fence, SessionStore, StoreError};
 use crate::session::summarizer::Summarizer;
-use crate::telemetry::{Metrics, PayloadLabels, Person};
+use crate::telemetry::{LogThrottle, Metrics, PayloadLabels, Person};
 use debounce::Debouncer;
 use payload::Payload;
 
@@ -61,7 +61,22 @@ pub struct Ingestor {
     metrics: Arc<Metrics>,
     summarizer: Option<Summarizer>,
     debouncer: Option<Debouncer>,
+    /// One throttle per refusal reason (and one for any other), so a flood of one kind does
+    /// not hide another.
+    refusal_logs: [LogThrottle; REFUSAL_REASONS.len() + 1],
 }
+
+/// Reasons a payload is refused, each with its own log throttle.
+const REFUSAL_REASONS: [&str; 5] = [
+    "no_session",
+    "malformed",
+    "missing_type",
+    "unknown_type",
+    "empty_summary",
+];
+
+/// At most one log line per reason per this interval.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Ingestor {
     /// `debounce` of zero stores every batch as it arrives.
@@ -77,6 +92,7 @@ impl Ingestor {
             metrics,
             summarizer,
             debouncer,
+            refusal_logs: std::array::from_fn(|_| LogThrottle::new(REFUSAL_LOG_INTERVAL)),
         }
     }
 
@@ -94,13 +110,7 @@ impl Ingestor {
     ) -> Ingested {
         match payload::decode(bytes) {
             Ok(payload) => self.ingest(source, payload, channel).await,
-            Err(error) => {
-                self.metrics.refuse(source.as_str(), error.reason());
-                tracing::warn!(source = source.as_str(), %error, "refused a payload");
-                Ingested::Refused {
-                    reason: error.reason(),
-                }
-            }
+            Err(error) => self.refuse(source, error.reason(), &error.to_string()),
         }
     }
 
@@ -120,31 +130,22 @@ impl Ingestor {
                         self.store_batch(batch, channel.fence).await
                     }
                     Err(_) => {
-                        self.metrics.refuse(source.as_str(), "no_session");
-                        tracing::debug!(
-                            source = source.as_str(),
-                            "refused actions without a session id (never pooled)"
+                        return self.refuse(
+                            source,
+                            "no_session",
+                            "actions without a session id (never pooled)",
                         );
-                        return Ingested::Refused {
-                            reason: "no_session",
-                        };
                     }
                 }
             }
             Payload::Summary(summary) => {
-                let Ok(id) = SessionId::parse(summary.session_id.as_deref().unwrap_or("")) else {
-                    self.metrics.refuse(source.as_str(), "no_session");
-                    return Ingested::Refused {
-                        reason: "no_session",
-                    };
+                let id = match self.session_of(source, summary.session_id.as_deref()).await {
+                    Ok(id) => id,
+                    Err(refused) => return refused,
                 };
                 if summary.summary.trim().is_empty() {
-                    self.metrics.refuse(source.as_str(), "empty_summary");
-                    return Ingested::Refused {
-                        reason: "empty_summary",
-                    };
+                    return self.refuse(source, "empty_summary", "a summary with no text");
                 }
-                self.flush_session(&id).await;
                 let product = summary.product_id.as_deref().or(channel.product_id);
                 let result = self
                     .store
@@ -163,13 +164,10 @@ impl Ingestor {
                 self.check(result, "apply_connector_summary")
             }
             Payload::TourTrigger(tour) => {
-                let Ok(id) = SessionId::parse(tour.session_id.as_deref().unwrap_or("")) else {
-                    self.metrics.refuse(source.as_str(), "no_session");
-                    return Ingested::Refused {
-                        reason: "no_session",
-                    };
+                let id = match self.session_of(source, tour.session_id.as_deref()).await {
+                    Ok(id) => id,
+                    Err(refused) => return refused,
                 };
-                self.flush_session(&id).await;
                 let product = tour.product_id.as_deref().or(channel.product_id);
                 let result = self
                     .store
@@ -185,8 +183,11 @@ impl Ingestor {
                 self.check(result, "record_tour")
             }
             Payload::Unknown { kind } => {
-                self.metrics.refuse(source.as_str(), "unknown_type");
-                tracing::debug!(source = source.as_str(), kind = %kind, "ignored a payload of unknown type");
+                self.refuse(
+                    source,
+                    "unknown_type",
+                    &format!("a payload of unknown type {kind:?}"),
+                );
                 return Ingested::Ignored {
                     reason: "unknown_type",
                 };
@@ -202,6 +203,49 @@ impl Ingestor {
                 .inc();
         }
         result
+    }
+
+    /// Count a refused payload, and log it (one line per interval and reason: anonymous
+    /// traffic alone can be most of a stream).
+    fn refuse(&self, source: Source, reason: &'static str, what: &str) -> Ingested {
+        self.metrics.refuse(source.as_str(), reason);
+        if let Some(held_back) = self.refusal_log(reason).note(1) {
+            if reason == "no_session" {
+                tracing::info!(
+                    source = source.as_str(),
+                    reason,
+                    also_refused_since_last_line = held_back,
+                    "refused {what}"
+                );
+            } else {
+                tracing::warn!(
+                    source = source.as_str(),
+                    reason,
+                    also_refused_since_last_line = held_back,
+                    "refused {what}"
+                );
+            }
+        }
+        Ingested::Refused { reason }
+    }
+
+    fn refusal_log(&self, reason: &'static str) -> &LogThrottle {
+        // The last slot is for any reason not listed.
+        let slot = REFUSAL_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(REFUSAL_REASONS.len());
+        &self.refusal_logs[slot]
+    }
+
+    /// The session a summary or tour payload is about; pending debounced actions of that
+    /// session are stored first, to keep its order.
+    async fn session_of(&self, source: Source, raw: Option<&str>) -> Result<SessionId, Ingested> {
+        let Ok(id) = SessionId::parse(raw.unwrap_or("")) else {
+            return Err(self.refuse(source, "no_session", "a payload without a session id"));
+        };
+        self.flush_session(&id).await;
+        Ok(id)
     }
 
     async fn store_batch(&self, batch: ActionBatch, fence: Option<&Fence>) -> Ingested {

@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
@@ -31,7 +31,7 @@ use crate::session::model::{
 use crate::session::store::{
     Fence, SessionPage, SessionStore, StoreError, StoreStats, StoredBatch,
 };
-use crate::telemetry::Metrics;
+use crate::telemetry::{LogThrottle, Metrics};
 
 /// Writes buffered when none is configured.
 pub const DEFAULT_BUFFER_BOUND: usize = 10_000;
@@ -130,13 +130,6 @@ impl PendingWrite {
     }
 }
 
-/// Drops not yet logged.
-#[derive(Debug)]
-struct DropLog {
-    unlogged: u64,
-    last_logged: Option<Instant>,
-}
-
 /// A [`SessionStore`] that buffers ingestion writes through an outage of `inner`.
 pub struct BufferedStore {
     inner: Arc<dyn SessionStore>,
@@ -144,7 +137,7 @@ pub struct BufferedStore {
     bound: usize,
     queue: Mutex<VecDeque<PendingWrite>>,
     wake: Notify,
-    drops: Mutex<DropLog>,
+    drops: LogThrottle,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -176,10 +169,7 @@ impl BufferedStore {
             bound,
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
-            drops: Mutex::new(DropLog {
-                unlogged: 0,
-                last_logged: None,
-            }),
+            drops: LogThrottle::new(DROP_LOG_INTERVAL),
         }
     }
 
@@ -246,19 +236,12 @@ impl BufferedStore {
 
     fn count_drop(&self, dropped: u64) {
         self.metrics.redis_buffer_dropped.inc_by(dropped);
-        let mut log = lock(&self.drops);
-        log.unlogged += dropped;
-        let due = log
-            .last_logged
-            .is_none_or(|at| at.elapsed() >= DROP_LOG_INTERVAL);
-        if due {
+        if let Some(held_back) = self.drops.note(dropped) {
             tracing::error!(
-                dropped = log.unlogged,
+                dropped = held_back + dropped,
                 bound = self.bound,
                 "storage outage: ingestion writes dropped (buffer full or refused on replay; counted in livectx_redis_buffer_dropped_total)"
             );
-            log.unlogged = 0;
-            log.last_logged = Some(Instant::now());
         }
     }
 

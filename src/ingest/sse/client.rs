@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::RngExt;
 use serde::Serialize;
@@ -23,7 +23,9 @@ use crate::cluster::{Leadership, LeaseGuard};
 use crate::ingest::{Channel, Ingestor, Source};
 use crate::session::model::Gap;
 use crate::session::store::Fence;
-use crate::telemetry::{FrameLabels, Metrics, ReconnectLabels, StatusLabels, StreamLabels};
+use crate::telemetry::{
+    FrameLabels, LogThrottle, Metrics, ReconnectLabels, StatusLabels, StreamLabels,
+};
 
 /// Settings of one stream consumer.
 #[derive(Clone)]
@@ -78,6 +80,9 @@ pub fn product_of(url: &str) -> Option<String> {
 }
 
 pub use crate::telemetry::redact_url;
+
+/// At most one log line per this interval for a repeated problem (metrics count each one).
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Live state of one stream, for `/readyz`.
 #[derive(Debug)]
@@ -268,6 +273,10 @@ pub struct StreamConsumer {
     http: reqwest::Client,
     status: Arc<StreamStatus>,
     product: Option<String>,
+    /// Frames dropped because processing fell behind: one log line per interval.
+    drop_log: LogThrottle,
+    /// Frames skipped as oversized or not UTF-8: one log line per interval.
+    refuse_log: LogThrottle,
 }
 
 impl StreamConsumer {
@@ -293,6 +302,8 @@ impl StreamConsumer {
             http,
             status,
             product,
+            drop_log: LogThrottle::new(LOG_INTERVAL),
+            refuse_log: LogThrottle::new(LOG_INTERVAL),
         })
     }
 
@@ -377,8 +388,6 @@ impl StreamConsumer {
         let mut parser = SseParser::new(self.config.max_frame_bytes);
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         let mut gap_from: Option<f64> = None;
-        let mut dropped_since_log: u64 = 0;
-        let mut last_drop_log = Instant::now() - Duration::from_secs(60);
         while !shutdown.is_cancelled() && !lost.is_cancelled() {
             let response = tokio::select! {
                 _ = stopped(shutdown, lost) => break,
@@ -404,8 +413,6 @@ impl StreamConsumer {
                     &mut backoff,
                     &mut gap_from,
                     &tx,
-                    &mut dropped_since_log,
-                    &mut last_drop_log,
                 )
                 .await;
             let was_connected = self.status.connected.swap(false, Ordering::Relaxed);
@@ -539,8 +546,6 @@ impl StreamConsumer {
         backoff: &mut Backoff,
         gap_from: &mut Option<f64>,
         tx: &mpsc::Sender<Frame>,
-        dropped_since_log: &mut u64,
-        last_drop_log: &mut Instant,
     ) -> Cause {
         let mut items = Vec::new();
         loop {
@@ -609,15 +614,12 @@ impl StreamConsumer {
                                     .ingest_queue_dropped
                                     .get_or_create(&self.labels())
                                     .inc();
-                                *dropped_since_log += 1;
-                                if last_drop_log.elapsed() >= Duration::from_secs(10) {
+                                if let Some(held_back) = self.drop_log.note(1) {
                                     tracing::error!(
                                         stream = %self.status.label,
-                                        dropped = *dropped_since_log,
+                                        dropped = held_back + 1,
                                         "processing fell behind the stream: frames dropped (counted in livectx_ingest_queue_dropped_total)"
                                     );
-                                    *dropped_since_log = 0;
-                                    *last_drop_log = Instant::now();
                                 }
                             }
                             Err(mpsc::error::TrySendError::Closed(_)) => return Cause::Shutdown,
@@ -626,11 +628,15 @@ impl StreamConsumer {
                     SseItem::Retry(ms) => backoff.set_initial(Duration::from_millis(ms)),
                     SseItem::Oversize { bytes } => {
                         self.metrics.refuse("sse", "oversize");
-                        tracing::warn!(stream = %self.status.label, bytes, limit = self.config.max_frame_bytes, "skipped an oversized frame");
+                        if let Some(held_back) = self.refuse_log.note(1) {
+                            tracing::warn!(stream = %self.status.label, bytes, limit = self.config.max_frame_bytes, also_skipped_since_last_line = held_back, "skipped an oversized frame");
+                        }
                     }
                     SseItem::InvalidUtf8 => {
                         self.metrics.refuse("sse", "invalid_utf8");
-                        tracing::warn!(stream = %self.status.label, "skipped a frame that was not valid UTF-8");
+                        if let Some(held_back) = self.refuse_log.note(1) {
+                            tracing::warn!(stream = %self.status.label, also_skipped_since_last_line = held_back, "skipped a frame that was not valid UTF-8");
+                        }
                     }
                 }
             }
