@@ -32,6 +32,9 @@ pub fn format_utc(ts: f64) -> String {
 
 /// `14:00:02` (UTC) — for lists within one record whose header already names the day.
 pub fn format_utc_time(ts: f64) -> String {
+    if to_system_time(ts).is_none() {
+        return "unknown time".to_string();
+    }
     let full = format_utc(ts);
     match full.split_once(' ') {
         Some((_, rest)) => rest.trim_end_matches(" UTC").to_string(),
@@ -88,6 +91,8 @@ mod tests {
         assert_eq!(format_utc(1_785_333_602.114), "2026-07-29 14:00:02 UTC");
         assert_eq!(format_utc_time(1_785_333_602.9), "14:00:02");
         assert_eq!(format_utc(f64::NAN), "unknown time");
+        // A millisecond timestamp by mistake: said plainly, not cut to "time".
+        assert_eq!(format_utc_time(1_785_333_602_114.0), "unknown time");
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::session::model::{Action, ActionBatch, ActionIdentity, InvalidId, SessionId};
+use crate::session::model::{
+    Action, ActionBatch, ActionIdentity, InvalidId, MAX_ID_LEN, MAX_SUMMARY_CHARS, SessionId,
+};
 
 /// Longest kept title; longer ones are cut (the rest adds nothing a chatbot can use).
 const MAX_TITLE_CHARS: usize = 500;
@@ -120,8 +122,9 @@ pub fn decode(bytes: &[u8]) -> Result<Payload, DecodeError> {
             Err(e) => Err(DecodeError::Syntax(e.to_string())),
         };
     }
-    let raw: RawPayload =
+    let mut raw: RawPayload =
         serde_json::from_slice(bytes).map_err(|e| DecodeError::Syntax(e.to_string()))?;
+    raw.cap_texts();
     let kind = raw.kind.ok_or(DecodeError::MissingType)?;
     Ok(match kind.as_str() {
         "actions" => {
@@ -248,6 +251,38 @@ struct RawAction {
     conversation_id: Option<String>,
 }
 
+/// Unix seconds between 2000 and 2100. Anything else (milliseconds sent by mistake, zero) is
+/// treated as absent, so the batch's own time stands in for it.
+fn plausible_time(ts: &f64) -> bool {
+    (946_684_800.0..4_102_444_800.0).contains(ts)
+}
+
+/// Cap an optional text (identifiers become store keys and prompt text: they stay short).
+fn cap(value: &mut Option<String>, max_chars: usize) {
+    if let Some(text) = value.take() {
+        *value = Some(cut(text, max_chars));
+    }
+}
+
+impl RawPayload {
+    /// Bound every text a payload carries besides the actions' own.
+    fn cap_texts(&mut self) {
+        for id in [
+            &mut self.product_id,
+            &mut self.user_id,
+            &mut self.conversation_id,
+            &mut self.flow_id,
+        ] {
+            cap(id, MAX_ID_LEN);
+        }
+        if let Some(Some(email)) = self.email.as_mut() {
+            *email = cut(std::mem::take(email), MAX_ID_LEN);
+        }
+        cap(&mut self.reason, MAX_TITLE_CHARS);
+        cap(&mut self.summary, MAX_SUMMARY_CHARS);
+    }
+}
+
 impl RawAction {
     fn into_action(self, envelope: &Envelope<'_>) -> Action {
         let kind = self
@@ -275,7 +310,7 @@ impl RawAction {
         {
             let keep = |own: Option<String>, env: Option<&str>| {
                 own.filter(|v| Some(v.as_str()) != env)
-                    .map(String::into_boxed_str)
+                    .map(|v| cut(v, MAX_ID_LEN).into_boxed_str())
             };
             Some(Box::new(ActionIdentity {
                 user_id: keep(self.user_id, envelope.user_id),
@@ -290,8 +325,8 @@ impl RawAction {
             kind: kind.into_boxed_str(),
             title: cut(self.title.unwrap_or_default(), MAX_TITLE_CHARS).into_boxed_str(),
             description: cut(self.description.unwrap_or_default(), MAX_TEXT_CHARS).into_boxed_str(),
-            timestamp_start: self.timestamp_start,
-            timestamp_end: self.timestamp_end,
+            timestamp_start: self.timestamp_start.filter(plausible_time),
+            timestamp_end: self.timestamp_end.filter(plausible_time),
             raw_url,
             canonical_url: canonical.into_boxed_str(),
             identity,
@@ -547,8 +582,8 @@ mod tests {
     #[test]
     fn decodes_an_actions_payload_and_trusts_the_array_over_count() {
         let json = br#"{"type":"actions","product_id":"p","session_id":"s1","user_id":"u","email":null,
-            "actions":[{"index":0,"type":"Click","title":"Click A","description":"d","timestamp_start":1.5,
-            "timestamp_end":"2.5","raw_url":"https://a/x?q=1","canonical_url":"https://a/x","user_id":"u"}, 7],
+            "actions":[{"index":0,"type":"Click","title":"Click A","description":"d","timestamp_start":1785333601.5,
+            "timestamp_end":"1785333602.5","raw_url":"https://a/x?q=1","canonical_url":"https://a/x","user_id":"u"}, 7],
             "count":3,"forwarded_at":3.0,"extra":{"ignored":true}}"#;
         let Payload::Actions(p) = decode(json).unwrap() else {
             panic!("not actions")
@@ -561,7 +596,7 @@ mod tests {
         assert_eq!(p.skipped_actions, 1);
         let a = &p.actions[0];
         assert_eq!(&*a.kind, "click");
-        assert_eq!(a.timestamp_end, Some(2.5));
+        assert_eq!(a.timestamp_end, Some(1785333602.5));
         assert_eq!(a.raw_url.as_deref(), Some("https://a/x?q=1"));
         assert_eq!(
             a.identity, None,
@@ -592,6 +627,42 @@ mod tests {
             decode(br#"{"type":"actions","#),
             Err(DecodeError::Syntax(_))
         ));
+    }
+
+    #[test]
+    fn implausible_timestamps_read_as_absent() {
+        let json = br#"{"type":"actions","session_id":"s","actions":[
+            {"title":"ms","canonical_url":"/","timestamp_start":1785333602114,"timestamp_end":0},
+            {"title":"s","canonical_url":"/","timestamp_start":1785333602.1}]}"#;
+        let Payload::Actions(p) = decode(json).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (p.actions[0].timestamp_start, p.actions[0].timestamp_end),
+            (None, None)
+        );
+        assert_eq!(p.actions[1].timestamp_start, Some(1785333602.1));
+    }
+
+    #[test]
+    fn every_text_is_bounded() {
+        let long = "x".repeat(300_000);
+        let json = serde_json::json!({"type": "usertour_trigger", "session_id": "s", "flow_id": long,
+            "reason": long, "product_id": long, "user_id": long});
+        let Payload::TourTrigger(t) = decode(json.to_string().as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert!(t.flow_id.chars().count() <= MAX_ID_LEN + 1);
+        assert!(t.reason.unwrap().chars().count() <= MAX_TITLE_CHARS + 1);
+        assert!(t.product_id.unwrap().chars().count() <= MAX_ID_LEN + 1);
+        let json = serde_json::json!({"type": "actions", "session_id": "s", "email": long,
+            "actions": [{"title": "t", "canonical_url": "/", "email": long, "conversation_id": long}]});
+        let Payload::Actions(p) = decode(json.to_string().as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert!(p.email.unwrap().chars().count() <= MAX_ID_LEN + 1);
+        let identity = p.actions[0].identity.as_ref().unwrap();
+        assert!(identity.conversation_id.as_ref().unwrap().chars().count() <= MAX_ID_LEN + 1);
     }
 
     #[test]
