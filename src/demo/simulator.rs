@@ -16,6 +16,7 @@
 //! `GET /personas` (each simulated session and the page it is on, which tests and the demo
 //! compare with what livectx says) and `GET /healthz`.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,12 +81,24 @@ impl Subscriber {
     }
 }
 
+/// Departed subscribers remembered for the stats (the most recent ones).
+const MAX_DEPARTED: usize = 100;
+
 #[derive(Default)]
 struct HubState {
     subscribers: Vec<Subscriber>,
-    departed: Vec<SubscriberStats>,
+    departed: VecDeque<SubscriberStats>,
     next_id: u64,
     closed: bool,
+}
+
+impl HubState {
+    fn remember_departed(&mut self, stats: SubscriberStats) {
+        self.departed.push_back(stats);
+        while self.departed.len() > MAX_DEPARTED {
+            self.departed.pop_front();
+        }
+    }
 }
 
 /// Fans every event out to every subscriber, each through its own bounded queue.
@@ -174,7 +187,7 @@ impl Hub {
                 dropped = subscriber.dropped,
                 "a subscriber disconnected"
             );
-            state.departed.push(subscriber.stats(false));
+            state.remember_departed(subscriber.stats(false));
         }
         self.connected.send_replace(state.subscribers.len());
         taken
@@ -186,7 +199,7 @@ impl Hub {
         state.closed = true;
         let closing: Vec<Subscriber> = state.subscribers.drain(..).collect();
         for subscriber in closing {
-            state.departed.push(subscriber.stats(false));
+            state.remember_departed(subscriber.stats(false));
         }
         self.connected.send_replace(0);
     }

@@ -302,7 +302,10 @@ impl Summarizer {
             Err(error) => {
                 inner.metrics.store_error("finish_summary");
                 tracing::warn!(session = %job.session_id, %error, "could not store summary; will retry");
-                let _ = inner.store.release_summary(job).await;
+                if let Err(error) = inner.store.release_summary(job).await {
+                    inner.metrics.store_error("release_summary");
+                    tracing::warn!(session = %job.session_id, %error, "could not release summary claim; it will lapse");
+                }
                 JobEnd::Failed
             }
         }
