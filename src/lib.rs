@@ -30,6 +30,7 @@
 //! - [`demo`]: `livectx demo` and `livectx simulate`: simulated users streamed by a stand-in
 //!   Autoplay connector, to see the whole loop on one machine.
 //! - [`cli`]: what each subcommand does; `main.rs` only calls it.
+//! - [`sync`]: locking that survives a panic elsewhere.
 
 pub mod api;
 pub mod app;
@@ -40,6 +41,7 @@ pub mod config;
 pub mod demo;
 pub mod ingest;
 pub mod session;
+pub mod sync;
 pub mod telemetry;
 
 pub use app::{Application, Overrides, StartupError};

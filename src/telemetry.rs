@@ -64,10 +64,7 @@ impl LogThrottle {
     /// Note `count` occurrences at `now`. `Some(held_back)` when a line should be written
     /// (`held_back`: earlier occurrences that were not logged), `None` when it should not.
     pub fn note_at(&self, now: Instant, count: u64) -> Option<u64> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut state = crate::sync::lock(&self.state);
         let due = state
             .last_line
             .is_none_or(|at| now.saturating_duration_since(at) >= self.interval);

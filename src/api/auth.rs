@@ -6,6 +6,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use hmac::{Hmac, KeyInit, Mac};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -127,6 +128,15 @@ impl KeyError {
             Self::Wrong => "wrong",
         }
     }
+}
+
+/// HMAC-SHA256 of `message` under `key`, ready to `finalize` or to `verify_slice` (which
+/// compares in constant time). Used for webhook signatures and signed identities.
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes keys of any length: this cannot fail.
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    mac.update(message);
+    mac
 }
 
 /// The token of `Bearer <token>` (scheme case-insensitive), if well-formed.

@@ -12,8 +12,10 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::{Hmac, Mac};
 use sha2::Sha256;
+
+use crate::api::auth::hmac_sha256;
 
 use crate::session::model::{PersonKey, Session, SessionId, normalize_email};
 use crate::session::store::{SessionStore, StoreError};
@@ -129,11 +131,7 @@ impl IdentitySigner {
     }
 
     fn mac(&self, message: &str) -> Hmac<Sha256> {
-        // HMAC accepts keys of any length, so this cannot fail.
-        let mut mac =
-            <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!());
-        mac.update(message.as_bytes());
-        mac
+        hmac_sha256(&self.key, message.as_bytes())
     }
 
     /// A signed identifier for `id`, valid until `expires_at` (Unix seconds).

@@ -106,10 +106,7 @@ impl RateLimiter {
         let key = bucket_key(client);
         let burst = f64::from(self.config.burst);
         let rate = self.config.per_second;
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut buckets = crate::sync::lock(&self.buckets);
         let bucket = buckets.get_or_insert_mut(key, || Bucket {
             tokens: burst,
             updated: now,
@@ -127,10 +124,7 @@ impl RateLimiter {
 
     /// Client addresses currently tracked.
     pub fn tracked(&self) -> usize {
-        self.buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+        crate::sync::lock(&self.buckets).len()
     }
 
     /// Which address a request counts against.

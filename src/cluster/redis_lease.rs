@@ -174,9 +174,7 @@ struct Inner {
 
 impl Inner {
     fn held(&self) -> MutexGuard<'_, HashMap<String, Arc<HeldLease>>> {
-        self.held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.held)
     }
 }
 

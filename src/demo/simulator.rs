@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -130,7 +130,7 @@ impl Hub {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     /// A new subscriber's queue; `None` once the hub is closed.
@@ -487,11 +487,7 @@ impl Sinks {
         }
         let at = time.unix(emission.at);
         if slot < LISTED_SESSIONS {
-            let mut board = self
-                .shared
-                .board
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut board = crate::sync::lock(&self.shared.board);
             if let Some(status) = board.get_mut(slot) {
                 status.events += 1;
                 status.last_event_at = Some(at);
@@ -802,11 +798,7 @@ async fn stream(
 
 /// `GET /personas`: each simulated session and where it is.
 async fn board(State(shared): State<Arc<Shared>>) -> Response {
-    let personas = shared
-        .board
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
+    let personas = crate::sync::lock(&shared.board).clone();
     Json(json!({
         "product_id": shared.product_id,
         "stream": format!("/stream/{}", shared.product_id),

@@ -36,9 +36,7 @@ impl Debouncer {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Pending>> {
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.pending)
     }
 
     /// How often to sweep for due batches.

@@ -13,13 +13,13 @@ use axum::body::Body;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::Mac;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::api::ApiState;
-use crate::api::auth::bearer_token;
+use crate::api::auth::{bearer_token, hmac_sha256};
 use crate::api::error::{ApiError, codes, read_body};
 use crate::api::limits::{self, OverRateLimit};
 use crate::clock;
@@ -52,10 +52,8 @@ impl std::fmt::Debug for WebhookSettings {
 
 /// `sha256=<lower-case hex>` of the body, as the connector computes it.
 pub fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
-        .unwrap_or_else(|_| unreachable!());
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    let tag = hmac_sha256(secret.as_bytes(), body).finalize().into_bytes();
+    format!("sha256={}", hex::encode(tag))
 }
 
 /// Does `header` (`sha256=<hex>`) sign `body` with `secret`? Constant time.
@@ -69,10 +67,9 @@ pub fn signature_valid(secret: &str, body: &[u8], header: Option<&str>) -> bool 
     let Ok(tag) = hex::decode(hex_sig.trim()) else {
         return false;
     };
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
-        .unwrap_or_else(|_| unreachable!());
-    mac.update(body);
-    mac.verify_slice(&tag).is_ok()
+    hmac_sha256(secret.as_bytes(), body)
+        .verify_slice(&tag)
+        .is_ok()
 }
 
 /// Does the `Authorization` header carry the shared secret? Constant time.

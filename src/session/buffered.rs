@@ -17,7 +17,7 @@
 //! Reads are not buffered: they go to the backend and fail fast (retrieval then answers empty).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,6 +31,7 @@ use crate::session::model::{
 use crate::session::store::{
     Fence, SessionPage, SessionStore, StoreError, StoreStats, StoredBatch,
 };
+use crate::sync::lock;
 use crate::telemetry::{LogThrottle, Metrics};
 
 /// Writes buffered when none is configured.
@@ -138,13 +139,6 @@ pub struct BufferedStore {
     queue: Mutex<VecDeque<PendingWrite>>,
     wake: Notify,
     drops: LogThrottle,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Each critical section is one queue operation: a poisoned lock holds consistent data.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What a caller learns from a buffered append: stored later, nothing to summarise yet.

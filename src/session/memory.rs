@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,6 +23,7 @@ use crate::session::store::{
     GAP_LOOKBACK_SECS, SessionInfo, SessionPage, SessionStore, StoreConfig, StoreError, StoreStats,
     StoredBatch, decode_cursor, encode_cursor,
 };
+use crate::sync::lock;
 
 /// Webhook body hashes remembered for deduplication.
 const MAX_DELIVERY_HASHES: usize = 100_000;
@@ -50,14 +51,6 @@ pub struct MemoryStore {
 pub struct ChangeSet {
     pub upserted: Vec<Arc<Session>>,
     pub removed: Vec<SessionId>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks cannot leave the data half-written (each critical
-    // section is a single map operation), so a poisoned lock is safe to keep using.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn scoped_key(product_id: Option<&str>, key: &PersonKey) -> String {

@@ -123,10 +123,7 @@ impl StreamStatus {
     }
 
     fn set_error(&self, error: Option<String>) {
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
+        *crate::sync::lock(&self.last_error) = error;
     }
 
     /// Connected and delivering.
@@ -149,11 +146,7 @@ impl StreamStatus {
             leading: self.is_leading(),
             last_frame_age_seconds: (last > 0.0).then(|| ((now - last) * 1000.0).round() / 1000.0),
             reconnects: self.reconnects.load(Ordering::Relaxed),
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone(),
+            last_error: crate::sync::lock(&self.last_error).clone(),
         }
     }
 }

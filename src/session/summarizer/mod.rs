@@ -117,12 +117,7 @@ impl Summarizer {
         if unsummarized < self.threshold() {
             return;
         }
-        let inserted = self
-            .inner
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id.clone());
+        let inserted = crate::sync::lock(&self.inner.pending).insert(id.clone());
         if inserted {
             self.inner.wake.notify_one();
         }
@@ -167,13 +162,7 @@ impl Summarizer {
                 () = sleep_until_opt(next_due) => {}
             }
             let now = Instant::now();
-            let mut due: Vec<SessionId> = self
-                .inner
-                .pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .drain()
-                .collect();
+            let mut due: Vec<SessionId> = crate::sync::lock(&self.inner.pending).drain().collect();
             deferred.retain(|id| {
                 let ready = backoff.get(id).is_none_or(|(_, at)| *at <= now);
                 if ready {
@@ -204,11 +193,7 @@ impl Summarizer {
     }
 
     fn requeue(&self, id: SessionId) {
-        self.inner
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id);
+        crate::sync::lock(&self.inner.pending).insert(id);
     }
 
     fn retry_delay(&self, failures: u32) -> Duration {

@@ -1,0 +1,10 @@
+//! Locking that survives a panic elsewhere.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Lock `mutex`, recovering it if a thread panicked while holding it. Every critical section in
+/// livectx is a single map or field update, so the data behind a poisoned lock is never
+/// half-written, and one panicking request must not take every later one down with it.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
