@@ -260,13 +260,7 @@ impl MemoryStore {
         if created {
             self.session_count.fetch_add(1, Ordering::Relaxed);
         }
-        if chunks_after >= chunks_before {
-            self.chunk_count
-                .fetch_add(chunks_after - chunks_before, Ordering::Relaxed);
-        } else {
-            self.chunk_count
-                .fetch_sub(chunks_before - chunks_after, Ordering::Relaxed);
-        }
+        self.count_chunks(chunks_before, chunks_after);
         lock(&self.recency).put(id.clone(), snapshot.last_seen);
         self.mark_changed(id);
         (result, created, snapshot)
@@ -290,6 +284,13 @@ impl MemoryStore {
             let result = change(session);
             (result, before, session.chunks.len() as u64)
         };
+        self.count_chunks(before, after);
+        self.mark_changed(id);
+        Some(result)
+    }
+
+    /// Keep the chunk gauge in step with a session that went from `before` to `after` chunks.
+    fn count_chunks(&self, before: u64, after: u64) {
         if after >= before {
             self.chunk_count
                 .fetch_add(after - before, Ordering::Relaxed);
@@ -297,8 +298,6 @@ impl MemoryStore {
             self.chunk_count
                 .fetch_sub(before - after, Ordering::Relaxed);
         }
-        self.mark_changed(id);
-        Some(result)
     }
 }
 
