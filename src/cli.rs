@@ -16,6 +16,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", sign(&args));
             Ok(())
         }
+        Command::Bench(args) => crate::bench::run(args).await,
+        Command::BenchLoadgen(args) => crate::bench::loadgen::run(args).await,
+        Command::BenchMemory(args) => crate::bench::memory::child(args).await,
     }
 }
 

@@ -26,9 +26,12 @@
 //! - [`telemetry`]: tracing set-up and the Prometheus metrics of one running server.
 //! - [`clock`]: time as Unix seconds, and the human formats records use.
 //! - [`cli`]: what each subcommand does; `main.rs` only calls it.
+//! - [`bench`]: `livectx bench <scenario>`, the self-contained benchmarks behind BENCHMARKS.md
+//!   (synthetic connector, fake LLM, load generator).
 
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod cluster;
