@@ -248,7 +248,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
         ),
         (
             "stream cuts / reconnects seen by the server".to_string(),
-            format!("{cuts} / {}", samples.last().map_or(0.0, |s| s.reconnects)),
+            format!(
+                "{cuts} / {}",
+                int(samples.last().map_or(0.0, |s| s.reconnects) as u64)
+            ),
         ),
         (
             "frames sent / lost while disconnected / queue-dropped".to_string(),
@@ -256,7 +259,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
                 "{} / {} / {}",
                 int(counters.sent.load(Ordering::Relaxed)),
                 int(counters.lost.load(Ordering::Relaxed)),
-                samples.last().map_or(0.0, |s| s.queue_dropped)
+                int(samples.last().map_or(0.0, |s| s.queue_dropped) as u64)
             ),
         ),
         (
