@@ -371,6 +371,10 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
     pub connections: Vec<usize>,
 
+    /// Runs of each retrieval level; the table shows the run with the median requests/s.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub repeat: u32,
+
     /// SSE frames the ingest scenario sends.
     #[arg(long, default_value_t = 200_000)]
     pub events: u64,

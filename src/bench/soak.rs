@@ -43,6 +43,9 @@ struct Sample {
     secs: f64,
     rss_mib: f64,
     cpu_secs: f64,
+    /// CPU time of the whole machine and of this benchmark process (generator, fake LLM).
+    machine_busy_secs: f64,
+    bench_cpu_secs: f64,
     sessions: f64,
     actions_stored: f64,
     frames_sent: u64,
@@ -195,14 +198,28 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
             "errors",
             "RSS MiB (end)",
             "sessions (end)",
+            "server CPU",
+            "other processes",
         ],
     );
+    let loadgen_share = report.cpu_secs / total.max(1.0);
     for i in &report.intervals {
         let end = i.start_secs + interval.as_secs_f64();
         let at = samples
             .iter()
             .rfind(|s| s.secs <= end + 0.5)
             .or(samples.last());
+        let from = samples.iter().rfind(|s| s.secs <= i.start_secs + 0.5);
+        let shares = match (from, at) {
+            (Some(a), Some(b)) if b.secs > a.secs => {
+                let dt = b.secs - a.secs;
+                let server = (b.cpu_secs - a.cpu_secs) / dt;
+                let bench = (b.bench_cpu_secs - a.bench_cpu_secs) / dt;
+                let busy = (b.machine_busy_secs - a.machine_busy_secs) / dt;
+                Some((server, (busy - server - bench - loadgen_share).max(0.0)))
+            }
+            _ => None,
+        };
         over_time.row(vec![
             format!("{:.0}–{:.0} s", i.start_secs, end.min(total)),
             int(i.requests_per_sec.round() as u64),
@@ -212,6 +229,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
             i.errors.to_string(),
             at.map_or("?".into(), |s| format!("{:.1}", s.rss_mib)),
             at.map_or("?".into(), |s| int(s.sessions as u64)),
+            shares.map_or("?".into(), |(s, _)| format!("{:.0} %", s * 100.0)),
+            shares.map_or("?".into(), |(_, o)| format!("{:.0} %", o * 100.0)),
         ]);
     }
     let mut verdict = Table::new(
@@ -308,6 +327,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
         tables: vec![over_time, verdict],
         notes: vec![
             "empty answers are people whose newest session was evicted or expired, or who had none yet: answered 200 [] (not errors)".to_string(),
+            "server CPU and other processes (the rest of the machine: other agents' builds and tests, minus this benchmark and its load generator) are in cores, 100 % = one core".to_string(),
             "latency is measured from the moment each paced request is sent; a request that waits for its connection's previous answer is sent late rather than counted as waiting".to_string(),
         ],
     })
@@ -348,6 +368,11 @@ async fn sample(
         ),
         cpu_secs: round(
             super::stats::process_cpu_ns(pid).unwrap_or(0) as f64 / 1e9,
+            2,
+        ),
+        machine_busy_secs: round(super::stats::machine_busy_ns().unwrap_or(0) as f64 / 1e9, 2),
+        bench_cpu_secs: round(
+            super::stats::process_cpu_ns(std::process::id()).unwrap_or(0) as f64 / 1e9,
             2,
         ),
         sessions: metric_sum(&metrics, "livectx_sessions"),

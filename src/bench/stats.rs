@@ -124,6 +124,20 @@ pub fn own_thread_cpu_ns() -> Option<u64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
+/// CPU time the whole machine spent busy (every CPU, every process, user and system), in
+/// nanoseconds, from `/proc/stat` — to tell how much CPU other processes took during a run.
+pub fn machine_busy_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let busy: u64 = ticks.iter().take(8).sum::<u64>() - ticks.get(3)? - ticks.get(4)?;
+    Some(busy * 10_000_000)
+}
+
 /// The 1, 5 and 15-minute load averages.
 pub fn load_average() -> Option<[f64; 3]> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;
@@ -201,6 +215,7 @@ mod tests {
         assert!(thread_cpu_ns(tid).is_some());
         assert!(own_thread_cpu_ns().is_some());
         assert!(load_average().is_some());
+        assert!(machine_busy_ns().is_some());
     }
 
     #[test]
