@@ -176,6 +176,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
     let rss_end = samples.last().map_or(0.0, |s| s.rss_mib);
     let rss_max_after = after.iter().map(|s| s.rss_mib).fold(0.0, f64::max);
     let slope = slope_per_minute(&after);
+    // The store fills for several minutes (sessions reach the cap, then their content and the
+    // allocator reach a steady mix): the last third shows whether growth has stopped.
+    let last_third: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.secs >= total * 2.0 / 3.0)
+        .collect();
+    let slope_last_third = slope_per_minute(&last_third);
+    let rss_at_last_third = last_third.first().map_or(0.0, |s| s.rss_mib);
     let first = report.intervals.first();
     let last = report.intervals.iter().rev().find(|i| i.requests > 0);
     let p99_ratio = match (first, last) {
@@ -266,6 +274,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
             format!("{slope:+.2} MiB/min"),
         ),
         (
+            format!(
+                "RSS over the last third ({:.0} s → end) and its trend",
+                total * 2.0 / 3.0
+            ),
+            format!("{rss_at_last_third:.1} → {rss_end:.1} MiB, {slope_last_third:+.2} MiB/min"),
+        ),
+        (
             "stream cuts / reconnects seen by the server".to_string(),
             format!(
                 "{cuts} / {}",
@@ -316,6 +331,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
             "rss_end_mib": rss_end,
             "rss_max_after_warm_up_mib": rss_max_after,
             "rss_slope_mib_per_min": round(slope, 3),
+            "rss_at_last_third_mib": rss_at_last_third,
+            "rss_slope_last_third_mib_per_min": round(slope_last_third, 3),
             "p99_last_over_first": round(p99_ratio, 3),
             "frames_sent": counters.sent.load(Ordering::Relaxed),
             "frames_lost_while_disconnected": counters.lost.load(Ordering::Relaxed),
