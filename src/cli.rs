@@ -24,6 +24,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Healthcheck(args) => healthcheck(&args).await,
         Command::Simulate(config) => crate::demo::simulator::run_cli(*config).await,
         Command::Demo(config) => crate::demo::runner::run(*config).await,
+        Command::Bench(args) => crate::bench::run(args).await,
+        Command::BenchLoadgen(args) => crate::bench::loadgen::run(args).await,
+        Command::BenchMemory(args) => crate::bench::memory::child(args).await,
     }
 }
 

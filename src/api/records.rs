@@ -245,24 +245,48 @@ pub fn terms_of(text: &str) -> Vec<String> {
 
 /// Share of the question's terms that occur in `content` (prefix match, so "project" finds
 /// "projects"), in 0..1; 0 for a question without terms.
+///
+/// Runs for every record of every `/retrieval` answer, so it allocates nothing per word: each
+/// word of 3+ bytes is lower-cased into one reused buffer (ASCII, the common case) and checked
+/// against the terms not matched yet, stopping once every term has matched.
 pub fn relevance(terms: &[String], content: &str) -> f64 {
     if terms.is_empty() {
         return 0.0;
     }
-    let words: HashSet<String> = content
+    let mut matched = vec![false; terms.len()];
+    let mut unmatched = terms.len();
+    let mut ascii_lower = String::new();
+    let mut other_lower;
+    for word in content
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| w.len() >= 3)
-        .map(str::to_lowercase)
-        .collect();
-    let hits = terms
-        .iter()
-        .filter(|t| {
-            words
-                .iter()
-                .any(|w| w.starts_with(t.as_str()) || t.starts_with(w.as_str()) && w.len() >= 4)
-        })
-        .count();
-    hits as f64 / terms.len() as f64
+    {
+        let word: &str = if word.is_ascii() {
+            ascii_lower.clear();
+            ascii_lower.push_str(word);
+            ascii_lower.make_ascii_lowercase();
+            &ascii_lower
+        } else {
+            other_lower = word.to_lowercase();
+            &other_lower
+        };
+        for (term, hit) in terms.iter().zip(matched.iter_mut()) {
+            if !*hit && term_matches(term, word) {
+                *hit = true;
+                unmatched -= 1;
+            }
+        }
+        if unmatched == 0 {
+            break;
+        }
+    }
+    (terms.len() - unmatched) as f64 / terms.len() as f64
+}
+
+/// A term matches a (lower-cased) word that starts with it, or a word of 4+ bytes it starts
+/// with ("exports" finds "export").
+fn term_matches(term: &str, word: &str) -> bool {
+    word.starts_with(term) || term.starts_with(word) && word.len() >= 4
 }
 
 #[cfg(test)]
@@ -318,6 +342,63 @@ mod tests {
         assert_eq!(selected.len(), 1);
         assert_eq!(selected[0].kind(), Some("activity"));
         assert_eq!(select(records, 0.0, 2).len(), 2);
+    }
+
+    /// The straightforward form of [`relevance`]: the set of lower-cased words, then a scan.
+    fn relevance_reference(terms: &[String], content: &str) -> f64 {
+        if terms.is_empty() {
+            return 0.0;
+        }
+        let words: HashSet<String> = content
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| w.len() >= 3)
+            .map(str::to_lowercase)
+            .collect();
+        let hits = terms
+            .iter()
+            .filter(|t| {
+                words
+                    .iter()
+                    .any(|w| w.starts_with(t.as_str()) || t.starts_with(w.as_str()) && w.len() >= 4)
+            })
+            .count();
+        hits as f64 / terms.len() as f64
+    }
+
+    #[test]
+    fn relevance_matches_the_reference_form() {
+        let contents = [
+            "User actions in this session from 14:00:02 to 14:00:09 UTC (3 actions):\n- click \"Click Export CSV\" (https://app/reports)",
+            "Summary: visited Projects, Billing and the Notifications page; exported a report",
+            "Ärger mit der Rechnung: ÖFFNEN, Übersicht, ΣΊΣΥΦΟΣ straße ǅemal",
+            "",
+            "a an the exp exports EXPORTING projector",
+        ];
+        let questions = [
+            "how do I export a csv?",
+            "where are my notifications and billing settings",
+            "rechnung öffnen übersicht σίσυφος STRASSE",
+            "exporting projects",
+            "",
+            "export exp proj",
+        ];
+        for question in questions {
+            let terms = terms_of(question);
+            let extra = vec![
+                "exp".to_string(),
+                "exporting".to_string(),
+                "ǆemal".to_string(),
+            ];
+            for content in contents {
+                for terms in [&terms, &extra] {
+                    assert_eq!(
+                        relevance(terms, content),
+                        relevance_reference(terms, content),
+                        "{terms:?} in {content:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

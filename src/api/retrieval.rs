@@ -16,7 +16,8 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::Value;
 
 use crate::api::ApiState;
 use crate::api::auth::KeyError;
@@ -406,10 +407,37 @@ pub fn check_key(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> 
     }
 }
 
+/// The answer body `{"records": [...]}`, written straight from the records.
+///
+/// Byte for byte what serialising `json!({"records": records})` gives — each record's keys in
+/// sorted order (`content`, `metadata`, `score`, `title`), as a `serde_json::Value` object has
+/// them — without first copying every record into a `Value` tree.
+struct RecordsBody<'a>(&'a [Record]);
+
+impl Serialize for RecordsBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Sorted<'a>(&'a Record);
+        impl Serialize for Sorted<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let record = self.0;
+                let mut map = serializer.serialize_map(Some(4))?;
+                map.serialize_entry("content", &record.content)?;
+                map.serialize_entry("metadata", &record.metadata)?;
+                map.serialize_entry("score", &record.score)?;
+                map.serialize_entry("title", &record.title)?;
+                map.end()
+            }
+        }
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry("records", &self.0.iter().map(Sorted).collect::<Vec<_>>())?;
+        map.end()
+    }
+}
+
 /// `POST /retrieval`.
 pub async fn retrieve(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
     match retrieve_inner(&state, &headers, body).await {
-        Ok(records) => Json(json!({ "records": records })).into_response(),
+        Ok(records) => Json(RecordsBody(&records)).into_response(),
         Err(error) => {
             tracing::warn!(status = error.status.as_u16(), code = error.code, message = %error.message, "retrieval refused");
             error.into_response()
@@ -464,6 +492,41 @@ async fn retrieve_inner(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_answer_body_is_what_a_json_value_gives() {
+        use crate::session::model::tests::{action, batch};
+        use crate::session::model::{SessionId, SessionLimits};
+        let mut session = Session::new(SessionId::parse("s1").unwrap(), 0.0);
+        for (i, title) in [
+            "Page Load: Billing",
+            "Click Export CSV \"now\" ✓ 🚀",
+            "Submit",
+        ]
+        .iter()
+        .enumerate()
+        {
+            session.append(
+                batch(
+                    "s1",
+                    vec![action("click", title, "/billing?x=1", 100.0 + i as f64)],
+                ),
+                100.0 + i as f64,
+                SessionLimits { max_chunks: 50 },
+            );
+        }
+        let records = session_records(&session, "export csv", 130.0, 120.0);
+        assert!(records.len() >= 3);
+        let via_value = serde_json::to_string(&json!({ "records": records })).unwrap();
+        let direct = serde_json::to_string(&RecordsBody(&records)).unwrap();
+        assert_eq!(direct, via_value);
+        let empty: Vec<Record> = Vec::new();
+        assert_eq!(
+            serde_json::to_string(&RecordsBody(&empty)).unwrap(),
+            r#"{"records":[]}"#
+        );
+    }
 
     #[test]
     fn probes_are_recognised() {

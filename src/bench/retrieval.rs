@@ -1,0 +1,387 @@
+//! `bench retrieval`: `/retrieval` requests per second and latency with many sessions loaded.
+//!
+//! The server runs in this process (its own runtime); the sessions are loaded through the real
+//! ingestion path (payload decoding, the store, the background built-in summarizer), then the
+//! load generator — a separate process — asks for random sessions, identified on the query's
+//! first line as a Dify Template node does, with `top_k` 5, at each connection count.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use super::loadgen::{self, IdentityKind, LoadgenArgs};
+use super::server::InProcessServer;
+use super::stats;
+use super::workload::{self, Identity, Rng, Walker};
+use super::{Outcome, Table, int, ms, round, server_config};
+use crate::api::ApiState;
+use crate::app::{Overrides, store_config};
+use crate::clock;
+use crate::config::BenchArgs;
+use crate::ingest::{Channel, Ingested, Source};
+use crate::session::model::SessionId;
+use crate::session::store::SessionStore;
+
+/// Run tag of the session ids this scenario loads.
+const RUN_TAG: u16 = 0x0a01;
+
+/// What was loaded before measuring.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Loaded {
+    pub sessions: u64,
+    pub frames: u64,
+    pub actions: u64,
+}
+
+pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
+    let sessions = args.sessions.first().copied().unwrap_or(10_000);
+    let window = args.duration.unwrap_or(Duration::from_secs(10));
+    let mut table = Table::new(
+        format!(
+            "retrieval: POST /retrieval, {} sessions loaded, top_k 5, {}s per level after {}s warm-up",
+            int(sessions),
+            window.as_secs(),
+            args.warmup.as_secs()
+        ),
+        &[
+            "backend",
+            "connections",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "errors",
+            "server CPU",
+            "loadgen CPU",
+            "other processes",
+        ],
+    );
+    let mut notes = Vec::new();
+    let mut results = Vec::new();
+    results.push(run_backend("memory", None, args, sessions, window, &mut table).await?);
+    match &args.redis_url {
+        Some(url) => {
+            let prefix = format!(
+                "livectx-bench-{}-{}:",
+                std::process::id(),
+                clock::now() as u64
+            );
+            let connection = crate::session::redis::connect(url)
+                .await
+                .context("cannot connect to LIVECTX_REDIS_URL")?;
+            // The plain Redis store (no outage buffer): what is measured is Redis itself.
+            let store: Arc<dyn SessionStore> = Arc::new(crate::session::redis::RedisStore::new(
+                connection,
+                prefix.clone(),
+                store_config(&server_config()),
+            ));
+            let outcome =
+                run_backend("redis", Some(store), args, sessions, window, &mut table).await;
+            let removed = delete_prefix(url, &prefix).await;
+            match removed {
+                Ok(n) => notes.push(format!(
+                    "Redis: deleted the {n} benchmark keys under {prefix}"
+                )),
+                Err(e) => notes.push(format!(
+                    "Redis: could not delete the benchmark keys under {prefix}: {e}"
+                )),
+            }
+            results.push(outcome?);
+        }
+        None => notes.push(
+            "LIVECTX_REDIS_URL is not set: only the in-memory backend was measured".to_string(),
+        ),
+    }
+    notes.push(
+        "each level ran --repeat times; the row is the run with the median req/s (range in brackets); \
+         \"other processes\" is the CPU the rest of the machine used meanwhile (other agents' builds and tests)"
+            .to_string(),
+    );
+    notes.push(
+        "req/s counts answered requests (200 with records) that started and finished inside the window; \
+         latency is measured by the load generator (a separate process) from send to the last body byte; \
+         server and load-generator CPU are shares of one core (200 % = both cores)"
+            .to_string(),
+    );
+    Ok(Outcome {
+        results: json!({ "sessions": sessions, "window_secs": window.as_secs_f64(), "backends": results }),
+        tables: vec![table],
+        notes,
+    })
+}
+
+/// One measured run of one connection level.
+struct LevelRun {
+    report: loadgen::LoadgenReport,
+    /// CPU used over the run's wall time, in cores (1.0 = one core busy).
+    server_cpu: f64,
+    loadgen_cpu: f64,
+    /// CPU every other process on the machine used meanwhile.
+    other_cpu: f64,
+}
+
+async fn measure_level(
+    server: &InProcessServer,
+    args: &BenchArgs,
+    sessions: u64,
+    window: Duration,
+    connections: usize,
+    repeat: u32,
+) -> anyhow::Result<LevelRun> {
+    let cpu_before = server.cpu_ns();
+    let busy_before = stats::machine_busy_ns().unwrap_or(0);
+    let own_before = stats::process_cpu_ns(std::process::id()).unwrap_or(0);
+    let wall = Instant::now();
+    let report = loadgen::spawn(&LoadgenArgs {
+        addr: server.addr,
+        connections,
+        warmup: args.warmup,
+        duration: window,
+        identities: sessions,
+        identity: IdentityKind::Session,
+        run_tag: RUN_TAG,
+        top_k: 5,
+        rate: 0.0,
+        interval: Duration::ZERO,
+        seed: connections as u64 * 10 + u64::from(repeat),
+    })
+    .await?;
+    let wall = wall.elapsed().as_secs_f64();
+    let busy = stats::machine_busy_ns()
+        .unwrap_or(0)
+        .saturating_sub(busy_before) as f64
+        / 1e9;
+    let own = stats::process_cpu_ns(std::process::id())
+        .unwrap_or(0)
+        .saturating_sub(own_before) as f64
+        / 1e9;
+    let server_cpu = server.cpu_ns().saturating_sub(cpu_before) as f64 / 1e9 / wall;
+    let loadgen_cpu = report.cpu_secs / wall;
+    // The load generator counts its own CPU from its start; it ran for about the whole wall
+    // time, so this is a close estimate of everything else.
+    let other_cpu = ((busy - own) / wall - loadgen_cpu).max(0.0);
+    Ok(LevelRun {
+        report,
+        server_cpu,
+        loadgen_cpu,
+        other_cpu,
+    })
+}
+
+async fn run_backend(
+    backend: &str,
+    store: Option<Arc<dyn SessionStore>>,
+    args: &BenchArgs,
+    sessions: u64,
+    window: Duration,
+    table: &mut Table,
+) -> anyhow::Result<Value> {
+    let overrides = Overrides {
+        store,
+        ..Overrides::default()
+    };
+    let server = InProcessServer::start(server_config(), overrides).await?;
+    eprintln!("[{backend}] loading {} sessions…", int(sessions));
+    let started = Instant::now();
+    let loaded = load_sessions(&server.state, RUN_TAG, sessions, clock::now()).await?;
+    let ids: Vec<SessionId> = (0..sessions)
+        .filter_map(|i| SessionId::parse(&workload::session_id(RUN_TAG, i)).ok())
+        .collect();
+    let threshold = server_config().summary_threshold as usize;
+    let settled =
+        super::summarize::wait_settled(&server.state, &ids, threshold, Duration::from_secs(300))
+            .await?;
+    let dataset = describe(&server.state, &ids).await?;
+    eprintln!(
+        "[{backend}] loaded in {:.1}s, summaries settled after {:.1}s: {dataset}",
+        started.elapsed().as_secs_f64(),
+        settled.as_secs_f64()
+    );
+    let mut levels = Vec::new();
+    for &connections in &args.connections {
+        let mut runs = Vec::new();
+        for repeat in 0..args.repeat {
+            let run = measure_level(&server, args, sessions, window, connections, repeat).await?;
+            eprintln!(
+                "[{backend}] {connections:>3} connections: {:.0} req/s, p50 {} ms, p99 {} ms (other processes: {:.0} % CPU)",
+                run.report.requests_per_sec,
+                ms(run.report.latency.p50_us),
+                ms(run.report.latency.p99_us),
+                run.other_cpu * 100.0
+            );
+            runs.push(run);
+        }
+        runs.sort_by(|a, b| {
+            a.report
+                .requests_per_sec
+                .total_cmp(&b.report.requests_per_sec)
+        });
+        let median = &runs[runs.len() / 2];
+        let l = &median.report.latency;
+        let range = if runs.len() > 1 {
+            format!(
+                " ({}–{})",
+                int(runs[0].report.requests_per_sec.round() as u64),
+                int(runs[runs.len() - 1].report.requests_per_sec.round() as u64)
+            )
+        } else {
+            String::new()
+        };
+        table.row(vec![
+            backend.to_string(),
+            connections.to_string(),
+            format!(
+                "{}{range}",
+                int(median.report.requests_per_sec.round() as u64)
+            ),
+            ms(l.p50_us),
+            ms(l.p99_us),
+            ms(l.p999_us),
+            ms(l.max_us),
+            format!("{} + {} empty", median.report.errors, median.report.empty),
+            format!("{:.0} %", median.server_cpu * 100.0),
+            format!("{:.0} %", median.loadgen_cpu * 100.0),
+            format!("{:.0} %", median.other_cpu * 100.0),
+        ]);
+        levels.push(json!({
+            "connections": connections,
+            "median_run": runs.len() / 2,
+            "runs": runs.iter().map(|r| json!({
+                "report": r.report,
+                "server_cpu_share": round(r.server_cpu, 3),
+                "loadgen_cpu_share": round(r.loadgen_cpu, 3),
+                "other_processes_cpu_share": round(r.other_cpu, 3),
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    server.stop().await;
+    Ok(json!({
+        "backend": backend,
+        "loaded": {"sessions": loaded.sessions, "frames": loaded.frames, "actions": loaded.actions},
+        "dataset": dataset,
+        "summaries_settled_secs": round(settled.as_secs_f64(), 2),
+        "levels": levels,
+    }))
+}
+
+/// Load `count` realistic sessions through the real ingestion path: 14–26 actions each (20 on
+/// average) in 3–5 batches, an email and a user id, last active within the past 30 minutes
+/// (a third within the activity window). Sessions reaching the summary threshold get
+/// summarised in the background, as in production.
+pub async fn load_sessions(
+    state: &ApiState,
+    run: u16,
+    count: u64,
+    now: f64,
+) -> anyhow::Result<Loaded> {
+    let totals = std::sync::Mutex::new(Loaded::default());
+    let failures = std::sync::atomic::AtomicU64::new(0);
+    futures_util::stream::iter(0..count)
+        .for_each_concurrent(64, |i| {
+            let totals = &totals;
+            let failures = &failures;
+            async move {
+                let mut rng = Rng::new(u64::from(run) << 48 | i);
+                let actions = 14 + rng.below(13) as usize;
+                let batches = 3 + rng.below(3) as usize;
+                let idle = if rng.chance(0.33) {
+                    rng.below(100) as f64
+                } else {
+                    rng.below(1800) as f64
+                };
+                let gap = 8.0;
+                let mut walker = Walker::new(i, now - idle - actions as f64 * gap);
+                let who = Identity::new(run, i, i);
+                let mut index = 0i64;
+                let mut json = String::with_capacity(4096);
+                for b in 0..batches {
+                    let take = actions / batches + usize::from(b < actions % batches);
+                    let batch: Vec<_> = (0..take).map(|_| walker.next_action(gap)).collect();
+                    json.clear();
+                    workload::write_payload_from(&mut json, &who, &batch, index, walker.clock());
+                    index += take as i64;
+                    let outcome = state
+                        .ingestor
+                        .ingest_json(
+                            Source::Sse,
+                            json.as_bytes(),
+                            Channel {
+                                product_id: Some(workload::PRODUCT),
+                                fence: None,
+                            },
+                        )
+                        .await;
+                    if outcome != Ingested::Stored {
+                        failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                let mut t = totals
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                t.sessions += 1;
+                t.frames += batches as u64;
+                t.actions += actions as u64;
+            }
+        })
+        .await;
+    let failed = failures.load(std::sync::atomic::Ordering::Relaxed);
+    anyhow::ensure!(failed == 0, "{failed} frames were not stored while loading");
+    Ok(totals
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
+/// What the loaded sessions look like after summarization (for the record).
+async fn describe(state: &ApiState, ids: &[SessionId]) -> anyhow::Result<Value> {
+    let now = clock::now();
+    let (mut present, mut chunks, mut raw, mut summarized) = (0u64, 0u64, 0u64, 0u64);
+    for id in ids {
+        if let Some(session) = state.store.session(id, now).await? {
+            present += 1;
+            chunks += session.chunks.len() as u64;
+            raw += session.raw_actions as u64;
+            summarized += u64::from(session.summary.is_some());
+        }
+    }
+    let per = |n: u64| round(n as f64 / present.max(1) as f64, 2);
+    Ok(json!({
+        "sessions_present": present,
+        "raw_chunks_per_session": per(chunks),
+        "raw_actions_per_session": per(raw),
+        "share_with_summary": per(summarized),
+    }))
+}
+
+/// Delete every key under `prefix` (SCAN + UNLINK; never FLUSHDB). Returns how many.
+async fn delete_prefix(url: &str, prefix: &str) -> anyhow::Result<u64> {
+    let client = redis::Client::open(url)?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    let pattern = format!("{prefix}*");
+    let mut cursor: u64 = 0;
+    let mut removed = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut connection)
+            .await?;
+        if !keys.is_empty() {
+            let n: u64 = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut connection)
+                .await?;
+            removed += n;
+        }
+        if next == 0 {
+            return Ok(removed);
+        }
+        cursor = next;
+    }
+}
