@@ -287,7 +287,7 @@ async fn chaos_loses_nothing_well_formed_and_counts_everything_refused() {
             let raw = s
                 .chunks
                 .iter()
-                .any(|c| c.seq == seq && c.actions.iter().any(|a| &*a.title == title));
+                .any(|c| c.seq == seq && c.actions.iter().any(|a| a.title() == title));
             assert!(
                 raw || seq <= covered,
                 "{session}: {title} (batch {seq}) lost"

@@ -25,7 +25,7 @@ async fn titles(app: &TestApp, session: &str) -> Vec<String> {
         .await
         .unwrap()
     {
-        Some(s) => s.raw_action_iter().map(|a| a.title.to_string()).collect(),
+        Some(s) => s.raw_action_iter().map(|a| a.title().to_string()).collect(),
         None => Vec::new(),
     }
 }

@@ -151,7 +151,7 @@ async fn stored_titles(store: &dyn SessionStore, id: &str) -> Vec<String> {
     match store.session(&id, livectx::clock::now()).await.unwrap() {
         Some(session) => session
             .raw_action_iter()
-            .map(|a| a.title.to_string())
+            .map(|a| a.title().to_string())
             .collect(),
         None => Vec::new(),
     }

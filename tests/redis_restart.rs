@@ -45,7 +45,7 @@ async fn stored(server: &RedisServer) -> Vec<String> {
     match store.session(&id, livectx::clock::now()).await {
         Ok(Some(session)) => session
             .raw_action_iter()
-            .map(|a| a.title.to_string())
+            .map(|a| a.title().to_string())
             .collect(),
         _ => Vec::new(),
     }

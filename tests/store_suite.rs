@@ -58,7 +58,7 @@ fn click(title: &str, ts: f64) -> livectx::session::Action {
 fn titles(session: &livectx::session::Session) -> Vec<String> {
     session
         .raw_action_iter()
-        .map(|a| a.title.to_string())
+        .map(|a| a.title().to_string())
         .collect()
 }
 

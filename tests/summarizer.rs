@@ -85,7 +85,7 @@ impl Harness {
     async fn assert_nothing_lost(&self, text_too: bool) {
         for (session, delivered) in &self.delivered {
             let s = self.session(session).await.expect("session exists");
-            let raw: Vec<&str> = s.raw_action_iter().map(|a| &*a.title).collect();
+            let raw: Vec<&str> = s.raw_action_iter().map(|a| a.title()).collect();
             let covered = s.summary.as_ref().map_or(0, |x| x.covers_through_seq);
             let text = s.summary.as_ref().map_or("", |x| x.text.as_str());
             for (seq, title) in delivered {
@@ -100,7 +100,7 @@ impl Harness {
             }
             let newest = &delivered.last().unwrap().1;
             assert!(
-                s.recent_action_iter().any(|a| &*a.title == newest),
+                s.recent_action_iter().any(|a| a.title() == newest),
                 "{session}: newest action {newest} missing from the activity view"
             );
         }

@@ -3,8 +3,8 @@
 //! the newest action is always in the activity view.
 
 use livectx::session::model::{
-    Action, ActionBatch, Session, SessionId, SessionLimits, SummaryApplied, SummaryDraft,
-    SummaryJob, SummarySource,
+    Action, ActionBatch, ActionParts, Session, SessionId, SessionLimits, SummaryApplied,
+    SummaryDraft, SummaryJob, SummarySource,
 };
 use proptest::prelude::*;
 
@@ -33,17 +33,17 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn action(n: usize) -> Action {
-    Action {
+    Action::new(ActionParts {
         index: Some(n as i64),
         kind: "click".into(),
-        title: format!("A{n}").into(),
+        title: format!("A{n}"),
         description: "".into(),
         timestamp_start: Some(n as f64),
         timestamp_end: Some(n as f64),
         raw_url: None,
         canonical_url: "/p".into(),
         identity: None,
-    }
+    })
 }
 
 proptest! {
@@ -86,7 +86,7 @@ proptest! {
                         let mut text = job.previous.as_ref().map(|s| s.text.clone()).unwrap_or_default();
                         for chunk in &job.chunks {
                             for a in chunk.actions.iter() {
-                                text.push_str(&format!(" <{}>", a.title));
+                                text.push_str(&format!(" <{}>", a.title()));
                             }
                         }
                         let draft = SummaryDraft { text, source: SummarySource::Llm, digest: None };
@@ -115,7 +115,7 @@ proptest! {
             prop_assert!(covered <= session.last_seq(), "a summary claims chunks never delivered");
             let text = session.summary.as_ref().map_or("", |s| s.text.as_str());
             for (seq, a) in &delivered {
-                let raw = session.chunks.iter().any(|c| c.seq == *seq && c.actions.iter().any(|x| *x.title == *format!("A{a}")));
+                let raw = session.chunks.iter().any(|c| c.seq == *seq && c.actions.iter().any(|x| x.title() == format!("A{a}")));
                 prop_assert!(raw || *seq <= covered, "action A{} (chunk {}) lost; covered through {}", a, seq, covered);
                 if !raw && only_llm {
                     prop_assert!(text.contains(&format!("<A{a}>")), "A{} is covered but not in the summary: {}", a, text);
@@ -123,7 +123,7 @@ proptest! {
             }
             if let Some((_, newest)) = delivered.last() {
                 let title = format!("A{newest}");
-                prop_assert!(session.recent_action_iter().any(|x| *x.title == *title), "newest action {} not in the activity view", title);
+                prop_assert!(session.recent_action_iter().any(|x| x.title() == title), "newest action {} not in the activity view", title);
             }
         }
     }

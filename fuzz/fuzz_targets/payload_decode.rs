@@ -30,9 +30,9 @@ fuzz_target!(|input: &[u8]| {
     match payload {
         Payload::Actions(actions) => {
             for action in &actions.actions {
-                assert!(action.title.chars().count() <= 501, "title not cut");
+                assert!(action.title().chars().count() <= 501, "title not cut");
                 assert!(
-                    action.description.chars().count() <= 2001,
+                    action.description().chars().count() <= 2001,
                     "description not cut"
                 );
             }

@@ -15,7 +15,7 @@ use livectx::api::records::session_records;
 use livectx::api::retrieval::{
     MAX_TOP_K, ParsedRequest, QueryIdentity, parse_request, split_query,
 };
-use livectx::session::model::{Action, ActionBatch, Session, SessionId, SessionLimits};
+use livectx::session::model::{Action, ActionParts, ActionBatch, Session, SessionId, SessionLimits};
 use serde_json::{Map, Value, json};
 
 const NOW: f64 = 1_785_333_700.0;
@@ -115,7 +115,7 @@ fn negation(operator: &str) -> Option<&'static str> {
 fn sample_metadata() -> Vec<Map<String, Value>> {
     let id = SessionId::parse("01983f2a-6b1c-7d40-9e2f-5a7b3c9d1e84").expect("valid id");
     let mut session = Session::new(id.clone(), NOW - 100.0);
-    let action = |title: &str, ts: f64| Action {
+    let action = |title: &str, ts: f64| Action::new(ActionParts {
         index: None,
         kind: "click".into(),
         title: title.into(),
@@ -125,7 +125,7 @@ fn sample_metadata() -> Vec<Map<String, Value>> {
         raw_url: None,
         canonical_url: "https://app.acme.io/projects/:id".into(),
         identity: None,
-    };
+    });
     for i in 0..3 {
         let batch = ActionBatch {
             session_id: id.clone(),

@@ -84,19 +84,19 @@ impl LiveAction {
     /// The wire form of a stored action. Stored actions keep only the identity fields that
     /// differ from their batch, so the rest is taken from the session.
     pub fn of(action: &Action, session: &Session) -> Self {
-        let identity = action.identity.as_deref();
+        let identity = action.identity();
         let own = |field: Option<&str>, session_value: &Option<String>| {
             field.map(str::to_string).or_else(|| session_value.clone())
         };
         Self {
-            index: action.index,
-            kind: action.kind.to_string(),
-            title: action.title.to_string(),
-            description: action.description.to_string(),
-            timestamp_start: action.timestamp_start,
-            timestamp_end: action.timestamp_end,
+            index: action.index(),
+            kind: action.kind().to_string(),
+            title: action.title().to_string(),
+            description: action.description().to_string(),
+            timestamp_start: action.timestamp_start(),
+            timestamp_end: action.timestamp_end(),
             raw_url: action.raw_url().to_string(),
-            canonical_url: action.canonical_url.to_string(),
+            canonical_url: action.canonical_url().to_string(),
             session_id: session.id.to_string(),
             user_id: own(
                 identity.and_then(|i| i.user_id.as_deref()),
@@ -440,12 +440,13 @@ mod tests {
     fn actions_come_oldest_first_with_identity_filled_from_the_session() {
         let mut session = Session::new(SessionId::parse("s1").unwrap(), 0.0);
         let limits = SessionLimits { max_chunks: 50 };
-        let mut other = action("click", "B", "/b", 2.0);
+        let mut other = action("click", "B", "/b", 2.0).parts();
         other.identity = Some(Box::new(ActionIdentity {
             email: Some("other@example.com".into()),
             ..ActionIdentity::default()
         }));
         other.raw_url = Some("/b?x=1".into());
+        let other = Action::new(other);
         session.append(
             batch("s1", vec![action("pageview", "A", "/a", 1.0), other]),
             1.0,

@@ -84,11 +84,11 @@ pub async fn child(args: MemoryArgs) -> anyhow::Result<()> {
             let batch = workload::batch(&who, &actions, index).context("bad session id")?;
             index += take as i64;
             for a in &batch.actions {
-                text_bytes += (a.kind.len()
-                    + a.title.len()
-                    + a.description.len()
-                    + a.canonical_url.len()
-                    + a.raw_url.as_ref().map_or(0, |u| u.len()))
+                text_bytes += (a.kind().len()
+                    + a.title().len()
+                    + a.description().len()
+                    + a.canonical_url().len()
+                    + a.raw_url_if_different().map_or(0, str::len))
                     as u64;
             }
             store.append_actions(batch, now, None).await?;

@@ -177,7 +177,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
         let in_raw = session
             .chunks
             .iter()
-            .any(|c| c.seq == newest_seq && c.actions.iter().any(|a| *a.title == *title));
+            .any(|c| c.seq == newest_seq && c.actions.iter().any(|a| a.title() == title));
         let covered = session
             .summary
             .as_ref()

@@ -9,7 +9,7 @@
 
 use std::fmt::Write;
 
-use crate::session::model::{Action, ActionBatch, SessionId};
+use crate::session::model::{Action, ActionBatch, ActionParts, SessionId};
 
 /// The product every synthetic payload belongs to (and the `knowledge_id` queries use).
 pub const PRODUCT: &str = "bench_prod";
@@ -186,19 +186,17 @@ impl SynthAction {
     /// The action as the store holds it (what decoding the frame would give).
     pub fn to_action(&self, index: i64) -> Action {
         let canonical = self.canonical_url();
-        Action {
+        Action::new(ActionParts {
             index: Some(index),
             kind: self.kind.into(),
             title: self.title.as_str().into(),
             description: self.description.as_str().into(),
             timestamp_start: Some(self.start),
             timestamp_end: Some(self.end),
-            raw_url: self
-                .query
-                .map(|q| format!("{canonical}{q}").into_boxed_str()),
-            canonical_url: canonical.into_boxed_str(),
+            raw_url: self.query.map(|q| format!("{canonical}{q}")),
+            canonical_url: canonical,
             identity: None,
-        }
+        })
     }
 }
 
@@ -430,11 +428,11 @@ mod tests {
         assert_eq!(decoded.email, direct.email);
         assert_eq!(decoded.actions.len(), 6);
         for (d, b) in decoded.actions.iter().zip(&direct.actions) {
-            assert_eq!(d.title, b.title);
-            assert_eq!(d.canonical_url, b.canonical_url);
-            assert_eq!(d.raw_url, b.raw_url);
+            assert_eq!(d.title(), b.title());
+            assert_eq!(d.canonical_url(), b.canonical_url());
+            assert_eq!(d.raw_url(), b.raw_url());
             // The wire carries milliseconds.
-            let (d, b) = (d.timestamp_start.unwrap(), b.timestamp_start.unwrap());
+            let (d, b) = (d.timestamp_start().unwrap(), b.timestamp_start().unwrap());
             assert!((d - b).abs() < 0.001, "{d} vs {b}");
         }
     }

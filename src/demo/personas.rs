@@ -1677,12 +1677,12 @@ mod tests {
         let maria = &cast(9, DEFAULT_PRODUCT)[1];
         let (session, _, now) = replay(maria, 9, 150.0);
         let actions: Vec<_> = session.raw_action_iter().collect();
-        assert!(actions.iter().any(|a| &*a.title == "Click Cancel button"));
-        assert!(actions.iter().all(|a| &*a.kind != "submit"));
+        assert!(actions.iter().any(|a| a.title() == "Click Cancel button"));
+        assert!(actions.iter().all(|a| a.kind() != "submit"));
         assert!(
             actions
                 .iter()
-                .any(|a| &*a.canonical_url == "https://app.acme.io/projects/new")
+                .any(|a| a.canonical_url() == "https://app.acme.io/projects/new")
         );
         let text = render_activity(&session, now, 600.0);
         assert!(

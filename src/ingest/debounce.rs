@@ -142,7 +142,7 @@ mod tests {
         assert!(d.take_due(start, false).is_empty());
         let due = d.take_due(start + Duration::from_millis(150), false);
         assert_eq!(due.len(), 1);
-        let titles: Vec<&str> = due[0].0.actions.iter().map(|a| &*a.title).collect();
+        let titles: Vec<&str> = due[0].0.actions.iter().map(|a| a.title()).collect();
         assert_eq!(titles, ["A", "B"]);
         assert!(d.is_empty());
     }

@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::session::model::{
-    Action, ActionBatch, ActionIdentity, InvalidId, MAX_ID_LEN, MAX_SUMMARY_CHARS, SessionId,
+    Action, ActionBatch, ActionIdentity, ActionParts, InvalidId, MAX_ID_LEN, MAX_SUMMARY_CHARS,
+    SessionId,
 };
 
 /// Longest kept title; longer ones are cut (the rest adds nothing a chatbot can use).
@@ -299,8 +300,7 @@ impl RawAction {
         let raw_url = self
             .raw_url
             .map(|u| cut(u, MAX_TEXT_CHARS))
-            .filter(|u| *u != canonical)
-            .map(String::into_boxed_str);
+            .filter(|u| *u != canonical);
         let differs = |own: &Option<String>, env: Option<&str>| {
             own.as_deref().is_some_and(|v| Some(v) != env)
         };
@@ -320,17 +320,17 @@ impl RawAction {
         } else {
             None
         };
-        Action {
+        Action::new(ActionParts {
             index: self.index,
-            kind: kind.into_boxed_str(),
-            title: cut(self.title.unwrap_or_default(), MAX_TITLE_CHARS).into_boxed_str(),
-            description: cut(self.description.unwrap_or_default(), MAX_TEXT_CHARS).into_boxed_str(),
+            kind,
+            title: cut(self.title.unwrap_or_default(), MAX_TITLE_CHARS),
+            description: cut(self.description.unwrap_or_default(), MAX_TEXT_CHARS),
             timestamp_start: self.timestamp_start.filter(plausible_time),
             timestamp_end: self.timestamp_end.filter(plausible_time),
             raw_url,
-            canonical_url: canonical.into_boxed_str(),
+            canonical_url: canonical,
             identity,
-        }
+        })
     }
 }
 
@@ -595,11 +595,12 @@ mod tests {
         assert_eq!(p.actions.len(), 1);
         assert_eq!(p.skipped_actions, 1);
         let a = &p.actions[0];
-        assert_eq!(&*a.kind, "click");
-        assert_eq!(a.timestamp_end, Some(1785333602.5));
-        assert_eq!(a.raw_url.as_deref(), Some("https://a/x?q=1"));
+        assert_eq!(a.kind(), "click");
+        assert_eq!(a.timestamp_end(), Some(1785333602.5));
+        assert_eq!(a.raw_url_if_different(), Some("https://a/x?q=1"));
         assert_eq!(
-            a.identity, None,
+            a.identity(),
+            None,
             "same user as the envelope is not stored twice"
         );
     }
@@ -611,7 +612,7 @@ mod tests {
             panic!()
         };
         assert!(!p.email_present);
-        assert_eq!(&*p.actions[0].kind, "action");
+        assert_eq!(p.actions[0].kind(), "action");
         assert_eq!(p.actions[0].raw_url(), "/c");
     }
 
@@ -638,10 +639,10 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (p.actions[0].timestamp_start, p.actions[0].timestamp_end),
+            (p.actions[0].timestamp_start(), p.actions[0].timestamp_end()),
             (None, None)
         );
-        assert_eq!(p.actions[1].timestamp_start, Some(1785333602.1));
+        assert_eq!(p.actions[1].timestamp_start(), Some(1785333602.1));
     }
 
     #[test]
@@ -661,7 +662,7 @@ mod tests {
             panic!()
         };
         assert!(p.email.unwrap().chars().count() <= MAX_ID_LEN + 1);
-        let identity = p.actions[0].identity.as_ref().unwrap();
+        let identity = p.actions[0].identity().unwrap();
         assert!(identity.conversation_id.as_ref().unwrap().chars().count() <= MAX_ID_LEN + 1);
     }
 

@@ -148,10 +148,10 @@ impl PageWalk {
             }
             let current_label = current.as_ref().map_or("", |(_, label)| label.as_str());
             if action.is_click_or_submit() {
-                if &*action.kind == "submit" {
+                if action.kind() == "submit" {
                     walk.submits += 1;
                 }
-                let verb = if &*action.kind == "submit" {
+                let verb = if action.kind() == "submit" {
                     "submitted"
                 } else {
                     "clicked"
@@ -163,7 +163,7 @@ impl PageWalk {
                     .unwrap_or_default();
                 walk.key_actions.push(format!(
                     "{when}{verb} \"{}\" on {current_label}",
-                    action.title.trim()
+                    action.title().trim()
                 ));
             }
         }

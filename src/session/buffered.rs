@@ -591,7 +591,7 @@ mod tests {
     fn titles(session: &Session) -> Vec<String> {
         session
             .raw_action_iter()
-            .map(|a| a.title.to_string())
+            .map(|a| a.title().to_string())
             .collect()
     }
 

@@ -290,7 +290,7 @@ mod tests {
             .await
             .unwrap()
             .expect("restored");
-        assert_eq!(keep.raw_action_iter().next().unwrap().title.as_ref(), "A");
+        assert_eq!(keep.raw_action_iter().next().unwrap().title(), "A");
         assert!(
             store
                 .session(&SessionId::parse("old").unwrap(), 1050.0)

@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use livectx::api::ApiState;
-use livectx::session::model::{Action, ActionBatch, SessionId};
+use livectx::session::model::{Action, ActionBatch, ActionParts, SessionId};
 use livectx::{Application, Overrides, ServeConfig};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -152,17 +152,17 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
 
 /// One action at time `ts`.
 pub fn action(kind: &str, title: &str, url: &str, ts: f64) -> Action {
-    Action {
+    Action::new(ActionParts {
         index: None,
         kind: kind.into(),
         title: title.into(),
-        description: format!("User {kind} {title}").into(),
+        description: format!("User {kind} {title}"),
         timestamp_start: Some(ts),
         timestamp_end: Some(ts),
         raw_url: None,
         canonical_url: url.into(),
         identity: None,
-    }
+    })
 }
 
 /// A batch for `session` with optional email and user id.

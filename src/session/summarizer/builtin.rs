@@ -96,21 +96,21 @@ impl Digest {
             .current_page
             .as_ref()
             .map_or_else(String::new, |(label, _)| label.clone());
-        match &*action.kind {
+        match action.kind() {
             "click" => self.push_key_action(format!(
                 "clicked \"{}\" on {page}",
-                object_of(&action.title)
+                object_of(action.title())
             )),
             "submit" => {
                 self.push_key_action(format!(
                     "submitted \"{}\" on {page}",
-                    object_of(&action.title)
+                    object_of(action.title())
                 ));
                 self.open_form = None;
                 push_capped(&mut self.forms_submitted, page);
             }
             "type" | "input" | "change" => {
-                let field = object_of(&action.title);
+                let field = object_of(action.title());
                 if self.open_form.is_none() {
                     self.push_key_action(format!("typed in \"{field}\" on {page}"));
                 }
