@@ -15,11 +15,13 @@ use livectx::session::store::{
     Fence, SessionPage, SessionStore, StoreConfig, StoreError, StoreStats, StoredBatch,
 };
 
-/// A [`MemoryStore`] with configurable latency on appends and a switchable outage.
+/// A [`MemoryStore`] with configurable latency on appends, a switchable outage, and a
+/// lost acknowledgement (the write lands, the caller sees an outage).
 pub struct FaultyStore {
     inner: MemoryStore,
     append_delay: Duration,
     down: AtomicBool,
+    lose_next_ack: AtomicBool,
 }
 
 impl FaultyStore {
@@ -29,7 +31,24 @@ impl FaultyStore {
             inner: MemoryStore::new(config),
             append_delay: delay,
             down: AtomicBool::new(false),
+            lose_next_ack: AtomicBool::new(false),
         })
+    }
+
+    /// Healthy until switched with [`FaultyStore::set_down`].
+    pub fn healthy(config: StoreConfig) -> Arc<Self> {
+        Self::slow_appends(config, Duration::ZERO)
+    }
+
+    /// Start or end an outage.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// The next append is stored, but answers as if the backend were unreachable (a response
+    /// lost after the commit).
+    pub fn lose_next_ack(&self) {
+        self.lose_next_ack.store(true, Ordering::SeqCst);
     }
 
     /// Every operation fails as unavailable.
@@ -38,6 +57,7 @@ impl FaultyStore {
             inner: MemoryStore::new(config),
             append_delay: Duration::ZERO,
             down: AtomicBool::new(true),
+            lose_next_ack: AtomicBool::new(false),
         })
     }
 
@@ -63,7 +83,11 @@ impl SessionStore for FaultyStore {
     ) -> Result<StoredBatch, StoreError> {
         self.check()?;
         tokio::time::sleep(self.append_delay).await;
-        self.inner.append_actions(batch, now, fence).await
+        let stored = self.inner.append_actions(batch, now, fence).await?;
+        if self.lose_next_ack.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("test: response lost".into()));
+        }
+        Ok(stored)
     }
     async fn apply_connector_summary(
         &self,
