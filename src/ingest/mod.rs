@@ -13,7 +13,7 @@ use crate::clock;
 use crate::session::model::{ActionBatch, Gap, SessionId};
 use crate::session::store::{Fence, SessionStore, StoreError};
 use crate::session::summarizer::Summarizer;
-use crate::telemetry::{LogThrottle, Metrics, PayloadLabels, Person};
+use crate::telemetry::{LogThrottle, Metrics, PayloadLabels};
 use debounce::Debouncer;
 use payload::Payload;
 
@@ -262,9 +262,6 @@ impl Ingestor {
     async fn append(&self, batch: ActionBatch, fence: Option<&Fence>) -> Ingested {
         let id = batch.session_id.clone();
         let actions = batch.actions.len() as u64;
-        if let Some(email) = batch.email.as_deref() {
-            tracing::trace!(session = %id, person = %Person(email), actions, "storing batch");
-        }
         match self.store.append_actions(batch, clock::now(), fence).await {
             Ok(stored) => {
                 let m = &self.metrics;

@@ -794,11 +794,6 @@ impl Session {
             .map(|c| c.seq)
     }
 
-    /// Unsummarised raw actions.
-    pub fn unsummarized_actions(&self) -> usize {
-        self.raw_actions
-    }
-
     /// Newest chunk sequence number, 0 when none was ever stored.
     pub fn last_seq(&self) -> u64 {
         self.next_seq.saturating_sub(1)
