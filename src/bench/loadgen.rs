@@ -330,16 +330,5 @@ pub async fn spawn(args: &LoadgenArgs) -> anyhow::Result<LoadgenReport> {
         .context("cannot start the load generator")?
         .wait_with_output()
         .await?;
-    anyhow::ensure!(
-        output.status.success(),
-        "the load generator failed ({})",
-        output.status
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .context("the load generator printed no report")?;
-    serde_json::from_str(line).context("the load generator's report is unreadable")
+    super::child_report(&output, "the load generator")
 }

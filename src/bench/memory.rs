@@ -137,18 +137,7 @@ async fn spawn(sessions: u64) -> anyhow::Result<MemoryReport> {
         .kill_on_drop(true)
         .output()
         .await?;
-    anyhow::ensure!(
-        output.status.success(),
-        "the memory child failed ({})",
-        output.status
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .context("the memory child printed no report")?;
-    Ok(serde_json::from_str(line)?)
+    super::child_report(&output, "the memory child")
 }
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {

@@ -203,6 +203,23 @@ pub fn server_config() -> ServeConfig {
     }
 }
 
+/// The JSON report a benchmark child process printed last on its stdout (`what` names the
+/// child in errors).
+pub fn child_report<T: serde::de::DeserializeOwned>(
+    output: &std::process::Output,
+    what: &str,
+) -> anyhow::Result<T> {
+    use anyhow::Context;
+    anyhow::ensure!(output.status.success(), "{what} failed ({})", output.status);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| format!("{what} printed no report"))?;
+    serde_json::from_str(line).with_context(|| format!("the report of {what} is unreadable"))
+}
+
 /// Round to `digits` decimals (for JSON that people read).
 pub fn round(value: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
