@@ -16,6 +16,7 @@
 //! - [`app`]: builds every part from the configuration, binds, runs, shuts down in order.
 //! - [`ingest`]: the SSE parser and stream consumer, the webhook receiver, and the payload
 //!   handling both share (lenient decoding, debounce, never pooling anonymous traffic).
+//! - [`sources`]: each analytics tool's wire format turned into named actions of the common model.
 //! - [`session`]: the per-session model and its rules (chunks, rolling summary, bounds), the
 //!   storage trait with its in-memory and Redis backends (and the buffer that carries ingestion
 //!   through a Redis outage), the "Current User Activity" view, and the background summarizer
@@ -44,6 +45,7 @@ pub mod config;
 pub mod demo;
 pub mod ingest;
 pub mod session;
+pub mod sources;
 pub mod sync;
 pub mod telemetry;
 

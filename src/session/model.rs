@@ -451,6 +451,29 @@ pub struct Chunk {
     pub last_ts: f64,
 }
 
+/// Where a session's activity comes from: shown by the operator console, and a metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    PostHog,
+    Amplitude,
+    Segment,
+    AutoplayStream,
+    AutoplayWebhook,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PostHog => "posthog",
+            Self::Amplitude => "amplitude",
+            Self::Segment => "segment",
+            Self::AutoplayStream => "autoplay_stream",
+            Self::AutoplayWebhook => "autoplay_webhook",
+        }
+    }
+}
+
 /// Which summarizer wrote a summary; shown in record metadata as `summarizer`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
