@@ -3,6 +3,7 @@
 
 pub mod debounce;
 pub mod payload;
+pub mod pull;
 pub mod sse;
 pub mod webhook;
 
@@ -256,6 +257,12 @@ impl Ingestor {
             return Ingested::Stored;
         }
         self.append(batch, fence).await
+    }
+
+    /// Store one batch now, past the debounce: a pulled batch must be in the store before the
+    /// lookup that fetched it answers.
+    pub async fn append_now(&self, batch: ActionBatch) -> Ingested {
+        self.append(batch, None).await
     }
 
     /// Write one batch to the store now.
