@@ -22,7 +22,7 @@ use livectx::api::filter::MetadataCondition;
 use livectx::api::retrieval::answer_body;
 use livectx::bench::workload::{self, Identity, Walker};
 use livectx::demo::personas::{self, Journey, Timebase};
-use livectx::ingest::payload::{self, Payload};
+use livectx::sources::autoplay::payload::{self, Payload};
 use livectx::ingest::sse::{SseItem, SseParser};
 use livectx::session::model::{
     Action, ActionBatch, ActionParts, Gap, Session, SessionId, SessionLimits,

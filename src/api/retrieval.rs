@@ -218,6 +218,7 @@ pub async fn resolve_request<'q>(
         store: state.store.as_ref(),
         policy: &state.identity,
         metrics: &state.metrics,
+        puller: state.puller.as_deref(),
     };
     let knowledge_id = request.knowledge_id.trim();
     let product = if !knowledge_id.is_empty() && state.store.has_product(knowledge_id).await? {

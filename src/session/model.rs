@@ -675,6 +675,10 @@ pub struct Session {
     pub summary_claim_until: f64,
     #[serde(default)]
     pub summary_claim_token: u64,
+    /// Set only on a snapshot answered while the upstream pull API could not be read (see
+    /// [`crate::session::pull`]): the activity is as of this time. Never stored.
+    #[serde(skip)]
+    pub stale_as_of: Option<f64>,
 }
 
 impl Session {
@@ -700,6 +704,7 @@ impl Session {
             version: 0,
             summary_claim_until: 0.0,
             summary_claim_token: 0,
+            stale_as_of: None,
         }
     }
 

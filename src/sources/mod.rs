@@ -6,6 +6,7 @@
 //! deduplicate, group and store them.
 
 pub mod autoplay;
+pub mod autoplay_api;
 
 use crate::session::model::{Action, SourceKind};
 
