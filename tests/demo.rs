@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::{TestApp, eventually, metric, test_config};
 use futures_util::StreamExt;
-use livectx::config::SimulateConfig;
+use livectx::demo::SimulateConfig;
 use livectx::demo::simulator::{HEARTBEAT_FRAME, Simulator};
 use livectx::ingest::payload::{self, Payload};
 use livectx::ingest::sse::parser::{SseItem, SseParser};

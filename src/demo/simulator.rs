@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
-use crate::config::SimulateConfig;
+use crate::demo::config::SimulateConfig;
 use crate::demo::personas::{self, Emission, Journey, PageRef, Persona, Timebase};
 use crate::ingest::webhook;
 
