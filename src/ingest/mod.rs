@@ -2,7 +2,6 @@
 //! and the payload handling both share ([`Ingestor`]).
 
 pub mod debounce;
-pub mod payload;
 pub mod pull;
 pub mod sse;
 pub mod webhook;
@@ -14,9 +13,9 @@ use crate::clock;
 use crate::session::model::{ActionBatch, Gap, SessionId};
 use crate::session::store::{Fence, SessionStore, StoreError};
 use crate::session::summarizer::Summarizer;
+use crate::sources::autoplay::payload::{self, Payload};
 use crate::telemetry::{LogThrottle, Metrics, PayloadLabels};
 use debounce::Debouncer;
-use payload::Payload;
 
 /// Where a payload came from (a metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
