@@ -12,9 +12,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::auth::ApiKeys;
 use crate::api::identity::{IdentityPolicy, IdentitySigner};
-use crate::api::limits::RateLimiter;
 use crate::api::mcp::McpSettings;
 use crate::api::{self, ApiContext, ApiState};
 use crate::clock;
@@ -32,6 +30,8 @@ use crate::session::redis::{self as redis_store, RedisStore};
 use crate::session::store::{SessionStore, StoreConfig};
 use crate::session::summarizer::{LlmConfig, Summarizer, SummarizerConfig};
 use crate::telemetry::Metrics;
+use crate::web::auth::ApiKeys;
+use crate::web::limits::RateLimiter;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

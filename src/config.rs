@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::api::limits::RateLimitConfig;
 use crate::clock::parse_duration;
 use crate::telemetry::LogFormat;
+use crate::web::limits::RateLimitConfig;
 
 /// livectx — live, per-session user activity for support chatbots (Dify External Knowledge
 /// API), fed by Autoplay's event stream or webhooks.

@@ -48,6 +48,7 @@ pub mod session;
 pub mod sources;
 pub mod sync;
 pub mod telemetry;
+pub mod web;
 
 pub use app::{Application, Overrides, StartupError};
 pub use config::ServeConfig;

@@ -3,11 +3,8 @@
 //! OpenAPI document of them all (`/openapi.json`).
 
 pub mod admin;
-pub mod auth;
-pub mod error;
 pub mod filter;
 pub mod identity;
-pub mod limits;
 pub mod mcp;
 pub mod openapi;
 pub mod records;
@@ -31,10 +28,10 @@ use crate::ingest::sse::StreamStatus;
 use crate::ingest::webhook::{self, WebhookSettings};
 use crate::session::store::SessionStore;
 use crate::telemetry::{HttpLabels, Metrics, RouteLabels};
-use auth::ApiKeys;
-use error::{ApiError, codes};
+use crate::web::auth::ApiKeys;
+use crate::web::error::{ApiError, codes};
+use crate::web::limits::{self, RateLimiter};
 use identity::IdentityPolicy;
-use limits::RateLimiter;
 use mcp::McpSettings;
 
 /// The `Server` header every response carries.

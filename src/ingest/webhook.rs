@@ -19,12 +19,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::api::ApiState;
-use crate::api::auth::{bearer_token, hmac_sha256};
-use crate::api::error::{ApiError, codes, read_body};
-use crate::api::limits::{self, OverRateLimit};
 use crate::clock;
 use crate::ingest::{Channel, Ingested, Source, payload};
 use crate::telemetry::OutcomeLabels;
+use crate::web::auth::{bearer_token, hmac_sha256};
+use crate::web::error::{ApiError, codes, read_body};
+use crate::web::limits::{self, OverRateLimit};
 
 /// Where the receiver listens.
 pub const PATH: &str = "/webhooks/autoplay";

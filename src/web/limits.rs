@@ -21,9 +21,9 @@ use axum::response::{IntoResponse, Response};
 use lru::LruCache;
 
 use crate::api::ApiState;
-use crate::api::error::{ApiError, codes};
 use crate::ingest::webhook;
 use crate::telemetry::{LogThrottle, RouteLabels};
+use crate::web::error::{ApiError, codes};
 
 /// Most client addresses tracked at once (~64 bytes each: ~4 MiB). Beyond, the least recently
 /// seen address is forgotten, which only ever gives that client a fresh bucket.
