@@ -21,7 +21,7 @@ use crate::cluster::redis_lease::{LeaseSettings, RedisLeadership, default_replic
 use crate::config::ServeConfig;
 use crate::ingest::Ingestor;
 use crate::ingest::sse::{StreamConfig, StreamConsumer, StreamHandle};
-use crate::ingest::webhook::WebhookSettings;
+use crate::ingest::webhook::{self, WebhookSettings};
 use crate::session::buffered::BufferedStore;
 use crate::session::memory::MemoryStore;
 use crate::session::model::SessionLimits;
@@ -31,7 +31,7 @@ use crate::session::store::{SessionStore, StoreConfig};
 use crate::session::summarizer::{LlmConfig, Summarizer, SummarizerConfig};
 use crate::telemetry::Metrics;
 use crate::web::auth::ApiKeys;
-use crate::web::limits::RateLimiter;
+use crate::web::limits::{RateLimiter, RequestLimits};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -199,10 +199,13 @@ impl Application {
             streams: streams.iter().map(|s| Arc::clone(&s.status)).collect(),
             summarizer_engine: engine,
             started_at: clock::now(),
-            rate_limiter,
-            request_timeout: config.request_timeout,
+            limits: Arc::new(RequestLimits {
+                exempt_paths: api::OPERATOR_PATHS.to_vec(),
+                marked_paths: vec![webhook::PATH],
+                ..RequestLimits::new(rate_limiter, config.request_timeout, Arc::clone(&metrics))
+            }),
         });
-        if let Some(limiter) = &state.rate_limiter {
+        if let Some(limiter) = &state.limits.rate_limiter {
             let limit = limiter.config();
             tracing::info!(
                 per_second = limit.per_second,

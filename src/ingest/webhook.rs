@@ -121,7 +121,7 @@ pub async fn receive(
     if !authentic {
         if let Some(Extension(over)) = over_limit {
             outcome(&state, "rate_limited");
-            return limits::rate_limited(&state, PATH, over);
+            return limits::rate_limited(&state.limits, PATH, over);
         }
         outcome(&state, "bad_signature");
         tracing::warn!("refused a webhook delivery: missing or invalid signature");
