@@ -2,6 +2,7 @@
 //! and the payload handling both share ([`Ingestor`]).
 
 pub mod debounce;
+pub mod pull;
 pub mod sse;
 pub mod webhook;
 
@@ -255,6 +256,12 @@ impl Ingestor {
             return Ingested::Stored;
         }
         self.append(batch, fence).await
+    }
+
+    /// Store one batch now, past the debounce: a pulled batch must be in the store before the
+    /// lookup that fetched it answers.
+    pub async fn append_now(&self, batch: ActionBatch) -> Ingested {
+        self.append(batch, None).await
     }
 
     /// Write one batch to the store now.

@@ -7,6 +7,7 @@
 
 pub mod amplitude;
 pub mod autoplay;
+pub mod autoplay_api;
 pub mod elements_chain;
 #[cfg(test)]
 mod fixtures;
