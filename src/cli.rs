@@ -38,7 +38,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .context("livectx could not start")?;
     let token = app.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        crate::shutdown::wait_for_signal().await;
         tracing::info!("shutdown requested");
         token.cancel();
     });
@@ -68,26 +68,4 @@ pub async fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<()> {
         response.status()
     );
     Ok(())
-}
-
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn wait_for_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }

@@ -179,7 +179,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
         interval
     });
     let mut told_unlinked = false;
-    let signal = crate::cli::wait_for_signal();
+    let signal = crate::shutdown::wait_for_signal();
     tokio::pin!(signal);
     loop {
         tokio::select! {

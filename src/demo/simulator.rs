@@ -857,7 +857,7 @@ pub async fn run_cli(config: SimulateConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        crate::cli::wait_for_signal().await;
+        crate::shutdown::wait_for_signal().await;
         stop.cancel();
     });
     let report = simulator.run(shutdown).await;

@@ -4,7 +4,7 @@
 pub mod debounce;
 pub mod dedupe;
 pub mod idle_sessions;
-pub mod payload;
+pub mod pull;
 pub mod receivers;
 pub mod sse;
 pub mod webhook;
@@ -18,9 +18,9 @@ use crate::clock;
 use crate::session::model::{ActionBatch, Gap, SessionId, SourceKind};
 use crate::session::store::{Fence, SessionStore, StoreError};
 use crate::session::summarizer::Summarizer;
+use crate::sources::autoplay::payload::{self, Payload};
 use crate::telemetry::{LogThrottle, Metrics, PayloadLabels};
 use debounce::{Debouncer, Flush};
-use payload::Payload;
 
 /// Where a payload came from (a metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,6 +336,12 @@ impl Ingestor {
         let result = self.append(batch, fence.as_ref()).await;
         debounce::answer(waiters, result == Ingested::Stored);
         result
+    }
+
+    /// Store one batch now, past the debounce: a pulled batch must be in the store before the
+    /// lookup that fetched it answers.
+    pub async fn append_now(&self, batch: ActionBatch) -> Ingested {
+        self.append(batch, None).await
     }
 
     /// Write one batch to the store now.

@@ -5,6 +5,9 @@
 //! would describe it ("clicked the link \"Invoices\""). The receivers in `ingest` authenticate,
 //! deduplicate, group and store them.
 
+pub mod autoplay;
+pub mod autoplay_api;
+
 use crate::session::model::{Action, SourceKind};
 
 /// One analytics event, decoded and named, before ingest validates its session.
