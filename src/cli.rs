@@ -40,6 +40,11 @@ pub enum Command {
     /// The memory benchmark's measuring child (run by `bench memory`).
     #[command(hide = true)]
     BenchMemory(crate::bench::memory::MemoryArgs),
+    /// Connect an analytics tool to livectx (creates or updates its destination).
+    Connect {
+        #[command(subcommand)]
+        target: crate::connect::ConnectTarget,
+    },
     /// Exit 0 when a livectx answers /healthz (for container HEALTHCHECKs without curl).
     Healthcheck(HealthcheckArgs),
 }
@@ -58,6 +63,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck(args) => healthcheck(&args).await,
+        Command::Connect { target } => crate::connect::run(target).await,
         Command::Simulate(config) => crate::demo::simulator::run_cli(*config).await,
         Command::Demo(config) => crate::demo::runner::run(*config).await,
         Command::Bench(args) => crate::bench::run(args).await,
