@@ -254,6 +254,9 @@ pub struct ServeConfig {
     pub redis_buffer: usize,
 
     #[command(flatten)]
+    pub autoplay_api: crate::ingest::pull::AutoplayApiConfig,
+
+    #[command(flatten)]
     pub log: LogConfig,
 }
 
@@ -313,6 +316,7 @@ impl Default for ServeConfig {
             redis_prefix: crate::session::redis::DEFAULT_PREFIX.to_string(),
             lease_ttl: crate::cluster::redis_lease::DEFAULT_LEASE_TTL,
             redis_buffer: crate::session::buffered::DEFAULT_BUFFER_BOUND,
+            autoplay_api: Default::default(),
             log: LogConfig::default(),
         }
     }

@@ -33,7 +33,7 @@
 //! - [`connect`]: `livectx connect posthog`, which creates the PostHog destination through
 //!   PostHog's API.
 //! - [`cli`]: what each subcommand does; `main.rs` only calls it.
-//! - [`bench`]: `livectx bench <scenario>`, the self-contained benchmarks behind BENCHMARKS.md
+//! - [`bench`]: `livectx bench <scenario>`, the self-contained benchmarks behind docs/benchmarks.md
 //!   (synthetic connector, fake LLM, load generator).
 //! - [`shutdown`]: the stop signal (SIGTERM, Ctrl-C) every long-running command waits on.
 //! - [`sync`]: locking that survives a panic elsewhere.

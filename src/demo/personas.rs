@@ -1430,9 +1430,9 @@ mod tests {
     }
 
     use super::*;
-    use crate::ingest::payload::{self, Payload};
     use crate::session::activity::render_activity;
     use crate::session::model::{Session, SessionId, SessionLimits};
+    use crate::sources::autoplay::payload::{self, Payload};
     use serde_json::Value;
 
     const ORIGIN: f64 = 1_785_333_600.0;
