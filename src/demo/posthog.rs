@@ -761,4 +761,73 @@ mod tests {
                 .all(|e| e["event"]["properties"].get("$session_id").is_none())
         );
     }
+
+    /// What livectx's own PostHog decoder names the events (title and canonical URL).
+    fn decoded(events: &[Value]) -> Vec<(String, String, String)> {
+        let privacy = crate::sources::Privacy::default();
+        events
+            .iter()
+            .filter_map(|e| {
+                let body = serde_json::to_vec(e).unwrap();
+                let decoded = crate::sources::posthog::decode(&body, "acme_prod", &privacy)
+                    .unwrap_or_else(|error| panic!("{error:?}: {e}"));
+                assert!(decoded.refused.is_empty(), "{:?}", decoded.refused);
+                let event = decoded.events.into_iter().next().unwrap();
+                event.action.map(|a| {
+                    (
+                        a.kind().to_string(),
+                        a.title().to_string(),
+                        a.canonical_url().to_string(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn livectx_names_the_generated_events_the_way_people_would() {
+        let has = |named: &[(String, String, String)], title: &str| {
+            named.iter().any(|(_, t, _)| t == title)
+        };
+        let hunter = decoded(&events_of(Role::NotificationsHunter, 3));
+        assert!(has(&hunter, "Page Load: Dashboard"), "{hunter:?}");
+        assert!(has(&hunter, "Click Consultants link"), "{hunter:?}");
+        assert!(
+            hunter
+                .iter()
+                .any(|(_, _, url)| url == "https://app.acme.io/consultants/:id"),
+            "{hunter:?}"
+        );
+        let billing = decoded(&events_of(Role::BillingStuck, 12));
+        assert!(
+            has(
+                &billing,
+                "Error: TypeError: Cannot read properties of undefined (reading 'last4')"
+            ),
+            "{billing:?}"
+        );
+        assert!(has(&billing, "Rage click Try again button"), "{billing:?}");
+        assert!(has(&billing, "Submit Payment form"), "{billing:?}");
+        assert!(has(&billing, "Click Bill annually checkbox"), "{billing:?}");
+        let abandoner = decoded(&events_of(Role::ProjectAbandoner, 12));
+        assert!(
+            has(&abandoner, "Change Project name field"),
+            "{abandoner:?}"
+        );
+        assert!(
+            has(&abandoner, "Click Blank project option")
+                || has(&abandoner, "Click Client onboarding option")
+                || has(&abandoner, "Click Software rollout option"),
+            "{abandoner:?}"
+        );
+    }
+
+    #[test]
+    fn an_icon_is_named_by_its_labelled_button() {
+        let event = json!({"event": {"uuid": "0193a1b2-0000-7000-8000-000000000001", "event": "$autocapture",
+            "distinct_id": "d", "timestamp": "2026-07-29T10:00:00.000Z", "elements_chain": click_chain("Help icon"),
+            "properties": {"$session_id": "s1", "$current_url": "https://app.acme.io/projects/new", "$event_type": "click"}},
+            "person": {"properties": {}}});
+        assert_eq!(decoded(&[event])[0].1, "Click Help button");
+    }
 }
