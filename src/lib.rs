@@ -40,12 +40,14 @@
 
 pub mod api;
 pub mod app;
+#[cfg(feature = "tools")]
 pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod connect;
+#[cfg(feature = "tools")]
 pub mod demo;
 pub mod ingest;
 pub mod session;

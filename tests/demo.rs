@@ -5,6 +5,7 @@
 //! simulated user is doing right now (the simulator's `/personas` says which page that is). The
 //! others drive the simulator in-process: the stream's contract (token, product, heartbeats,
 //! fan-out), webhook pushes signed like the connector, and load mode.
+#![cfg(feature = "tools")]
 
 mod common;
 

@@ -15,6 +15,7 @@
 //! `LIVECTX_BLESS_GOLDEN=1 cargo test --test golden_retrieval` rewrites the fixtures from the
 //! sessions built below. Only for an intended change of behaviour, never to make a failure go
 //! away: the point of the files is that they were written by the code before an optimisation.
+#![cfg(feature = "tools")]
 
 use std::path::{Path, PathBuf};
 
@@ -22,12 +23,12 @@ use livectx::api::filter::MetadataCondition;
 use livectx::api::retrieval::answer_body;
 use livectx::bench::workload::{self, Identity, Walker};
 use livectx::demo::personas::{self, Journey, Timebase};
-use livectx::sources::autoplay::payload::{self, Payload};
 use livectx::ingest::sse::{SseItem, SseParser};
 use livectx::session::model::{
     Action, ActionBatch, ActionParts, Gap, Session, SessionId, SessionLimits,
 };
 use livectx::session::summarizer::builtin;
+use livectx::sources::autoplay::payload::{self, Payload};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
