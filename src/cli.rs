@@ -181,6 +181,22 @@ mod tests {
             ])
             .is_ok()
         );
+        assert!(
+            Cli::try_parse_from([
+                "livectx",
+                "simulate",
+                "--push-to",
+                "http://127.0.0.1:8000/ingest/acme_prod",
+                "--push-format",
+                "posthog",
+                "--secret",
+                "s"
+            ])
+            .is_ok()
+        );
+        assert!(
+            Cli::try_parse_from(["livectx", "simulate", "--push-format", "amplitude"]).is_err()
+        );
     }
 
     #[test]
