@@ -22,12 +22,14 @@ use crate::cluster::Leadership;
 use crate::cluster::redis_lease::{LeaseSettings, RedisLeadership, default_replica_id};
 use crate::config::ServeConfig;
 use crate::ingest::Ingestor;
+use crate::ingest::pull::AutoplayPuller;
 use crate::ingest::sse::{StreamConfig, StreamConsumer, StreamHandle};
 use crate::ingest::webhook::WebhookSettings;
 use crate::session::buffered::BufferedStore;
 use crate::session::memory::MemoryStore;
 use crate::session::model::SessionLimits;
 use crate::session::persist::{Snapshots, Snapshotter};
+use crate::session::pull::ActivityPuller;
 use crate::session::redis::{self as redis_store, RedisStore};
 use crate::session::store::{SessionStore, StoreConfig};
 use crate::session::summarizer::{LlmConfig, Summarizer, SummarizerConfig};
@@ -164,7 +166,8 @@ impl Application {
             .map_err(|e| StartupError::Config(format!("cannot build the stream client: {e}")))?;
             streams.push(consumer.spawn(shutdown.child_token()));
         }
-        if streams.is_empty() && webhook_secret.is_none() {
+        let puller = build_puller(&config, &ingestor, &metrics, &shutdown, &mut background)?;
+        if streams.is_empty() && webhook_secret.is_none() && puller.is_none() {
             tracing::warn!(
                 "no AUTOPLAY_STREAM_URL and no AUTOPLAY_WEBHOOK_SECRET: nothing will feed activity into livectx"
             );
@@ -209,6 +212,7 @@ impl Application {
             started_at: clock::now(),
             rate_limiter,
             request_timeout: config.request_timeout,
+            puller,
         });
         if let Some(limiter) = &state.rate_limiter {
             let limit = limiter.config();
@@ -491,6 +495,38 @@ async fn build_storage(
         leadership,
         snapshotter: None,
     })
+}
+
+/// The Autoplay pull source, when `AUTOPLAY_API_KEY` and `AUTOPLAY_PRODUCT_ID` are set.
+fn build_puller(
+    config: &ServeConfig,
+    ingestor: &Arc<Ingestor>,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+    background: &mut Vec<JoinHandle<()>>,
+) -> Result<Option<Arc<dyn ActivityPuller>>, StartupError> {
+    let Some(settings) = config
+        .autoplay_api
+        .settings()
+        .map_err(StartupError::Config)?
+    else {
+        return Ok(None);
+    };
+    if settings.budget >= config.request_timeout {
+        return Err(StartupError::Config(
+            "AUTOPLAY_PULL_BUDGET must be shorter than LIVECTX_REQUEST_TIMEOUT".to_string(),
+        ));
+    }
+    let puller = AutoplayPuller::new(settings, Arc::clone(ingestor), Arc::clone(metrics))
+        .map_err(|e| StartupError::Config(format!("cannot build the Autoplay API client: {e}")))?;
+    tracing::info!(
+        url = %crate::telemetry::redact_url(&puller.settings().base_url),
+        product = %puller.settings().product_id,
+        budget = ?puller.settings().budget,
+        "user-id lookups read Autoplay's live-activity API first"
+    );
+    background.extend(puller.spawn_refresh(shutdown.child_token()));
+    Ok(Some(Arc::new(puller)))
 }
 
 /// Secrets shorter than this get a warning at start.

@@ -4,6 +4,8 @@
 //! registry), so integration tests that start several servers in one process see exactly what
 //! their own server counted.
 
+pub mod pull;
+
 use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -259,6 +261,7 @@ pub struct Metrics {
     pub redis_buffered: Gauge,
     pub redis_buffer_dropped: Counter,
     pub redis_replayed: Counter,
+    pub autoplay_pull: pull::PullMetrics,
     llm_calls: AtomicU64,
     llm_failures: AtomicU64,
 }
@@ -310,6 +313,7 @@ impl Metrics {
             redis_buffered: Gauge::default(),
             redis_buffer_dropped: Counter::default(),
             redis_replayed: Counter::default(),
+            autoplay_pull: pull::PullMetrics::default(),
             llm_calls: AtomicU64::new(0),
             llm_failures: AtomicU64::new(0),
         };
@@ -451,6 +455,7 @@ impl Metrics {
             "Buffered writes replayed after Redis came back",
             m.redis_replayed.clone(),
         );
+        m.autoplay_pull.register(r);
         Self { registry, ..m }
     }
 

@@ -29,6 +29,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::ingest::Ingestor;
 use crate::ingest::sse::StreamStatus;
 use crate::ingest::webhook::{self, WebhookSettings};
+use crate::session::pull::ActivityPuller;
 use crate::session::store::SessionStore;
 use crate::telemetry::{HttpLabels, Metrics, RouteLabels};
 use auth::ApiKeys;
@@ -63,6 +64,8 @@ pub struct ApiContext {
     pub rate_limiter: Option<RateLimiter>,
     /// Longest a request may take to produce its response head.
     pub request_timeout: Duration,
+    /// Reads Autoplay's hosted API before user-id lookups (`AUTOPLAY_API_KEY`), if set.
+    pub puller: Option<Arc<dyn ActivityPuller>>,
 }
 
 /// Shared handler state.

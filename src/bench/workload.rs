@@ -406,7 +406,7 @@ pub const QUESTIONS: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::payload::{Payload, decode};
+    use crate::sources::autoplay::payload::{Payload, decode};
 
     #[test]
     fn frames_decode_to_the_same_actions_as_batches() {

@@ -2,7 +2,7 @@
 //! and the payload handling both share ([`Ingestor`]).
 
 pub mod debounce;
-pub mod payload;
+pub mod pull;
 pub mod sse;
 pub mod webhook;
 
@@ -13,9 +13,9 @@ use crate::clock;
 use crate::session::model::{ActionBatch, Gap, SessionId};
 use crate::session::store::{Fence, SessionStore, StoreError};
 use crate::session::summarizer::Summarizer;
+use crate::sources::autoplay::payload::{self, Payload};
 use crate::telemetry::{LogThrottle, Metrics, PayloadLabels};
 use debounce::Debouncer;
-use payload::Payload;
 
 /// Where a payload came from (a metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,6 +256,12 @@ impl Ingestor {
             return Ingested::Stored;
         }
         self.append(batch, fence).await
+    }
+
+    /// Store one batch now, past the debounce: a pulled batch must be in the store before the
+    /// lookup that fetched it answers.
+    pub async fn append_now(&self, batch: ActionBatch) -> Ingested {
+        self.append(batch, None).await
     }
 
     /// Write one batch to the store now.
