@@ -22,12 +22,12 @@ use livectx::api::filter::MetadataCondition;
 use livectx::api::retrieval::answer_body;
 use livectx::bench::workload::{self, Identity, Walker};
 use livectx::demo::personas::{self, Journey, Timebase};
-use livectx::sources::autoplay::payload::{self, Payload};
 use livectx::ingest::sse::{SseItem, SseParser};
 use livectx::session::model::{
     Action, ActionBatch, ActionParts, Gap, Session, SessionId, SessionLimits,
 };
 use livectx::session::summarizer::builtin;
+use livectx::sources::autoplay::payload::{self, Payload};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
