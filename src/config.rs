@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::api::limits::RateLimitConfig;
 use crate::clock::parse_duration;
 use crate::telemetry::LogFormat;
+use crate::web::limits::RateLimitConfig;
 
 /// Settings of `livectx healthcheck`.
 #[derive(Debug, Clone, Args)]
@@ -154,6 +154,30 @@ pub struct ServeConfig {
     #[arg(long, env = "LIVECTX_WEBHOOK_DEDUPE_WINDOW", default_value = "10m", value_parser = parse_duration)]
     pub webhook_dedupe_window: Duration,
 
+    /// Shared secret of the PostHog, Amplitude and Segment receivers; enables POST
+    /// /ingest/{product_id}, /ingest/amplitude/{product_id} and /ingest/segment/{product_id}.
+    #[arg(long, env = "LIVECTX_INGEST_SECRET", hide_env_values = true)]
+    pub ingest_secret: Option<String>,
+
+    /// Query parameters kept in URLs from analytics events (comma-separated, e.g. tab,step);
+    /// every other query parameter and fragment is stripped before storing.
+    #[arg(
+        long = "keep-query-param",
+        env = "LIVECTX_KEEP_QUERY_PARAMS",
+        value_delimiter = ','
+    )]
+    pub keep_query_params: Vec<String>,
+
+    /// Repeated analytics events (same PostHog uuid, Amplitude $insert_id, Segment messageId)
+    /// within this window are stored once.
+    #[arg(long, env = "LIVECTX_INGEST_DEDUPE_WINDOW", default_value = "10m", value_parser = parse_duration)]
+    pub ingest_dedupe_window: Duration,
+
+    /// Analytics events of one session arriving within this window are written as one chunk;
+    /// each request is answered once its chunk is stored (0: every event alone). At most 1s.
+    #[arg(long, env = "LIVECTX_INGEST_BATCH_WINDOW", default_value = "5ms", value_parser = parse_duration)]
+    pub ingest_batch_window: Duration,
+
     /// Merge a session's batches arriving within this many milliseconds into one chunk (0: off).
     #[arg(long, env = "LIVECTX_DEBOUNCE_MS", default_value_t = 0)]
     pub debounce_ms: u64,
@@ -293,6 +317,10 @@ impl Default for ServeConfig {
             max_frame_bytes: 1024 * 1024,
             webhook_secret: None,
             webhook_dedupe_window: Duration::from_secs(600),
+            ingest_secret: None,
+            keep_query_params: Vec::new(),
+            ingest_dedupe_window: Duration::from_secs(600),
+            ingest_batch_window: Duration::from_millis(5),
             debounce_ms: 0,
             summary_threshold: 20,
             llm_concurrency: 8,
@@ -333,6 +361,15 @@ impl ServeConfig {
             .flatten()
             .map(|t| t.trim().to_string())
             .find(|t| !t.is_empty())
+    }
+
+    /// `LIVECTX_KEEP_QUERY_PARAMS`, trimmed, blanks dropped.
+    pub fn keep_query_params(&self) -> Vec<String> {
+        self.keep_query_params
+            .iter()
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect()
     }
 
     /// Stream URLs, trimmed, blanks dropped.

@@ -326,6 +326,8 @@ pub enum SourceKind {
     Segment,
     AutoplayStream,
     AutoplayWebhook,
+    /// Pulled on demand from Autoplay's hosted live-activity API.
+    AutoplayApi,
 }
 
 impl SourceKind {
@@ -336,6 +338,7 @@ impl SourceKind {
             Self::Segment => "segment",
             Self::AutoplayStream => "autoplay_stream",
             Self::AutoplayWebhook => "autoplay_webhook",
+            Self::AutoplayApi => "autoplay_api",
         }
     }
 }
@@ -350,6 +353,8 @@ pub struct ActionBatch {
     pub conversation_id: Option<String>,
     pub actions: Vec<Action>,
     pub forwarded_at: Option<f64>,
+    /// Which tool delivered it (recorded on the session for the operator console).
+    pub source: Option<SourceKind>,
 }
 
 impl ActionBatch {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::action::{Action, ActionBatch, Chunk};
+use super::action::{Action, ActionBatch, Chunk, SourceKind};
 use super::digest;
 use super::ids::{PersonKey, SessionId, normalize_email, normalize_user_id};
 use super::summary::{
@@ -113,6 +113,10 @@ pub struct Session {
     /// [`crate::session::pull`]): the activity is as of this time. Never stored.
     #[serde(skip)]
     pub stale_as_of: Option<f64>,
+    /// The tool that last delivered activity for this session (`None` in data written before
+    /// sources were recorded).
+    #[serde(default)]
+    pub source: Option<SourceKind>,
 }
 
 impl Session {
@@ -139,6 +143,7 @@ impl Session {
             summary_claim_until: 0.0,
             summary_claim_token: 0,
             stale_as_of: None,
+            source: None,
         }
     }
 
@@ -158,6 +163,20 @@ impl Session {
         }
         let created = self.version == 0;
         self.touch_identity(&batch);
+        if batch.source.is_some() {
+            self.source = batch.source;
+        }
+        if batch.actions.is_empty() {
+            // An identity-only delivery (Segment `identify`): the person is indexed, no chunk.
+            self.last_seen = now;
+            self.version += 1;
+            return AppendOutcome {
+                seq: self.last_seq(),
+                created,
+                unsummarized_actions: self.raw_actions,
+                folded_chunks: 0,
+            };
+        }
         let fallback_time = batch.forwarded_at.unwrap_or(now);
         let first_ts = batch
             .actions
@@ -216,20 +235,44 @@ impl Session {
         }
     }
 
+    /// Move "now on" by action *time*, not arrival: analytics tools retry and reorder, so a
+    /// batch may hold actions older than ones already stored. Actions newer than everything
+    /// held are applied in time order; a late one makes the page be recomputed from every
+    /// action held, in time order, so the result does not depend on delivery order.
     fn update_current_page(&mut self, actions: &[Action], batch_start: f64) {
-        for action in actions {
-            let current = self
-                .current_page
-                .as_ref()
-                .map(|p| (p.url.as_str(), p.label.as_str()));
-            if let Some((url, label)) = action.arrives_at(current) {
-                self.current_page = Some(CurrentPage {
-                    label,
-                    url,
-                    since: action.time().unwrap_or(batch_start),
-                });
-            }
+        let latest_held = self
+            .chunks
+            .iter()
+            .chain(self.recent_covered.iter())
+            .map(|c| c.last_ts)
+            .chain(self.current_page.as_ref().map(|p| p.since))
+            .fold(f64::NEG_INFINITY, f64::max);
+        let late = actions
+            .iter()
+            .any(|a| a.time().unwrap_or(batch_start) <= latest_held);
+        if !late {
+            let mut ordered: Vec<(&Action, f64)> =
+                actions.iter().map(|a| (a, batch_start)).collect();
+            ordered.sort_by(|x, y| action_order(x.0, x.1, y.0, y.1));
+            let current = self.current_page.take();
+            self.current_page = walk_pages(current, ordered);
+            return;
         }
+        let mut ordered: Vec<(&Action, f64)> = self
+            .recent_covered
+            .iter()
+            .chain(self.chunks.iter())
+            .flat_map(|c| c.actions.iter().map(|a| (a, c.first_ts)))
+            .chain(actions.iter().map(|a| (a, batch_start)))
+            .collect();
+        ordered.sort_by(|x, y| action_order(x.0, x.1, y.0, y.1));
+        let earliest = ordered
+            .first()
+            .map_or(f64::INFINITY, |(a, fallback)| a.time().unwrap_or(*fallback));
+        // A page from history that was summarised away still holds where it began.
+        let start = self.current_page.take().filter(|p| p.since < earliest);
+        let recomputed = walk_pages(start.clone(), ordered);
+        self.current_page = recomputed.or(start);
     }
 
     /// Fold the oldest chunks beyond `max_chunks` into the summary with the built-in
@@ -438,26 +481,71 @@ impl Session {
         self.chunks.iter().flat_map(|c| c.actions.iter())
     }
 
-    /// Actions for the activity view: recently summarised chunks, then raw chunks, oldest first.
+    /// Actions for the activity view: recently summarised chunks and raw chunks, oldest first
+    /// by action time (a late delivery is shown in its place, not at the end).
     pub fn recent_action_iter(&self) -> impl Iterator<Item = &Action> {
-        self.recent_covered
+        let mut held: Vec<(&Action, f64)> = self
+            .recent_covered
             .iter()
             .chain(self.chunks.iter())
-            .flat_map(|c| c.actions.iter())
+            .flat_map(|c| c.actions.iter().map(|a| (a, c.first_ts)))
+            .collect();
+        held.sort_by(|x, y| action_order(x.0, x.1, y.0, y.1));
+        held.into_iter().map(|(a, _)| a)
     }
 
     /// Latest time of any activity (action time, else receive time).
     pub fn last_activity(&self) -> f64 {
-        self.chunks
-            .back()
-            .or(self.recent_covered.back())
-            .map_or(self.last_seen, |c| c.last_ts)
+        let latest = self
+            .chunks
+            .iter()
+            .chain(self.recent_covered.iter())
+            .map(|c| c.last_ts)
+            .fold(f64::NEG_INFINITY, f64::max);
+        if latest.is_finite() {
+            latest
+        } else {
+            self.last_seen
+        }
     }
 
     /// Is the session past its idle expiry at `now`?
     pub fn is_expired(&self, now: f64, ttl_secs: f64) -> bool {
         self.last_seen + ttl_secs < now
     }
+}
+
+/// The order actions are shown and walked in: by time (an action without one at its chunk's
+/// time), page loads before other actions at the same time, then by kind, title and URL, so
+/// equal times order the same whatever the arrival.
+fn action_order(a: &Action, a_fallback: f64, b: &Action, b_fallback: f64) -> std::cmp::Ordering {
+    a.time()
+        .unwrap_or(a_fallback)
+        .total_cmp(&b.time().unwrap_or(b_fallback))
+        // At the same time a page load comes first: the user lands, then acts.
+        .then_with(|| b.is_pageview().cmp(&a.is_pageview()))
+        .then_with(|| a.kind().cmp(b.kind()))
+        .then_with(|| a.title().cmp(b.title()))
+        .then_with(|| a.canonical_url().cmp(b.canonical_url()))
+}
+
+/// Walk actions (in time order, each with the time to use when it has none) from `current`:
+/// the page the last move lands on.
+fn walk_pages<'a>(
+    mut current: Option<CurrentPage>,
+    actions: impl IntoIterator<Item = (&'a Action, f64)>,
+) -> Option<CurrentPage> {
+    for (action, fallback) in actions {
+        let here = current.as_ref().map(|p| (p.url.as_str(), p.label.as_str()));
+        if let Some((url, label)) = action.arrives_at(here) {
+            current = Some(CurrentPage {
+                label,
+                url,
+                since: action.time().unwrap_or(fallback),
+            });
+        }
+    }
+    current
 }
 
 #[cfg(test)]
