@@ -163,6 +163,12 @@ pub struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceEventLabels {
+    pub source: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconnectLabels {
     pub stream: String,
     pub cause: &'static str,
@@ -235,6 +241,7 @@ pub struct Metrics {
     pub sse_frames: Family<FrameLabels, Counter>,
     pub payloads: Family<PayloadLabels, Counter>,
     pub refused: Family<RefusedLabels, Counter>,
+    pub source_events: Family<SourceEventLabels, Counter>,
     pub ingest_queue_dropped: Family<StreamLabels, Counter>,
     pub stream_reconnects: Family<ReconnectLabels, Counter>,
     pub stream_up: Family<StreamLabels, Gauge>,
@@ -287,6 +294,7 @@ impl Metrics {
             sse_frames: Family::default(),
             payloads: Family::default(),
             refused: Family::default(),
+            source_events: Family::default(),
             ingest_queue_dropped: Family::default(),
             stream_reconnects: Family::default(),
             stream_up: Family::default(),
@@ -332,6 +340,11 @@ impl Metrics {
             "payloads_refused",
             "Payloads or frames refused, by source and reason (no_session, malformed, oversize, invalid_utf8, unknown_type, ...)",
             m.refused.clone(),
+        );
+        r.register(
+            "source_events",
+            "Analytics events received (posthog, amplitude, segment), by outcome (stored, duplicate, refused, failed)",
+            m.source_events.clone(),
         );
         r.register(
             "ingest_queue_dropped",

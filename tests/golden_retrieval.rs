@@ -461,6 +461,7 @@ fn batch_of(id: &str, product: Option<&str>, actions: Vec<Action>) -> ActionBatc
         conversation_id: None,
         actions,
         forwarded_at: None,
+        source: None,
     }
 }
 

@@ -388,6 +388,7 @@ pub fn batch(who: &Identity, actions: &[SynthAction], first_index: i64) -> Optio
             .map(|(i, a)| a.to_action(first_index + i as i64))
             .collect(),
         forwarded_at: actions.last().map(|a| a.end),
+        source: None,
     })
 }
 
