@@ -44,6 +44,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod ingest;
+pub mod render;
 pub mod session;
 pub mod sources;
 pub mod sync;

@@ -1403,7 +1403,7 @@ fn alphanumeric(rng: &mut StdRng, len: usize) -> String {
 mod tests {
     use super::*;
     use crate::ingest::payload::{self, Payload};
-    use crate::session::activity::render_activity;
+    use crate::render::activity::render_activity;
     use crate::session::model::{Session, SessionId, SessionLimits};
     use serde_json::Value;
 
