@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use livectx::bench::workload::{self, Identity, Walker};
-use livectx::ingest::payload::decode;
 use livectx::ingest::sse::SseParser;
 use livectx::render::activity::render_activity;
 use livectx::render::records::session_records;
 use livectx::session::model::{Session, SessionId, SessionLimits};
 use livectx::session::summarizer::builtin;
+use livectx::sources::autoplay::payload::decode;
 
 const NOW: f64 = 1_785_000_000.0;
 

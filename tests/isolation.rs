@@ -117,6 +117,7 @@ fn state(store: Arc<dyn SessionStore>) -> ApiState {
         summarizer_engine: "none".into(),
         started_at: 0.0,
         limits: Arc::new(RequestLimits::new(None, Duration::from_secs(10), metrics)),
+        puller: None,
     })
 }
 
@@ -376,6 +377,7 @@ async fn check_reused_session_id_forgets_its_people(store: Arc<dyn SessionStore>
         store: state.store.as_ref(),
         policy: &state.identity,
         metrics: &state.metrics,
+        puller: None,
     };
     for (kind, value) in [
         (ClaimKind::Email, "alice@x.com"),

@@ -23,6 +23,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::ingest::Ingestor;
 use crate::ingest::sse::StreamStatus;
 use crate::ingest::webhook::{self, WebhookSettings};
+use crate::session::pull::ActivityPuller;
 use crate::session::store::SessionStore;
 use crate::telemetry::Metrics;
 use crate::web;
@@ -58,6 +59,8 @@ pub struct ApiContext {
     pub started_at: f64,
     /// The per-IP rate limit and the request timeout.
     pub limits: Arc<RequestLimits>,
+    /// Reads Autoplay's hosted API before user-id lookups (`AUTOPLAY_API_KEY`), if set.
+    pub puller: Option<Arc<dyn ActivityPuller>>,
 }
 
 /// Shared handler state.
@@ -66,6 +69,12 @@ pub type ApiState = Arc<ApiContext>;
 /// The full router, with metrics, the per-IP rate limit, the request timeout, the `Server`
 /// header, and JSON errors for unknown routes, wrong methods and panics.
 pub fn router(state: ApiState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// [`router`], plus routes the application mounts beside the API's (the analytics receivers
+/// of [`crate::ingest::receivers`], which carry their own state), under the same layers.
+pub fn router_with(state: ApiState, sources: Router) -> Router {
     let mut app = Router::new()
         .route("/retrieval", post(retrieval::retrieve))
         .route("//retrieval", post(retrieval::retrieve))
@@ -80,7 +89,9 @@ pub fn router(state: ApiState) -> Router {
     if state.webhook.is_some() {
         app = app.route(webhook::PATH, post(webhook::receive));
     }
-    app.fallback(not_found)
+    app.with_state(Arc::clone(&state))
+        .merge(sources)
+        .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state.limits),
@@ -99,7 +110,6 @@ pub fn router(state: ApiState) -> Router {
             HeaderValue::from_static(SERVER_HEADER),
         ))
         .layer(CatchPanicLayer::custom(web::panic_response))
-        .with_state(state)
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
@@ -111,6 +121,8 @@ async fn not_found(method: Method, uri: Uri) -> ApiError {
         "; Autoplay's pull API is GET /users/{product_id}/{user_id}/live-activity"
     } else if uri.path().starts_with("/webhooks/") {
         "; the webhook receiver is off until AUTOPLAY_WEBHOOK_SECRET is set"
+    } else if uri.path().starts_with("/ingest/") {
+        "; the PostHog, Amplitude and Segment receivers are off until LIVECTX_INGEST_SECRET is set (routes: POST /ingest/{product_id}, /ingest/amplitude/{product_id}, /ingest/segment/{product_id})"
     } else {
         ""
     };

@@ -11,11 +11,11 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
@@ -218,6 +218,7 @@ pub async fn resolve_request<'q>(
         store: state.store.as_ref(),
         policy: &state.identity,
         metrics: &state.metrics,
+        puller: state.puller.as_deref(),
     };
     let knowledge_id = request.knowledge_id.trim();
     let product = if !knowledge_id.is_empty() && state.store.has_product(knowledge_id).await? {
@@ -434,10 +435,62 @@ impl Serialize for RecordsBody<'_> {
     }
 }
 
+/// The answer body for one session at server time `now`: its records (activity first,
+/// filtered, thresholded, cut to `top_k`) as `{"records": [...]}`.
+#[allow(clippy::too_many_arguments)]
+pub fn answer_body(
+    session: &Arc<Session>,
+    question: &str,
+    filter: Option<&MetadataCondition>,
+    score_threshold: f64,
+    top_k: usize,
+    now: f64,
+    window_secs: f64,
+) -> Answer {
+    let mut records = session_records(session, question, now, window_secs);
+    if let Some(filter) = filter {
+        records.retain(|r| filter.matches(&r.metadata));
+    }
+    let records = select(records, score_threshold, top_k);
+    Answer {
+        body: records_body(&records),
+        records: records.len(),
+    }
+}
+
+/// A rendered `/retrieval` answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// `{"records": [...]}`, ready to send.
+    pub body: Bytes,
+    /// How many records it holds.
+    pub records: usize,
+}
+
+/// `{"records": [...]}` of already chosen records.
+pub fn records_body(records: &[Record]) -> Bytes {
+    let mut out = Vec::with_capacity(128);
+    // Writing strings, numbers and maps of them into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, &RecordsBody(records));
+    Bytes::from(out)
+}
+
+/// A JSON answer of ready bytes.
+fn json_response(body: Bytes) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
 /// `POST /retrieval`.
 pub async fn retrieve(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
     match retrieve_inner(&state, &headers, body).await {
-        Ok(records) => Json(RecordsBody(&records)).into_response(),
+        Ok(answer) => json_response(answer),
         Err(error) => {
             tracing::warn!(status = error.status.as_u16(), code = error.code, message = %error.message, "retrieval refused");
             error.into_response()
@@ -449,13 +502,13 @@ async fn retrieve_inner(
     state: &ApiState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Vec<Record>, ApiError> {
+) -> Result<Bytes, ApiError> {
     check_key(state, headers)?;
     let bytes = read_body(body, BODY_LIMIT).await?;
     let request = match parse_request(&bytes)? {
         ParsedRequest::Probe => {
             tracing::info!("answered Dify's registration probe");
-            return Ok(Vec::new());
+            return Ok(records_body(&[]));
         }
         ParsedRequest::Retrieve(request) => request,
     };
@@ -466,7 +519,7 @@ async fn retrieve_inner(
             // Never a 5xx storm: Dify would retry three times. Answer with nothing, loudly.
             state.metrics.store_error("retrieval");
             tracing::warn!(%error, "storage unavailable during retrieval; answering with no records");
-            return Ok(Vec::new());
+            return Ok(records_body(&[]));
         }
     };
     let Some(session) = resolved.session else {
@@ -474,19 +527,19 @@ async fn retrieve_inner(
             via = resolved.via.map(Via::as_str),
             "no session for this request"
         );
-        return Ok(Vec::new());
+        return Ok(records_body(&[]));
     };
-    let records = records_for(
-        state,
+    let answer = answer_body(
         &session,
         resolved.question,
         resolved.filter.as_ref(),
         request.score_threshold,
         request.top_k,
         now,
+        state.activity_window.as_secs_f64(),
     );
-    tracing::debug!(session = %session.id, via = resolved.via.map(Via::as_str), records = records.len(), "retrieval answered");
-    Ok(records)
+    tracing::debug!(session = %session.id, via = resolved.via.map(Via::as_str), records = answer.records, "retrieval answered");
+    Ok(answer.body)
 }
 
 #[cfg(test)]

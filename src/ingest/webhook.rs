@@ -20,7 +20,8 @@ use subtle::ConstantTimeEq;
 
 use crate::api::ApiState;
 use crate::clock;
-use crate::ingest::{Channel, Ingested, Source, payload};
+use crate::ingest::{Channel, Ingested, Source};
+use crate::sources::autoplay::payload;
 use crate::telemetry::OutcomeLabels;
 use crate::web::auth::{bearer_token, hmac_sha256};
 use crate::web::error::{ApiError, codes, read_body};

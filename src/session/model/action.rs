@@ -326,9 +326,16 @@ pub enum SourceKind {
     Segment,
     AutoplayStream,
     AutoplayWebhook,
+    /// Pulled on demand from Autoplay's hosted live-activity API.
+    AutoplayApi,
 }
 
 impl SourceKind {
+    /// PostHog, Amplitude and Segment: one event per request, named by livectx itself.
+    pub fn is_analytics(self) -> bool {
+        matches!(self, Self::PostHog | Self::Amplitude | Self::Segment)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PostHog => "posthog",
@@ -336,6 +343,7 @@ impl SourceKind {
             Self::Segment => "segment",
             Self::AutoplayStream => "autoplay_stream",
             Self::AutoplayWebhook => "autoplay_webhook",
+            Self::AutoplayApi => "autoplay_api",
         }
     }
 }
@@ -350,6 +358,8 @@ pub struct ActionBatch {
     pub conversation_id: Option<String>,
     pub actions: Vec<Action>,
     pub forwarded_at: Option<f64>,
+    /// Which tool delivered it (recorded on the session for the operator console).
+    pub source: Option<SourceKind>,
 }
 
 impl ActionBatch {

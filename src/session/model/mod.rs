@@ -49,6 +49,7 @@ pub(crate) mod tests {
             conversation_id: None,
             actions,
             forwarded_at: None,
+            source: None,
         }
     }
 }

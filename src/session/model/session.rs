@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::action::{Action, ActionBatch, Chunk};
+use super::action::{Action, ActionBatch, Chunk, SourceKind};
 use super::digest;
 use super::ids::{PersonKey, SessionId, normalize_email, normalize_user_id};
 use super::summary::{
@@ -109,6 +109,14 @@ pub struct Session {
     pub summary_claim_until: f64,
     #[serde(default)]
     pub summary_claim_token: u64,
+    /// The tool that last delivered activity for this session (`None` in data written before
+    /// sources were recorded).
+    #[serde(default)]
+    pub source: Option<SourceKind>,
+    /// Set only on a snapshot answered while the upstream pull API could not be read (see
+    /// [`crate::session::pull`]): the activity is as of this time. Never stored.
+    #[serde(skip)]
+    pub stale_as_of: Option<f64>,
 }
 
 impl Session {
@@ -134,6 +142,8 @@ impl Session {
             version: 0,
             summary_claim_until: 0.0,
             summary_claim_token: 0,
+            source: None,
+            stale_as_of: None,
         }
     }
 
@@ -153,6 +163,20 @@ impl Session {
         }
         let created = self.version == 0;
         self.touch_identity(&batch);
+        if batch.source.is_some() {
+            self.source = batch.source;
+        }
+        if batch.actions.is_empty() && batch.source.is_some_and(SourceKind::is_analytics) {
+            // An identity-only event (Segment `identify`): the person is indexed, no chunk.
+            self.last_seen = now;
+            self.version += 1;
+            return AppendOutcome {
+                seq: self.last_seq(),
+                created,
+                unsummarized_actions: self.raw_actions,
+                folded_chunks: 0,
+            };
+        }
         let fallback_time = batch.forwarded_at.unwrap_or(now);
         let first_ts = batch
             .actions
@@ -211,20 +235,42 @@ impl Session {
         }
     }
 
+    /// Move "now on" by action *time*, not arrival: analytics tools retry and reorder, so a
+    /// batch may hold actions older than ones already stored. Actions newer than everything
+    /// held are applied in time order; a late one makes the page be recomputed from every
+    /// action held, in time order, so the result does not depend on delivery order.
     fn update_current_page(&mut self, actions: &[Action], batch_start: f64) {
-        for action in actions {
-            let current = self
-                .current_page
-                .as_ref()
-                .map(|p| (p.url.as_str(), p.label.as_str()));
-            if let Some((url, label)) = action.arrives_at(current) {
-                self.current_page = Some(CurrentPage {
-                    label,
-                    url,
-                    since: action.time().unwrap_or(batch_start),
-                });
-            }
+        let latest_held = self
+            .chunks
+            .iter()
+            .chain(self.recent_covered.iter())
+            .map(|c| c.last_ts)
+            .chain(self.current_page.as_ref().map(|p| p.since))
+            .fold(f64::NEG_INFINITY, f64::max);
+        let mut previous = batch_start;
+        let incoming: Vec<(&Action, f64)> = actions
+            .iter()
+            .map(|a| {
+                previous = a.time().unwrap_or(previous);
+                (a, previous)
+            })
+            .collect();
+        let late = incoming.iter().any(|(_, t)| *t <= latest_held);
+        if !late {
+            let mut ordered = incoming;
+            sort_by_time(&mut ordered);
+            let current = self.current_page.take();
+            self.current_page = walk_pages(current, ordered);
+            return;
         }
+        let mut ordered = timed_actions(self.recent_covered.iter().chain(self.chunks.iter()));
+        ordered.extend(incoming);
+        sort_by_time(&mut ordered);
+        let earliest = ordered.first().map_or(f64::INFINITY, |(_, t)| *t);
+        // A page from history that was summarised away still holds where it began.
+        let start = self.current_page.take().filter(|p| p.since < earliest);
+        let recomputed = walk_pages(start.clone(), ordered);
+        self.current_page = recomputed.or(start);
     }
 
     /// Fold the oldest chunks beyond `max_chunks` into the summary with the built-in
@@ -433,26 +479,72 @@ impl Session {
         self.chunks.iter().flat_map(|c| c.actions.iter())
     }
 
-    /// Actions for the activity view: recently summarised chunks, then raw chunks, oldest first.
+    /// Actions for the activity view: recently summarised chunks and raw chunks, oldest first
+    /// by action time (a late delivery is shown in its place, not at the end).
     pub fn recent_action_iter(&self) -> impl Iterator<Item = &Action> {
-        self.recent_covered
-            .iter()
-            .chain(self.chunks.iter())
-            .flat_map(|c| c.actions.iter())
+        let mut held = timed_actions(self.recent_covered.iter().chain(self.chunks.iter()));
+        sort_by_time(&mut held);
+        held.into_iter().map(|(a, _)| a)
     }
 
     /// Latest time of any activity (action time, else receive time).
     pub fn last_activity(&self) -> f64 {
-        self.chunks
-            .back()
-            .or(self.recent_covered.back())
-            .map_or(self.last_seen, |c| c.last_ts)
+        let latest = self
+            .chunks
+            .iter()
+            .chain(self.recent_covered.iter())
+            .map(|c| c.last_ts)
+            .fold(f64::NEG_INFINITY, f64::max);
+        if latest.is_finite() {
+            latest
+        } else {
+            self.last_seen
+        }
     }
 
     /// Is the session past its idle expiry at `now`?
     pub fn is_expired(&self, now: f64, ttl_secs: f64) -> bool {
         self.last_seen + ttl_secs < now
     }
+}
+
+/// Actions of `chunks` with the time each is ordered by: its own, else that of the action
+/// before it in its chunk, else its chunk's first time (so an untimed action stays beside its
+/// neighbours).
+fn timed_actions<'a>(chunks: impl Iterator<Item = &'a Arc<Chunk>>) -> Vec<(&'a Action, f64)> {
+    let mut out = Vec::new();
+    for chunk in chunks {
+        let mut previous = chunk.first_ts;
+        for action in chunk.actions.iter() {
+            previous = action.time().unwrap_or(previous);
+            out.push((action, previous));
+        }
+    }
+    out
+}
+
+/// Sort into time order; equal times keep their order (arrival order).
+fn sort_by_time(actions: &mut [(&Action, f64)]) {
+    actions.sort_by(|a, b| a.1.total_cmp(&b.1));
+}
+
+/// Walk actions (in time order, each with the time it is ordered by) from `current`: the
+/// page the last move lands on.
+fn walk_pages<'a>(
+    mut current: Option<CurrentPage>,
+    actions: impl IntoIterator<Item = (&'a Action, f64)>,
+) -> Option<CurrentPage> {
+    for (action, ordered_at) in actions {
+        let here = current.as_ref().map(|p| (p.url.as_str(), p.label.as_str()));
+        if let Some((url, label)) = action.arrives_at(here) {
+            current = Some(CurrentPage {
+                label,
+                url,
+                since: action.time().unwrap_or(ordered_at),
+            });
+        }
+    }
+    current
 }
 
 #[cfg(test)]
