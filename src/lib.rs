@@ -50,6 +50,7 @@ pub mod connect;
 #[cfg(feature = "tools")]
 pub mod demo;
 pub mod ingest;
+pub mod render;
 pub mod session;
 pub mod shutdown;
 pub mod sources;

@@ -7,7 +7,6 @@ pub mod filter;
 pub mod identity;
 pub mod mcp;
 pub mod openapi;
-pub mod records;
 pub mod rest;
 pub mod retrieval;
 

@@ -20,7 +20,7 @@ use crate::config::ServeConfig;
 use crate::demo::config::{DemoConfig, SimulateConfig};
 use crate::demo::personas::{Persona, Role};
 use crate::demo::simulator::{Narration, Simulator};
-use crate::session::activity::ACTIVITY_HEADER;
+use crate::render::activity::ACTIVITY_HEADER;
 
 /// The token between livectx and the in-process simulator (both ends are this process).
 const STREAM_TOKEN: &str = "demo-stream-token";
