@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the hot paths: SSE parsing, payload decoding, the "Current User
 //! Activity" rendering and record scoring. `cargo bench` (a few minutes on two cores); the
-//! end-to-end figures are `livectx bench <scenario>` (see BENCHMARKS.md).
+//! end-to-end figures are `livectx bench <scenario>` (see docs/benchmarks.md).
 
 use std::hint::black_box;
 use std::time::Duration;

@@ -202,7 +202,7 @@ impl Application {
             streams.push(consumer.spawn(shutdown.child_token()));
         }
         let puller = build_puller(&config, &ingestor, &metrics, &shutdown, &mut background)?;
-        if streams.is_empty() && webhook_secret.is_none() && puller.is_none() && receivers.is_none()
+        if streams.is_empty() && webhook_secret.is_none() && receivers.is_none() && puller.is_none()
         {
             tracing::warn!(
                 "no LIVECTX_INGEST_SECRET, AUTOPLAY_STREAM_URL or AUTOPLAY_WEBHOOK_SECRET: nothing will feed activity into livectx"
@@ -524,6 +524,38 @@ async fn build_storage(
     })
 }
 
+/// The Autoplay pull source, when `AUTOPLAY_API_KEY` and `AUTOPLAY_PRODUCT_ID` are set.
+fn build_puller(
+    config: &ServeConfig,
+    ingestor: &Arc<Ingestor>,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+    background: &mut Vec<JoinHandle<()>>,
+) -> Result<Option<Arc<dyn ActivityPuller>>, StartupError> {
+    let Some(settings) = config
+        .autoplay_api
+        .settings()
+        .map_err(StartupError::Config)?
+    else {
+        return Ok(None);
+    };
+    if settings.budget >= config.request_timeout {
+        return Err(StartupError::Config(
+            "AUTOPLAY_PULL_BUDGET must be shorter than LIVECTX_REQUEST_TIMEOUT".to_string(),
+        ));
+    }
+    let puller = AutoplayPuller::new(settings, Arc::clone(ingestor), Arc::clone(metrics))
+        .map_err(|e| StartupError::Config(format!("cannot build the Autoplay API client: {e}")))?;
+    tracing::info!(
+        url = %crate::telemetry::redact_url(&puller.settings().base_url),
+        product = %puller.settings().product_id,
+        budget = ?puller.settings().budget,
+        "user-id lookups read Autoplay's live-activity API first"
+    );
+    background.extend(puller.spawn_refresh(shutdown.child_token()));
+    Ok(Some(Arc::new(puller)))
+}
+
 /// Longest group-commit window: PostHog gives up on a request after 3 s.
 pub const MAX_INGEST_BATCH_WINDOW: Duration = Duration::from_secs(1);
 
@@ -562,38 +594,6 @@ fn check_ingest_settings(config: &ServeConfig) -> Result<(), StartupError> {
         }
     }
     Ok(())
-}
-
-/// The Autoplay pull source, when `AUTOPLAY_API_KEY` and `AUTOPLAY_PRODUCT_ID` are set.
-fn build_puller(
-    config: &ServeConfig,
-    ingestor: &Arc<Ingestor>,
-    metrics: &Arc<Metrics>,
-    shutdown: &CancellationToken,
-    background: &mut Vec<JoinHandle<()>>,
-) -> Result<Option<Arc<dyn ActivityPuller>>, StartupError> {
-    let Some(settings) = config
-        .autoplay_api
-        .settings()
-        .map_err(StartupError::Config)?
-    else {
-        return Ok(None);
-    };
-    if settings.budget >= config.request_timeout {
-        return Err(StartupError::Config(
-            "AUTOPLAY_PULL_BUDGET must be shorter than LIVECTX_REQUEST_TIMEOUT".to_string(),
-        ));
-    }
-    let puller = AutoplayPuller::new(settings, Arc::clone(ingestor), Arc::clone(metrics))
-        .map_err(|e| StartupError::Config(format!("cannot build the Autoplay API client: {e}")))?;
-    tracing::info!(
-        url = %crate::telemetry::redact_url(&puller.settings().base_url),
-        product = %puller.settings().product_id,
-        budget = ?puller.settings().budget,
-        "user-id lookups read Autoplay's live-activity API first"
-    );
-    background.extend(puller.spawn_refresh(shutdown.child_token()));
-    Ok(Some(Arc::new(puller)))
 }
 
 /// Secrets shorter than this get a warning at start.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::{TestApp, eventually, metric, test_config};
 use futures_util::StreamExt;
-use livectx::config::SimulateConfig;
+use livectx::demo::SimulateConfig;
 use livectx::demo::simulator::{HEARTBEAT_FRAME, Simulator};
 use livectx::sources::autoplay::payload::{self, Payload};
 use livectx::sources::autoplay::sse::{SseItem, SseParser};

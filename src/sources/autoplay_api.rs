@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::session::model::{
-    Action, ActionBatch, ActionParts, MAX_ID_LEN, SessionId, normalize_user_id,
+    Action, ActionBatch, ActionParts, MAX_ID_LEN, SessionId, SourceKind, normalize_user_id,
 };
 
 /// Largest response body read (Autoplay keeps at most 50 actions per user; this leaves room
@@ -192,7 +192,7 @@ impl LiveActivity {
                     conversation_id: None,
                     actions: vec![pulled.action],
                     forwarded_at: self.as_of,
-                    source: None,
+                    source: Some(SourceKind::AutoplayApi),
                 }),
             }
         }

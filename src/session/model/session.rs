@@ -1,19 +1,16 @@
-//! The per-session data model and the rules that change it.
-//!
-//! Both storage backends (memory and Redis) hold exactly these values and change them only
-//! through the methods here, so the bounding, folding and "replace exactly what was summarised"
-//! rules are written once and behave identically everywhere.
+//! One browser session and the rules that change it: append, fold, claim and finish summaries.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::session::summarizer::builtin;
-
-/// Longest identifier we accept. PostHog session ids are 36 characters; emails rarely pass 100.
-pub const MAX_ID_LEN: usize = 256;
+use super::action::{Action, ActionBatch, Chunk, SourceKind};
+use super::digest;
+use super::ids::{PersonKey, SessionId, normalize_email, normalize_user_id};
+use super::summary::{
+    Summary, SummaryApplied, SummaryDraft, SummaryJob, SummarySource, cap_summary_text,
+};
 
 /// How many recently summarised chunks stay available to the "Current User Activity" view,
 /// so that summarising never blurs where the user is right now.
@@ -26,502 +23,6 @@ pub const MAX_GAPS: usize = 4;
 /// (a shared kiosk, or forged traffic) is not indexed under the extra ones, so the index stays
 /// bounded and every entry is cleaned up with its session.
 pub const MAX_PERSON_KEYS: usize = 32;
-
-/// Cap on a stored summary's text; a longer one keeps its newest part.
-pub const MAX_SUMMARY_CHARS: usize = 6000;
-
-/// A browser session id, as the connector delivers it: never empty, never padded, bounded.
-///
-/// It is an `Arc<str>` because the same id sits in the store map, the recency list, the identity
-/// index and every request that looks it up; cloning must be free.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct SessionId(Arc<str>);
-
-/// Why a string cannot be an identifier.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvalidId {
-    #[error("identifier is empty")]
-    Empty,
-    #[error("identifier is longer than {MAX_ID_LEN} characters")]
-    TooLong,
-    #[error("identifier contains control characters")]
-    ControlCharacters,
-}
-
-impl SessionId {
-    /// Parse a session id, trimming surrounding whitespace.
-    pub fn parse(raw: &str) -> Result<Self, InvalidId> {
-        let trimmed = raw.trim();
-        if trimmed.is_empty() {
-            return Err(InvalidId::Empty);
-        }
-        if trimmed.len() > MAX_ID_LEN {
-            return Err(InvalidId::TooLong);
-        }
-        if trimmed.chars().any(char::is_control) {
-            return Err(InvalidId::ControlCharacters);
-        }
-        Ok(Self(Arc::from(trimmed)))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for SessionId {
-    type Error = InvalidId;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(&value)
-    }
-}
-
-impl From<SessionId> for String {
-    fn from(value: SessionId) -> Self {
-        value.0.to_string()
-    }
-}
-
-impl fmt::Display for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SessionId({})", &self.0)
-    }
-}
-
-/// Normalise an email for indexing: trimmed and lower-cased, so `Maria@X.com ` finds `maria@x.com`.
-pub fn normalize_email(raw: &str) -> Option<String> {
-    let trimmed = raw.trim();
-    if trimmed.is_empty() || trimmed.len() > MAX_ID_LEN || trimmed.chars().any(char::is_control) {
-        return None;
-    }
-    Some(trimmed.to_lowercase())
-}
-
-/// Normalise a user id for indexing: trimmed, case kept (user ids are opaque and case-sensitive).
-pub fn normalize_user_id(raw: &str) -> Option<String> {
-    let trimmed = raw.trim();
-    if trimmed.is_empty() || trimmed.len() > MAX_ID_LEN || trimmed.chars().any(char::is_control) {
-        return None;
-    }
-    Some(trimmed.to_string())
-}
-
-/// One person-level key of the identity index.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum PersonKey {
-    Email(String),
-    UserId(String),
-}
-
-impl PersonKey {
-    /// Build a normalised email key; `None` when the raw value cannot be an identifier.
-    pub fn email(raw: &str) -> Option<Self> {
-        normalize_email(raw).map(Self::Email)
-    }
-
-    /// Build a normalised user-id key.
-    pub fn user_id(raw: &str) -> Option<Self> {
-        normalize_user_id(raw).map(Self::UserId)
-    }
-
-    /// Stable text form used as a map key and a Redis key suffix.
-    pub fn index_key(&self) -> String {
-        match self {
-            Self::Email(e) => format!("email:{e}"),
-            Self::UserId(u) => format!("user:{u}"),
-        }
-    }
-}
-
-/// One UI action, in the connector's vocabulary.
-///
-/// Compact on purpose: a store holds tens of thousands of sessions of twenty or more actions,
-/// so per-action overhead decides memory use. All texts share one allocation (kind, title,
-/// description, canonical URL, then the raw URL when it differs), and absent times are NaN
-/// instead of `Option` tags: 64 bytes plus one heap block per action. Serialised exactly as
-/// the plain [`ActionParts`] (what Redis and `--data-dir` store).
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(from = "ActionParts", into = "ActionParts")]
-pub struct Action {
-    /// kind | title | description | canonical URL | raw URL (empty when the same).
-    texts: Box<str>,
-    /// Ends of kind, title, description and canonical URL within `texts`.
-    ends: [u32; 4],
-    index: i64,
-    timestamp_start: f64,
-    timestamp_end: f64,
-    identity: Option<Box<ActionIdentity>>,
-}
-
-/// The fields of an [`Action`], one by one: how actions are built and serialised.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct ActionParts {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub index: Option<i64>,
-    /// `pageview`, `click`, `submit`, `type`, ... (lower-cased).
-    pub kind: String,
-    pub title: String,
-    pub description: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timestamp_start: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timestamp_end: Option<f64>,
-    /// `None` when equal to `canonical_url`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub raw_url: Option<String>,
-    pub canonical_url: String,
-    /// Per-action identity, kept only when it differs from the session's own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<Box<ActionIdentity>>,
-}
-
-/// `index` value meaning "none" (the connector's indexes are small and non-negative).
-const NO_INDEX: i64 = i64::MIN;
-
-fn time_or_nan(time: Option<f64>) -> f64 {
-    time.filter(|t| t.is_finite()).unwrap_or(f64::NAN)
-}
-
-fn nan_to_none(time: f64) -> Option<f64> {
-    (!time.is_nan()).then_some(time)
-}
-
-impl From<ActionParts> for Action {
-    fn from(parts: ActionParts) -> Self {
-        Self::new(parts)
-    }
-}
-
-impl From<Action> for ActionParts {
-    fn from(action: Action) -> Self {
-        action.parts()
-    }
-}
-
-impl PartialEq for Action {
-    fn eq(&self, other: &Self) -> bool {
-        // Times compare as options: two absent (NaN) times are equal.
-        self.texts == other.texts
-            && self.ends == other.ends
-            && self.index == other.index
-            && self.timestamp_start() == other.timestamp_start()
-            && self.timestamp_end() == other.timestamp_end()
-            && self.identity == other.identity
-    }
-}
-
-impl fmt::Debug for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.parts(), f)
-    }
-}
-
-impl Action {
-    /// Build an action from its fields. Texts longer than 4 GiB cannot occur (payloads are
-    /// bounded far below), so the offsets always fit.
-    pub fn new(parts: ActionParts) -> Self {
-        let raw = parts
-            .raw_url
-            .as_deref()
-            .filter(|raw| *raw != parts.canonical_url)
-            .unwrap_or("");
-        let mut texts = String::with_capacity(
-            parts.kind.len()
-                + parts.title.len()
-                + parts.description.len()
-                + parts.canonical_url.len()
-                + raw.len(),
-        );
-        let mut ends = [0u32; 4];
-        for (end, text) in ends.iter_mut().zip([
-            &parts.kind,
-            &parts.title,
-            &parts.description,
-            &parts.canonical_url,
-        ]) {
-            texts.push_str(text);
-            *end = u32::try_from(texts.len()).unwrap_or(u32::MAX);
-        }
-        texts.push_str(raw);
-        Self {
-            texts: texts.into_boxed_str(),
-            ends,
-            index: parts.index.unwrap_or(NO_INDEX),
-            timestamp_start: time_or_nan(parts.timestamp_start),
-            timestamp_end: time_or_nan(parts.timestamp_end),
-            identity: parts.identity,
-        }
-    }
-
-    /// The fields one by one.
-    pub fn parts(&self) -> ActionParts {
-        ActionParts {
-            index: self.index(),
-            kind: self.kind().to_string(),
-            title: self.title().to_string(),
-            description: self.description().to_string(),
-            timestamp_start: self.timestamp_start(),
-            timestamp_end: self.timestamp_end(),
-            raw_url: self.raw_url_if_different().map(str::to_string),
-            canonical_url: self.canonical_url().to_string(),
-            identity: self.identity.clone(),
-        }
-    }
-
-    fn text(&self, field: usize) -> &str {
-        let start = if field == 0 {
-            0
-        } else {
-            self.ends[field - 1] as usize
-        };
-        let end = self
-            .ends
-            .get(field)
-            .map_or(self.texts.len(), |e| *e as usize);
-        self.texts.get(start..end).unwrap_or("")
-    }
-
-    /// `pageview`, `click`, `submit`, `type`, ... (lower-cased).
-    pub fn kind(&self) -> &str {
-        self.text(0)
-    }
-
-    pub fn title(&self) -> &str {
-        self.text(1)
-    }
-
-    pub fn description(&self) -> &str {
-        self.text(2)
-    }
-
-    /// The URL with ids collapsed (`/projects/:id`).
-    pub fn canonical_url(&self) -> &str {
-        self.text(3)
-    }
-
-    /// The URL as captured, when it differs from the canonical one.
-    pub fn raw_url_if_different(&self) -> Option<&str> {
-        Some(self.text(4)).filter(|raw| !raw.is_empty())
-    }
-
-    /// The connector's index of the action in its session, if it sent one.
-    pub fn index(&self) -> Option<i64> {
-        (self.index != NO_INDEX).then_some(self.index)
-    }
-
-    pub fn timestamp_start(&self) -> Option<f64> {
-        nan_to_none(self.timestamp_start)
-    }
-
-    pub fn timestamp_end(&self) -> Option<f64> {
-        nan_to_none(self.timestamp_end)
-    }
-
-    /// Identity fields this action carries that differ from its session's.
-    pub fn identity(&self) -> Option<&ActionIdentity> {
-        self.identity.as_deref()
-    }
-}
-
-/// Identity fields an action carries that differ from its envelope's.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct ActionIdentity {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<Box<str>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub email: Option<Box<str>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conversation_id: Option<Box<str>>,
-}
-
-impl Action {
-    /// The URL as captured (falls back to the canonical one, which is how it was stored).
-    pub fn raw_url(&self) -> &str {
-        self.raw_url_if_different().unwrap_or(self.canonical_url())
-    }
-
-    /// Best single time for ordering and windows: start, else end.
-    pub fn time(&self) -> Option<f64> {
-        self.timestamp_start().or(self.timestamp_end())
-    }
-
-    /// Latest time the action touches.
-    pub fn end_time(&self) -> Option<f64> {
-        self.timestamp_end().or(self.timestamp_start())
-    }
-
-    pub fn is_pageview(&self) -> bool {
-        self.kind() == "pageview"
-    }
-
-    /// Clicks and submits are what the activity record lists as "what they did".
-    pub fn is_click_or_submit(&self) -> bool {
-        matches!(self.kind(), "click" | "submit")
-    }
-
-    /// One line for prompts and records:
-    /// `14:00:02 UTC click "Click Projects link": User clicked ... (https://app/dashboard)`.
-    pub fn describe(&self) -> String {
-        let when = self
-            .time()
-            .map(|t| format!("{} UTC ", crate::clock::format_utc_time(t)))
-            .unwrap_or_default();
-        let description = self.description().trim();
-        let detail = if description.is_empty() || description == self.title().trim() {
-            String::new()
-        } else {
-            format!(": {description}")
-        };
-        format!(
-            "{when}{} \"{}\"{detail} ({})",
-            self.kind(),
-            self.title().trim(),
-            self.canonical_url()
-        )
-    }
-
-    /// The page (canonical URL, label) this action puts the user on, when it is not `current`:
-    /// a page load of another page — the same canonical URL with another title counts, since
-    /// two consultants' profiles share `/consultants/:id` — or any action on another URL. A
-    /// reload of the current page is not a move.
-    pub fn arrives_at(&self, current: Option<(&str, &str)>) -> Option<(String, String)> {
-        let url = self.canonical_url();
-        let moved = match current {
-            None => true,
-            Some((current_url, current_label)) => {
-                current_url != url || (self.is_pageview() && current_label != self.page_label())
-            }
-        };
-        moved.then(|| (url.to_string(), self.page_label()))
-    }
-
-    /// A readable page name for this action: the title of a page load, else the URL's path.
-    pub fn page_label(&self) -> String {
-        if self.is_pageview() {
-            if let Some(name) = self.title().strip_prefix("Page Load:") {
-                let name = name.trim();
-                if !name.is_empty() {
-                    return name.to_string();
-                }
-            }
-            if !self.title().trim().is_empty() {
-                return self.title().trim().to_string();
-            }
-        }
-        url_path_label(self.canonical_url())
-    }
-}
-
-/// A short label from a URL: its path (`https://h/a/b?x` → `/a/b`).
-pub fn url_path_label(url: &str) -> String {
-    let without_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let path = if url.contains("://") {
-        without_scheme
-            .find('/')
-            .map_or("/", |i| &without_scheme[i..])
-    } else {
-        without_scheme
-    };
-    let path = path.split(['?', '#']).next().unwrap_or(path);
-    if path.is_empty() {
-        "/".to_string()
-    } else {
-        path.to_string()
-    }
-}
-
-/// One delivered batch of actions. Immutable once stored (shared by `Arc` between the store and
-/// readers), identified by a per-session sequence number that never repeats.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Chunk {
-    pub seq: u64,
-    pub actions: Box<[Action]>,
-    /// Server clock (Unix seconds) when the batch was stored.
-    pub received_at: f64,
-    /// Earliest and latest action time; the connector's `forwarded_at` or `received_at` when
-    /// actions carry no timestamps.
-    pub first_ts: f64,
-    pub last_ts: f64,
-}
-
-/// Where a session's activity comes from: shown by the operator console, and a metrics label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceKind {
-    PostHog,
-    Amplitude,
-    Segment,
-    AutoplayStream,
-    AutoplayWebhook,
-}
-
-impl SourceKind {
-    /// PostHog, Amplitude and Segment: one event per request, named by livectx itself.
-    pub fn is_analytics(self) -> bool {
-        matches!(self, Self::PostHog | Self::Amplitude | Self::Segment)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::PostHog => "posthog",
-            Self::Amplitude => "amplitude",
-            Self::Segment => "segment",
-            Self::AutoplayStream => "autoplay_stream",
-            Self::AutoplayWebhook => "autoplay_webhook",
-        }
-    }
-}
-
-/// Which summarizer wrote a summary; shown in record metadata as `summarizer`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SummarySource {
-    /// An OpenAI-compatible LLM.
-    Llm,
-    /// The deterministic built-in summarizer (the default, and the fallback).
-    Builtin,
-    /// The connector's own `summary` payload.
-    Connector,
-}
-
-impl SummarySource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Llm => "llm",
-            Self::Builtin => "builtin",
-            Self::Connector => "connector",
-        }
-    }
-}
-
-/// The rolling summary of everything a session did before its remaining raw chunks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
-    pub text: String,
-    pub source: SummarySource,
-    /// Every chunk with `seq <= covers_through_seq` is represented in this summary.
-    pub covers_through_seq: u64,
-    /// How many raw actions it condenses, in total over its whole history.
-    pub covered_actions: u64,
-    /// Time range of the activity it covers.
-    pub first_ts: f64,
-    pub last_ts: f64,
-    /// Server clock when written.
-    pub updated_at: f64,
-    /// Bumped on every replacement; lets a slow summarizer detect that it lost a race.
-    pub generation: u64,
-    /// Structured state of the built-in summarizer, so that its summaries merge without
-    /// re-reading text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<builtin::Digest>,
-}
 
 /// A stretch of time in which the stream was down: activity in it may be missing.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -548,43 +49,6 @@ pub struct CurrentPage {
     pub since: f64,
 }
 
-/// A batch of actions ready to be stored: already validated (the session id exists).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ActionBatch {
-    pub session_id: SessionId,
-    pub product_id: Option<String>,
-    pub user_id: Option<String>,
-    pub email: Option<String>,
-    pub conversation_id: Option<String>,
-    pub actions: Vec<Action>,
-    pub forwarded_at: Option<f64>,
-    /// Which tool delivered it (recorded on the session for the operator console).
-    pub source: Option<SourceKind>,
-}
-
-impl ActionBatch {
-    /// Identity keys this batch feeds into the index (envelope and per-action, deduplicated).
-    pub fn person_keys(&self) -> Vec<PersonKey> {
-        let mut keys = Vec::new();
-        let mut add = |key: Option<PersonKey>| {
-            if let Some(key) = key
-                && !keys.contains(&key)
-            {
-                keys.push(key);
-            }
-        };
-        add(self.email.as_deref().and_then(PersonKey::email));
-        add(self.user_id.as_deref().and_then(PersonKey::user_id));
-        for action in &self.actions {
-            if let Some(identity) = &action.identity {
-                add(identity.email.as_deref().and_then(PersonKey::email));
-                add(identity.user_id.as_deref().and_then(PersonKey::user_id));
-            }
-        }
-        keys
-    }
-}
-
 /// Limits applied to each session.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
@@ -602,43 +66,6 @@ pub struct AppendOutcome {
     pub unsummarized_actions: usize,
     /// Chunks folded into the summary by the built-in summarizer because the cap was reached.
     pub folded_chunks: usize,
-}
-
-/// A snapshot of the work a summarizer must do: the previous summary plus the raw chunks after it.
-#[derive(Debug, Clone)]
-pub struct SummaryJob {
-    pub session_id: SessionId,
-    pub previous: Option<Arc<Summary>>,
-    pub chunks: Vec<Arc<Chunk>>,
-    /// Highest chunk sequence number in `chunks`.
-    pub through_seq: u64,
-    /// A token proving the claim; the store only accepts the result from its holder.
-    pub claim_token: u64,
-}
-
-impl SummaryJob {
-    pub fn action_count(&self) -> usize {
-        self.chunks.iter().map(|c| c.actions.len()).sum()
-    }
-}
-
-/// A summary written by a summarizer, before it is stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SummaryDraft {
-    pub text: String,
-    pub source: SummarySource,
-    pub digest: Option<builtin::Digest>,
-}
-
-/// What happened to a finished summary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SummaryApplied {
-    /// Stored; it replaced the previous summary and exactly the chunks it covered.
-    Applied { removed_chunks: usize },
-    /// Discarded: while it was being written, a newer summary already covered more.
-    Stale,
-    /// The session is gone (evicted or expired) or the claim was lost.
-    Gone,
 }
 
 /// Everything the store keeps about one browser session.
@@ -682,14 +109,14 @@ pub struct Session {
     pub summary_claim_until: f64,
     #[serde(default)]
     pub summary_claim_token: u64,
-    /// The tool that last delivered activity for this session (`None` in data written before
-    /// sources were recorded).
-    #[serde(default)]
-    pub source: Option<SourceKind>,
     /// Set only on a snapshot answered while the upstream pull API could not be read (see
     /// [`crate::session::pull`]): the activity is as of this time. Never stored.
     #[serde(skip)]
     pub stale_as_of: Option<f64>,
+    /// The tool that last delivered activity for this session (`None` in data written before
+    /// sources were recorded).
+    #[serde(default)]
+    pub source: Option<SourceKind>,
 }
 
 impl Session {
@@ -715,8 +142,8 @@ impl Session {
             version: 0,
             summary_claim_until: 0.0,
             summary_claim_token: 0,
-            source: None,
             stale_as_of: None,
+            source: None,
         }
     }
 
@@ -740,7 +167,8 @@ impl Session {
             self.source = batch.source;
         }
         if batch.actions.is_empty() && batch.source.is_some_and(SourceKind::is_analytics) {
-            // An identity-only event (Segment `identify`): the person is indexed, no chunk.
+            // An identity-only event (Segment `identify`): the person is indexed, no chunk;
+            // the stream's empty batches keep their chunk as before.
             self.last_seen = now;
             self.version += 1;
             return AppendOutcome {
@@ -820,26 +248,28 @@ impl Session {
             .map(|c| c.last_ts)
             .chain(self.current_page.as_ref().map(|p| p.since))
             .fold(f64::NEG_INFINITY, f64::max);
-        let mut previous = batch_start;
-        let incoming: Vec<(&Action, f64)> = actions
+        let late = actions
             .iter()
-            .map(|a| {
-                previous = a.time().unwrap_or(previous);
-                (a, previous)
-            })
-            .collect();
-        let late = incoming.iter().any(|(_, t)| *t <= latest_held);
+            .any(|a| a.time().unwrap_or(batch_start) <= latest_held);
         if !late {
-            let mut ordered = incoming;
-            sort_by_time(&mut ordered);
+            let mut ordered: Vec<(&Action, f64)> =
+                actions.iter().map(|a| (a, batch_start)).collect();
+            ordered.sort_by(|x, y| action_order(x.0, x.1, y.0, y.1));
             let current = self.current_page.take();
             self.current_page = walk_pages(current, ordered);
             return;
         }
-        let mut ordered = timed_actions(self.recent_covered.iter().chain(self.chunks.iter()));
-        ordered.extend(incoming);
-        sort_by_time(&mut ordered);
-        let earliest = ordered.first().map_or(f64::INFINITY, |(_, t)| *t);
+        let mut ordered: Vec<(&Action, f64)> = self
+            .recent_covered
+            .iter()
+            .chain(self.chunks.iter())
+            .flat_map(|c| c.actions.iter().map(|a| (a, c.first_ts)))
+            .chain(actions.iter().map(|a| (a, batch_start)))
+            .collect();
+        ordered.sort_by(|x, y| action_order(x.0, x.1, y.0, y.1));
+        let earliest = ordered
+            .first()
+            .map_or(f64::INFINITY, |(a, fallback)| a.time().unwrap_or(*fallback));
         // A page from history that was summarised away still holds where it began.
         let start = self.current_page.take().filter(|p| p.since < earliest);
         let recomputed = walk_pages(start.clone(), ordered);
@@ -855,7 +285,7 @@ impl Session {
         let overflow = self.chunks.len() - max_chunks;
         let folded: Vec<Arc<Chunk>> = self.chunks.iter().take(overflow).cloned().collect();
         let through = folded.last().map_or(0, |c| c.seq);
-        let draft = builtin::summarize(self.summary.as_deref(), &folded);
+        let draft = digest::summarize(self.summary.as_deref(), &folded);
         self.replace_with_summary(draft, through, now);
         overflow
     }
@@ -1055,8 +485,13 @@ impl Session {
     /// Actions for the activity view: recently summarised chunks and raw chunks, oldest first
     /// by action time (a late delivery is shown in its place, not at the end).
     pub fn recent_action_iter(&self) -> impl Iterator<Item = &Action> {
-        let mut held = timed_actions(self.recent_covered.iter().chain(self.chunks.iter()));
-        sort_by_time(&mut held);
+        let mut held: Vec<(&Action, f64)> = self
+            .recent_covered
+            .iter()
+            .chain(self.chunks.iter())
+            .flat_map(|c| c.actions.iter().map(|a| (a, c.first_ts)))
+            .collect();
+        held.sort_by(|x, y| action_order(x.0, x.1, y.0, y.1));
         held.into_iter().map(|(a, _)| a)
     }
 
@@ -1081,99 +516,46 @@ impl Session {
     }
 }
 
-/// Actions of `chunks` with the time each is ordered by: its own, else that of the action
-/// before it in its chunk, else its chunk's first time (so an untimed action stays beside its
-/// neighbours).
-fn timed_actions<'a>(chunks: impl Iterator<Item = &'a Arc<Chunk>>) -> Vec<(&'a Action, f64)> {
-    let mut out = Vec::new();
-    for chunk in chunks {
-        let mut previous = chunk.first_ts;
-        for action in chunk.actions.iter() {
-            previous = action.time().unwrap_or(previous);
-            out.push((action, previous));
-        }
-    }
-    out
+/// The order actions are shown and walked in: by time (an action without one at its chunk's
+/// time), page loads before other actions at the same time, then by kind, title and URL, so
+/// equal times order the same whatever the arrival.
+fn action_order(a: &Action, a_fallback: f64, b: &Action, b_fallback: f64) -> std::cmp::Ordering {
+    a.time()
+        .unwrap_or(a_fallback)
+        .total_cmp(&b.time().unwrap_or(b_fallback))
+        // At the same time a page load comes first: the user lands, then acts.
+        .then_with(|| b.is_pageview().cmp(&a.is_pageview()))
+        .then_with(|| a.kind().cmp(b.kind()))
+        .then_with(|| a.title().cmp(b.title()))
+        .then_with(|| a.canonical_url().cmp(b.canonical_url()))
 }
 
-/// Sort into time order; equal times keep their order (arrival order).
-fn sort_by_time(actions: &mut [(&Action, f64)]) {
-    actions.sort_by(|a, b| a.1.total_cmp(&b.1));
-}
-
-/// Walk actions (in time order, each with the time it is ordered by) from `current`: the
-/// page the last move lands on.
+/// Walk actions (in time order, each with the time to use when it has none) from `current`:
+/// the page the last move lands on.
 fn walk_pages<'a>(
     mut current: Option<CurrentPage>,
     actions: impl IntoIterator<Item = (&'a Action, f64)>,
 ) -> Option<CurrentPage> {
-    for (action, ordered_at) in actions {
+    for (action, fallback) in actions {
         let here = current.as_ref().map(|p| (p.url.as_str(), p.label.as_str()));
         if let Some((url, label)) = action.arrives_at(here) {
             current = Some(CurrentPage {
                 label,
                 url,
-                since: action.time().unwrap_or(ordered_at),
+                since: action.time().unwrap_or(fallback),
             });
         }
     }
     current
 }
 
-/// Keep a summary bounded: when too long, keep its newest part (cut at a character boundary).
-fn cap_summary_text(text: String) -> String {
-    if text.chars().count() <= MAX_SUMMARY_CHARS {
-        return text;
-    }
-    let skip = text.chars().count() - MAX_SUMMARY_CHARS + 1;
-    let tail: String = text.chars().skip(skip).collect();
-    format!("…{tail}")
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    pub fn action(kind: &str, title: &str, url: &str, ts: f64) -> Action {
-        Action::new(ActionParts {
-            index: None,
-            kind: kind.into(),
-            title: title.into(),
-            description: format!("User did {kind} {title}"),
-            timestamp_start: Some(ts),
-            timestamp_end: Some(ts),
-            raw_url: None,
-            canonical_url: url.into(),
-            identity: None,
-        })
-    }
-
-    pub fn batch(session: &str, actions: Vec<Action>) -> ActionBatch {
-        ActionBatch {
-            session_id: SessionId::parse(session).unwrap(),
-            product_id: Some("acme".into()),
-            user_id: Some("u1".into()),
-            email: Some("A@Example.com".into()),
-            conversation_id: None,
-            actions,
-            forwarded_at: None,
-            source: None,
-        }
-    }
+    use crate::session::model::tests::{action, batch};
 
     fn limits(max_chunks: usize) -> SessionLimits {
         SessionLimits { max_chunks }
-    }
-
-    #[test]
-    fn session_id_rejects_empty_and_control_characters() {
-        assert_eq!(SessionId::parse("  "), Err(InvalidId::Empty));
-        assert_eq!(
-            SessionId::parse("a\u{0}b"),
-            Err(InvalidId::ControlCharacters)
-        );
-        assert_eq!(SessionId::parse(&"x".repeat(300)), Err(InvalidId::TooLong));
-        assert_eq!(SessionId::parse(" ps_1 ").unwrap().as_str(), "ps_1");
     }
 
     #[test]
@@ -1357,15 +739,5 @@ pub(crate) mod tests {
         let page = s.current_page.clone().unwrap();
         assert_eq!(page.label, "Billing");
         assert_eq!(page.since, 100.0);
-    }
-
-    #[test]
-    fn url_labels() {
-        assert_eq!(
-            url_path_label("https://app.acme.io/projects/:id?x=1"),
-            "/projects/:id"
-        );
-        assert_eq!(url_path_label("https://app.acme.io"), "/");
-        assert_eq!(url_path_label("/settings"), "/settings");
     }
 }
