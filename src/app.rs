@@ -12,9 +12,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::auth::ApiKeys;
 use crate::api::identity::{IdentityPolicy, IdentitySigner};
-use crate::api::limits::RateLimiter;
 use crate::api::mcp::McpSettings;
 use crate::api::{self, ApiContext, ApiState};
 use crate::clock;
@@ -27,7 +25,7 @@ use crate::ingest::idle_sessions::{IdleSessions, MemoryIdleSessions, RedisIdleSe
 use crate::ingest::pull::AutoplayPuller;
 use crate::ingest::receivers::{self, ReceiverSettings, Receivers};
 use crate::ingest::sse::{StreamConfig, StreamConsumer, StreamHandle};
-use crate::ingest::webhook::WebhookSettings;
+use crate::ingest::webhook::{self, WebhookSettings};
 use crate::session::buffered::BufferedStore;
 use crate::session::memory::MemoryStore;
 use crate::session::model::SessionLimits;
@@ -37,6 +35,8 @@ use crate::session::redis::{self as redis_store, RedisStore};
 use crate::session::store::{SessionStore, StoreConfig};
 use crate::session::summarizer::{LlmConfig, Summarizer, SummarizerConfig};
 use crate::telemetry::Metrics;
+use crate::web::auth::ApiKeys;
+use crate::web::limits::{RateLimiter, RequestLimits};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -246,11 +246,14 @@ impl Application {
             streams: streams.iter().map(|s| Arc::clone(&s.status)).collect(),
             summarizer_engine: engine,
             started_at: clock::now(),
-            rate_limiter,
-            request_timeout: config.request_timeout,
+            limits: Arc::new(RequestLimits {
+                exempt_paths: api::OPERATOR_PATHS.to_vec(),
+                marked_paths: vec![webhook::PATH],
+                ..RequestLimits::new(rate_limiter, config.request_timeout, Arc::clone(&metrics))
+            }),
             puller,
         });
-        if let Some(limiter) = &state.rate_limiter {
+        if let Some(limiter) = &state.limits.rate_limiter {
             let limit = limiter.config();
             tracing::info!(
                 per_second = limit.per_second,

@@ -50,6 +50,7 @@ pub mod shutdown;
 pub mod sources;
 pub mod sync;
 pub mod telemetry;
+pub mod web;
 
 pub use app::{Application, Overrides, StartupError};
 pub use config::ServeConfig;

@@ -38,7 +38,6 @@ use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
 use serde::{Deserialize, Serialize};
 
 use crate::api::ApiState;
-use crate::api::auth::{self, ApiKeys};
 use crate::api::identity::{ClaimKind, Via};
 use crate::api::openapi::ErrorBody;
 use crate::api::records::{join_content, session_records};
@@ -46,6 +45,7 @@ use crate::api::rest::{self, LiveAction, Lookup, live_actions, look_up, rejectio
 use crate::clock::{self, format_duration, format_rfc3339};
 use crate::session::model::Session;
 use crate::session::store::decode_cursor;
+use crate::web::auth::{self, ApiKeys};
 
 /// Where the MCP endpoint listens.
 pub const PATH: &str = "/mcp";

@@ -24,8 +24,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::ApiState;
-use crate::api::auth::{self, KeyError};
-use crate::api::error::{ApiError, codes};
 use crate::api::identity::{Claim, ClaimKind, ClaimOutcome, IdentityResolver, Via};
 use crate::api::openapi::ErrorBody;
 use crate::api::records::{Record, join_content};
@@ -33,6 +31,8 @@ use crate::api::retrieval::{DEFAULT_TOP_K, MAX_TOP_K, records_for};
 use crate::clock;
 use crate::session::model::{Action, Session};
 use crate::session::store::StoreError;
+use crate::web::auth::{self, KeyError};
+use crate::web::error::{ApiError, codes};
 
 /// Where Autoplay's pull API lives (axum path syntax).
 pub const LIVE_ACTIVITY_PATH: &str = "/users/{product_id}/{user_id}/live-activity";
