@@ -108,6 +108,7 @@ impl Application {
         let mut background = Vec::new();
         let Storage {
             store,
+            buffered,
             leadership,
             snapshotter,
             redis,
@@ -128,6 +129,13 @@ impl Application {
         )
         .map_err(|e| StartupError::Config(e.to_string()))?;
         background.push(summarizer.spawn(shutdown.child_token()));
+        if let Some(buffered) = &buffered {
+            // Appends replayed after a Redis outage reach the summarizer like live ones.
+            let listener = summarizer.clone();
+            buffered.on_replay(move |id, stored| {
+                listener.notify(id, stored.outcome.unsummarized_actions);
+            });
+        }
         let engine = summarizer.engine_name();
 
         let ingestor = Arc::new(
@@ -415,6 +423,8 @@ impl Application {
 /// disk with `--data-dir`).
 struct Storage {
     store: Arc<dyn SessionStore>,
+    /// The outage buffer in front of Redis (its replay results go to the summarizer).
+    buffered: Option<Arc<BufferedStore>>,
     leadership: Option<Arc<dyn Leadership>>,
     /// Set with `--data-dir` (in-memory store only).
     snapshotter: Option<Snapshotter>,
@@ -444,6 +454,7 @@ async fn build_storage(
     if let Some(store) = store {
         return Ok(Storage {
             store,
+            buffered: None,
             leadership,
             snapshotter: None,
             redis: None,
@@ -453,6 +464,7 @@ async fn build_storage(
         let Some(dir) = &config.data_dir else {
             return Ok(Storage {
                 store: Arc::new(MemoryStore::new(store_config(config))),
+                buffered: None,
                 leadership,
                 snapshotter: None,
                 redis: None,
@@ -468,38 +480,54 @@ async fn build_storage(
         background.push(snapshotter.spawn(config.snapshot_interval, shutdown.child_token()));
         return Ok(Storage {
             store: memory,
+            buffered: None,
             leadership,
             snapshotter: Some(snapshotter),
             redis: None,
         });
     };
     let shown = crate::telemetry::redact_url(url);
-    let client = redis_store::client(url).map_err(|e| {
+    redis_store::keys::check_prefix(&config.redis_prefix).map_err(StartupError::Config)?;
+    let target = redis_store::RedisTarget::parse(url).map_err(|e| {
         StartupError::Config(format!("LIVECTX_REDIS_URL is not a usable Redis URL: {e}"))
     })?;
-    let connection = redis_store::lazy_connection(client)
+    let connection = target
+        .lazy_connection()
         .map_err(|e| StartupError::Config(format!("cannot set up the Redis connection: {e}")))?;
+    let redis_store = RedisStore::new(
+        connection.clone(),
+        config.redis_prefix.clone(),
+        store_config(config),
+    );
     let mut probe = connection.clone();
     match redis::cmd("PING").query_async::<String>(&mut probe).await {
         Ok(_) => {
-            tracing::info!(redis = %shown, prefix = %config.redis_prefix, "sessions are shared through Redis")
+            redis_store
+                .check_format()
+                .await
+                .map_err(|error| match error {
+                    redis_store::FormatError::Mismatch { .. } => {
+                        StartupError::Config(error.to_string())
+                    }
+                    redis_store::FormatError::Store(error) => StartupError::Config(format!(
+                        "cannot read the key format from Redis at {shown}: {error}"
+                    )),
+                })?;
+            tracing::info!(redis = %shown, mode = target.mode(), prefix = %config.redis_prefix, "sessions are shared through Redis")
         }
-        Err(error) if error.is_io_error() => tracing::error!(
-            redis = %shown,
-            %error,
-            "Redis is unreachable; starting anyway: retrieval answers empty and ingestion buffers until it is back"
-        ),
+        Err(error) if error.is_io_error() || error.is_timeout() || target.mode() == "cluster" => {
+            tracing::error!(
+                redis = %shown,
+                %error,
+                "Redis is unreachable; starting anyway: retrieval answers empty and ingestion buffers until it is back (the key format is checked at the next start)"
+            )
+        }
         Err(error) => {
             return Err(StartupError::Config(format!(
                 "Redis at {shown} refused livectx: {error}"
             )));
         }
     }
-    let redis_store = RedisStore::new(
-        connection.clone(),
-        config.redis_prefix.clone(),
-        store_config(config),
-    );
     let buffered = Arc::new(BufferedStore::new(
         Arc::new(redis_store),
         config.redis_buffer,
@@ -520,7 +548,8 @@ async fn build_storage(
         Some(Arc::new(leases) as Arc<dyn Leadership>)
     });
     Ok(Storage {
-        store: buffered,
+        store: Arc::clone(&buffered) as Arc<dyn SessionStore>,
+        buffered: Some(buffered),
         leadership,
         snapshotter: None,
         redis: Some(receivers_connection),

@@ -16,6 +16,7 @@ pub mod ingest_posthog;
 pub mod llm;
 pub mod loadgen;
 pub mod memory;
+pub mod redis_nodes;
 pub mod retrieval;
 pub mod server;
 pub mod soak;
