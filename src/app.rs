@@ -21,6 +21,8 @@ use crate::clock;
 use crate::cluster::Leadership;
 use crate::cluster::redis_lease::{LeaseSettings, RedisLeadership, default_replica_id};
 use crate::config::ServeConfig;
+use crate::console::{self, ConsoleSettings};
+use crate::diagnostics::Diagnostics;
 use crate::ingest::Ingestor;
 use crate::ingest::sse::{StreamConfig, StreamConsumer, StreamHandle};
 use crate::ingest::webhook::WebhookSettings;
@@ -70,6 +72,8 @@ pub struct Application {
     /// Releases the stream leases at the end of shutdown.
     leadership: Option<Arc<dyn Leadership>>,
     shutdown_timeout: Duration,
+    /// The operator console, when `LIVECTX_CONSOLE_KEY` is set.
+    console: Option<ConsoleSettings>,
 }
 
 impl Application {
@@ -87,6 +91,7 @@ impl Application {
             secret_setting("AUTOPLAY_WEBHOOK_SECRET", config.webhook_secret.as_deref())?;
         let identity_secret =
             secret_setting("LIVECTX_IDENTITY_SECRET", config.identity_secret.as_deref())?;
+        let console_key = secret_setting("LIVECTX_CONSOLE_KEY", config.console_key.as_deref())?;
         if config.request_timeout.is_zero() {
             return Err(StartupError::Config(
                 "LIVECTX_REQUEST_TIMEOUT must be longer than 0".to_string(),
@@ -119,12 +124,16 @@ impl Application {
         background.push(summarizer.spawn(shutdown.child_token()));
         let engine = summarizer.engine_name();
 
-        let ingestor = Arc::new(Ingestor::new(
-            Arc::clone(&store),
-            Arc::clone(&metrics),
-            Some(summarizer),
-            Duration::from_millis(config.debounce_ms),
-        ));
+        let diagnostics = Arc::new(Diagnostics::default());
+        let ingestor = Arc::new(
+            Ingestor::new(
+                Arc::clone(&store),
+                Arc::clone(&metrics),
+                Some(summarizer),
+                Duration::from_millis(config.debounce_ms),
+            )
+            .with_diagnostics(Arc::clone(&diagnostics)),
+        );
         if let Some(tick) = ingestor.debounce_tick() {
             background.push(spawn_debounce_sweeper(
                 Arc::clone(&ingestor),
@@ -201,6 +210,7 @@ impl Application {
             started_at: clock::now(),
             rate_limiter,
             request_timeout: config.request_timeout,
+            diagnostics,
         });
         if let Some(limiter) = &state.rate_limiter {
             let limit = limiter.config();
@@ -242,6 +252,11 @@ impl Application {
             snapshotter,
             leadership,
             shutdown_timeout: config.shutdown_timeout,
+            console: console_key.map(|key| ConsoleSettings {
+                key,
+                show_identities: config.console_show_identities,
+                public_url: config.public_url.clone(),
+            }),
         })
     }
 
@@ -278,9 +293,13 @@ impl Application {
             snapshotter,
             leadership,
             shutdown_timeout,
+            console,
             ..
         } = self;
-        let router = api::router(Arc::clone(&state));
+        let mut router = api::router(Arc::clone(&state));
+        if let Some(settings) = console {
+            router = router.merge(console::router(Arc::clone(&state), settings));
+        }
         let server = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),

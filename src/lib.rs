@@ -34,6 +34,9 @@
 //! - [`bench`]: `livectx bench <scenario>`, the self-contained benchmarks behind BENCHMARKS.md
 //!   (synthetic connector, fake LLM, load generator).
 //! - [`sync`]: locking that survives a panic elsewhere.
+//! - [`diagnostics`]: bounded evidence the operator console reads (recent lookups, refused
+//!   payload samples, events per minute), recorded by ingest and the APIs.
+//! - [`console`]: the operator console at `/console` (server-rendered HTML), mounted by [`app`].
 
 pub mod api;
 pub mod app;
@@ -42,7 +45,9 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod demo;
+pub mod diagnostics;
 pub mod ingest;
 pub mod session;
 pub mod sources;

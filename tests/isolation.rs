@@ -117,6 +117,7 @@ fn state(store: Arc<dyn SessionStore>) -> ApiState {
         started_at: 0.0,
         rate_limiter: None,
         request_timeout: Duration::from_secs(10),
+        diagnostics: Default::default(),
     })
 }
 
@@ -388,7 +389,7 @@ async fn check_reused_session_id_forgets_its_people(store: Arc<dyn SessionStore>
         };
         let outcome = resolver.resolve(&claim, None, later + 1.0).await.unwrap();
         assert!(
-            matches!(outcome, ClaimOutcome::Unknown),
+            matches!(outcome, ClaimOutcome::Unknown(_)),
             "{value} still finds the reused session: {outcome:?}"
         );
     }

@@ -26,6 +26,7 @@ use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::diagnostics::Diagnostics;
 use crate::ingest::Ingestor;
 use crate::ingest::sse::StreamStatus;
 use crate::ingest::webhook::{self, WebhookSettings};
@@ -63,6 +64,8 @@ pub struct ApiContext {
     pub rate_limiter: Option<RateLimiter>,
     /// Longest a request may take to produce its response head.
     pub request_timeout: Duration,
+    /// The lookup log and refusal samples the operator console shows.
+    pub diagnostics: Arc<Diagnostics>,
 }
 
 /// Shared handler state.

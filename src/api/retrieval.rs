@@ -10,6 +10,7 @@
 //! - Side-effect free: Dify retries the same request up to three times.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Json;
 use axum::body::Body;
@@ -28,6 +29,7 @@ use crate::api::identity::{
 };
 use crate::api::records::{Record, select, session_records};
 use crate::clock;
+use crate::diagnostics::{LookupChannel, LookupEntry, LookupMiss, clip};
 use crate::session::model::{MAX_ID_LEN, Session};
 use crate::session::store::StoreError;
 
@@ -177,6 +179,10 @@ pub struct Resolved<'q> {
     pub question: &'q str,
     /// Conditions on fields other than the identity, to filter records with.
     pub filter: Option<MetadataCondition>,
+    /// Did the identifier that decided carry a signature?
+    pub signed: bool,
+    /// Why no session was matched (`None` when one was).
+    pub miss: Option<LookupMiss>,
 }
 
 const IDENTITY_FIELDS: [(&str, ClaimKind); 3] = [
@@ -196,15 +202,23 @@ fn identity_kind(name: &str) -> Option<ClaimKind> {
 struct Decision {
     session: Option<Arc<Session>>,
     via: Via,
+    signed: bool,
+    miss: Option<LookupMiss>,
 }
 
 impl Decision {
-    fn of(outcome: ClaimOutcome, via: Via) -> Self {
-        let session = match outcome {
-            ClaimOutcome::Found(session) => Some(session),
-            ClaimOutcome::Unknown | ClaimOutcome::Rejected(_) => None,
+    fn of(outcome: ClaimOutcome, claim: &Claim) -> Self {
+        let (session, miss) = match outcome {
+            ClaimOutcome::Found(session) => (Some(session), None),
+            ClaimOutcome::Unknown(miss) => (None, Some(miss)),
+            ClaimOutcome::Rejected(reason) => (None, Some(LookupMiss::from_rejection(reason))),
         };
-        Self { session, via }
+        Self {
+            session,
+            via: claim.via,
+            signed: looks_signed(&claim.value),
+            miss,
+        }
     }
 }
 
@@ -256,16 +270,30 @@ pub async fn resolve_request<'q>(
                     via: Some(decision.via),
                     question: rest,
                     filter,
+                    signed: decision.signed,
+                    miss: decision.miss,
                 });
             }
             None => decide_by_knowledge_id(&resolver, knowledge_id, product, now).await?,
         },
     };
-    Ok(Resolved {
-        via: decision.as_ref().map(|d| d.via),
-        session: decision.and_then(|d| d.session),
-        question,
-        filter,
+    Ok(match decision {
+        Some(decision) => Resolved {
+            via: Some(decision.via),
+            session: decision.session,
+            question,
+            filter,
+            signed: decision.signed,
+            miss: decision.miss,
+        },
+        None => Resolved {
+            via: None,
+            session: None,
+            question,
+            filter,
+            signed: false,
+            miss: Some(LookupMiss::NoIdentifier),
+        },
     })
 }
 
@@ -277,7 +305,7 @@ async fn decide_by_metadata(
     product: Option<&str>,
     now: f64,
 ) -> Result<Option<Decision>, StoreError> {
-    let mut carried_identifier = false;
+    let mut refused: Option<Decision> = None;
     for condition in conditions {
         let Some(kind) = identity_kind(&condition.names[0]) else {
             continue;
@@ -290,20 +318,14 @@ async fn decide_by_metadata(
             };
             match resolver.resolve(&claim, product, now).await? {
                 ClaimOutcome::Rejected("unresolved_variable") => {}
-                ClaimOutcome::Found(session) => {
-                    return Ok(Some(Decision {
-                        session: Some(session),
-                        via: Via::Metadata,
-                    }));
+                outcome @ ClaimOutcome::Found(_) => return Ok(Some(Decision::of(outcome, &claim))),
+                outcome @ (ClaimOutcome::Unknown(_) | ClaimOutcome::Rejected(_)) => {
+                    refused.get_or_insert(Decision::of(outcome, &claim));
                 }
-                ClaimOutcome::Unknown | ClaimOutcome::Rejected(_) => carried_identifier = true,
             }
         }
     }
-    Ok(carried_identifier.then_some(Decision {
-        session: None,
-        via: Via::Metadata,
-    }))
+    Ok(refused)
 }
 
 /// (b) The first line of the query: an explicit `session_id: X` always decides; a bare token
@@ -329,6 +351,8 @@ async fn decide_by_query(
             return Ok(Some(Decision {
                 session: None,
                 via: Via::Query,
+                signed: false,
+                miss: Some(LookupMiss::Unsigned),
             }));
         }
         QueryIdentity::Candidate(token) => (ClaimKind::Any, token, false),
@@ -347,12 +371,13 @@ async fn decide_by_query(
             *reason == SignatureError::BadSignature.reason()
                 || *reason == SignatureError::Expired.reason()
         }
-        ClaimOutcome::Unknown | ClaimOutcome::Rejected(_) => explicit,
+        ClaimOutcome::Unknown(_) | ClaimOutcome::Rejected(_) => explicit,
     };
-    Ok(decisive.then(|| Decision::of(outcome, Via::Query)))
+    Ok(decisive.then(|| Decision::of(outcome, &claim)))
 }
 
-/// (c) The knowledge id, when it is not a product name and names someone.
+/// (c) The knowledge id, when it is not a product name: the session it names, or (for the
+/// console's lookup log) why it names none.
 async fn decide_by_knowledge_id(
     resolver: &IdentityResolver<'_>,
     knowledge_id: &str,
@@ -367,10 +392,8 @@ async fn decide_by_knowledge_id(
         value: knowledge_id.to_string(),
         via: Via::KnowledgeId,
     };
-    match resolver.resolve(&claim, None, now).await? {
-        outcome @ ClaimOutcome::Found(_) => Ok(Some(Decision::of(outcome, Via::KnowledgeId))),
-        _ => Ok(None),
-    }
+    let outcome = resolver.resolve(&claim, None, now).await?;
+    Ok(Some(Decision::of(outcome, &claim)))
 }
 
 /// The records for one session: activity first, filtered, thresholded, cut to `top_k`.
@@ -434,39 +457,32 @@ impl Serialize for RecordsBody<'_> {
     }
 }
 
-/// `POST /retrieval`.
-pub async fn retrieve(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
-    match retrieve_inner(&state, &headers, body).await {
-        Ok(records) => Json(RecordsBody(&records)).into_response(),
-        Err(error) => {
-            tracing::warn!(status = error.status.as_u16(), code = error.code, message = %error.message, "retrieval refused");
-            error.into_response()
-        }
-    }
+/// What `/retrieval` answers for one parsed request, and how it got there.
+pub struct Answer {
+    pub records: Vec<Record>,
+    /// The session the request resolved to.
+    pub session: Option<Arc<Session>>,
+    pub via: Option<Via>,
+    pub signed: bool,
+    pub miss: Option<LookupMiss>,
 }
 
-async fn retrieve_inner(
-    state: &ApiState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Vec<Record>, ApiError> {
-    check_key(state, headers)?;
-    let bytes = read_body(body, BODY_LIMIT).await?;
-    let request = match parse_request(&bytes)? {
-        ParsedRequest::Probe => {
-            tracing::info!("answered Dify's registration probe");
-            return Ok(Vec::new());
-        }
-        ParsedRequest::Retrieve(request) => request,
-    };
-    let now = clock::now();
-    let resolved = match resolve_request(state, &request, now).await {
+/// Answer one parsed request: resolve its user, then select that session's records. This is
+/// `/retrieval` itself; the operator console's "what the chatbot receives" panel calls it too.
+pub async fn answer(state: &ApiState, request: &RetrievalRequest, now: f64) -> Answer {
+    let resolved = match resolve_request(state, request, now).await {
         Ok(resolved) => resolved,
         Err(error) => {
             // Never a 5xx storm: Dify would retry three times. Answer with nothing, loudly.
             state.metrics.store_error("retrieval");
             tracing::warn!(%error, "storage unavailable during retrieval; answering with no records");
-            return Ok(Vec::new());
+            return Answer {
+                records: Vec::new(),
+                session: None,
+                via: None,
+                signed: false,
+                miss: Some(LookupMiss::StoreUnavailable),
+            };
         }
     };
     let Some(session) = resolved.session else {
@@ -474,7 +490,13 @@ async fn retrieve_inner(
             via = resolved.via.map(Via::as_str),
             "no session for this request"
         );
-        return Ok(Vec::new());
+        return Answer {
+            records: Vec::new(),
+            session: None,
+            via: resolved.via,
+            signed: resolved.signed,
+            miss: resolved.miss,
+        };
     };
     let records = records_for(
         state,
@@ -486,7 +508,76 @@ async fn retrieve_inner(
         now,
     );
     tracing::debug!(session = %session.id, via = resolved.via.map(Via::as_str), records = records.len(), "retrieval answered");
-    Ok(records)
+    Answer {
+        records,
+        session: Some(session),
+        via: resolved.via,
+        signed: resolved.signed,
+        miss: None,
+    }
+}
+
+/// `metadata_condition` as one line for the lookup log: `session_id is "ps_1" and kind in [..]`.
+pub fn describe_condition(condition: &MetadataCondition) -> String {
+    let joiner = if condition.any { " or " } else { " and " };
+    let parts: Vec<String> = condition
+        .conditions
+        .iter()
+        .map(|c| format!("{} {} {}", c.names.join(","), c.operator, c.value))
+        .collect();
+    clip(&parts.join(joiner))
+}
+
+/// `POST /retrieval`.
+pub async fn retrieve(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let mut lookup = LookupEntry::new(LookupChannel::Retrieval, "/retrieval");
+    let response = match retrieve_inner(&state, &headers, body, &mut lookup).await {
+        Ok(records) => Json(RecordsBody(&records)).into_response(),
+        Err(error) => {
+            tracing::warn!(status = error.status.as_u16(), code = error.code, message = %error.message, "retrieval refused");
+            lookup.miss = Some(if error.status == StatusCode::FORBIDDEN {
+                LookupMiss::BadKey
+            } else {
+                LookupMiss::BadRequest
+            });
+            error.into_response()
+        }
+    };
+    lookup.latency = started.elapsed();
+    state.diagnostics.lookups.record(lookup);
+    response
+}
+
+async fn retrieve_inner(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: Body,
+    lookup: &mut LookupEntry,
+) -> Result<Vec<Record>, ApiError> {
+    check_key(state, headers)?;
+    let bytes = read_body(body, BODY_LIMIT).await?;
+    let request = match parse_request(&bytes)? {
+        ParsedRequest::Probe => {
+            tracing::info!("answered Dify's registration probe");
+            lookup.miss = Some(LookupMiss::Probe);
+            return Ok(Vec::new());
+        }
+        ParsedRequest::Retrieve(request) => request,
+    };
+    let now = clock::now();
+    let answer = answer(state, &request, now).await;
+    lookup.knowledge_id = clip(&request.knowledge_id);
+    lookup.query_line = clip(request.query.lines().next().unwrap_or(""));
+    if let Some(condition) = &request.metadata_condition {
+        lookup.metadata_condition = describe_condition(condition);
+    }
+    lookup.via = answer.via.map(Via::as_str);
+    lookup.signed = answer.signed;
+    lookup.session = answer.session.as_ref().map(|s| s.id.to_string());
+    lookup.miss = answer.miss;
+    lookup.records = answer.records.len();
+    Ok(answer.records)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock;
+use crate::diagnostics::Diagnostics;
 use crate::session::model::{ActionBatch, Gap, SessionId};
 use crate::session::store::{Fence, SessionStore, StoreError};
 use crate::session::summarizer::Summarizer;
@@ -64,6 +65,8 @@ pub struct Ingestor {
     /// One throttle per refusal reason (and one for any other), so a flood of one kind does
     /// not hide another.
     refusal_logs: [LogThrottle; REFUSAL_REASONS.len() + 1],
+    /// Refusal samples and event rates for the operator console.
+    diagnostics: Arc<Diagnostics>,
 }
 
 /// Reasons a payload is refused, each with its own log throttle.
@@ -93,7 +96,15 @@ impl Ingestor {
             summarizer,
             debouncer,
             refusal_logs: std::array::from_fn(|_| LogThrottle::new(REFUSAL_LOG_INTERVAL)),
+            diagnostics: Arc::default(),
         }
+    }
+
+    /// Record refusals and event rates into `diagnostics` (the application's, which the
+    /// console reads) instead of a private one.
+    pub fn with_diagnostics(mut self, diagnostics: Arc<Diagnostics>) -> Self {
+        self.diagnostics = diagnostics;
+        self
     }
 
     /// The store this ingestor writes to.
@@ -109,13 +120,24 @@ impl Ingestor {
         channel: Channel<'_>,
     ) -> Ingested {
         match payload::decode(bytes) {
-            Ok(payload) => self.ingest(source, payload, channel).await,
-            Err(error) => self.refuse(source, error.reason(), &error.to_string()),
+            Ok(payload) => self.ingest_raw(source, payload, channel, Some(bytes)).await,
+            Err(error) => self.refuse(source, error.reason(), &error.to_string(), Some(bytes)),
         }
     }
 
     /// Store one decoded payload.
     pub async fn ingest(&self, source: Source, payload: Payload, channel: Channel<'_>) -> Ingested {
+        self.ingest_raw(source, payload, channel, None).await
+    }
+
+    /// Store one decoded payload whose bytes (`raw`) illustrate a refusal on the console.
+    pub async fn ingest_raw(
+        &self,
+        source: Source,
+        payload: Payload,
+        channel: Channel<'_>,
+        raw: Option<&[u8]>,
+    ) -> Ingested {
         let kind = payload.kind().to_string();
         let result = match payload {
             Payload::Actions(actions) => {
@@ -134,17 +156,21 @@ impl Ingestor {
                             source,
                             "no_session",
                             "actions without a session id (never pooled)",
+                            raw,
                         );
                     }
                 }
             }
             Payload::Summary(summary) => {
-                let id = match self.session_of(source, summary.session_id.as_deref()).await {
+                let id = match self
+                    .session_of(source, summary.session_id.as_deref(), raw)
+                    .await
+                {
                     Ok(id) => id,
                     Err(refused) => return refused,
                 };
                 if summary.summary.trim().is_empty() {
-                    return self.refuse(source, "empty_summary", "a summary with no text");
+                    return self.refuse(source, "empty_summary", "a summary with no text", raw);
                 }
                 let product = summary.product_id.as_deref().or(channel.product_id);
                 let result = self
@@ -164,7 +190,10 @@ impl Ingestor {
                 self.check(result, "apply_connector_summary")
             }
             Payload::TourTrigger(tour) => {
-                let id = match self.session_of(source, tour.session_id.as_deref()).await {
+                let id = match self
+                    .session_of(source, tour.session_id.as_deref(), raw)
+                    .await
+                {
                     Ok(id) => id,
                     Err(refused) => return refused,
                 };
@@ -187,6 +216,7 @@ impl Ingestor {
                     source,
                     "unknown_type",
                     &format!("a payload of unknown type {kind:?}"),
+                    raw,
                 );
                 return Ingested::Ignored {
                     reason: "unknown_type",
@@ -201,14 +231,26 @@ impl Ingestor {
                     payload_type: kind,
                 })
                 .inc();
+            self.diagnostics
+                .events
+                .record(source.as_str(), 1, clock::now());
         }
         result
     }
 
     /// Count a refused payload, and log it (one line per interval and reason: anonymous
     /// traffic alone can be most of a stream).
-    fn refuse(&self, source: Source, reason: &'static str, what: &str) -> Ingested {
+    fn refuse(
+        &self,
+        source: Source,
+        reason: &'static str,
+        what: &str,
+        raw: Option<&[u8]>,
+    ) -> Ingested {
         self.metrics.refuse(source.as_str(), reason);
+        self.diagnostics
+            .refusals
+            .record(source.as_str(), reason, what, raw, clock::now());
         if let Some(held_back) = self.refusal_log(reason).note(1) {
             if reason == "no_session" {
                 tracing::info!(
@@ -240,9 +282,14 @@ impl Ingestor {
 
     /// The session a summary or tour payload is about; pending debounced actions of that
     /// session are stored first, to keep its order.
-    async fn session_of(&self, source: Source, raw: Option<&str>) -> Result<SessionId, Ingested> {
-        let Ok(id) = SessionId::parse(raw.unwrap_or("")) else {
-            return Err(self.refuse(source, "no_session", "a payload without a session id"));
+    async fn session_of(
+        &self,
+        source: Source,
+        session_id: Option<&str>,
+        raw: Option<&[u8]>,
+    ) -> Result<SessionId, Ingested> {
+        let Ok(id) = SessionId::parse(session_id.unwrap_or("")) else {
+            return Err(self.refuse(source, "no_session", "a payload without a session id", raw));
         };
         self.flush_session(&id).await;
         Ok(id)
