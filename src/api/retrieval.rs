@@ -183,6 +183,8 @@ pub struct Resolved<'q> {
     pub signed: bool,
     /// Why no session was matched (`None` when one was).
     pub miss: Option<LookupMiss>,
+    /// The identifier that matched nobody, as read (`None` when a session matched).
+    pub unmatched: Option<String>,
 }
 
 const IDENTITY_FIELDS: [(&str, ClaimKind); 3] = [
@@ -204,6 +206,7 @@ struct Decision {
     via: Via,
     signed: bool,
     miss: Option<LookupMiss>,
+    unmatched: Option<String>,
 }
 
 impl Decision {
@@ -214,6 +217,7 @@ impl Decision {
             ClaimOutcome::Rejected(reason) => (None, Some(LookupMiss::from_rejection(reason))),
         };
         Self {
+            unmatched: miss.map(|_| claim.value.clone()),
             session,
             via: claim.via,
             signed: looks_signed(&claim.value),
@@ -272,6 +276,7 @@ pub async fn resolve_request<'q>(
                     filter,
                     signed: decision.signed,
                     miss: decision.miss,
+                    unmatched: decision.unmatched,
                 });
             }
             None => decide_by_knowledge_id(&resolver, knowledge_id, product, now).await?,
@@ -285,6 +290,7 @@ pub async fn resolve_request<'q>(
             filter,
             signed: decision.signed,
             miss: decision.miss,
+            unmatched: decision.unmatched,
         },
         None => Resolved {
             via: None,
@@ -293,6 +299,7 @@ pub async fn resolve_request<'q>(
             filter,
             signed: false,
             miss: Some(LookupMiss::NoIdentifier),
+            unmatched: None,
         },
     })
 }
@@ -353,6 +360,7 @@ async fn decide_by_query(
                 via: Via::Query,
                 signed: false,
                 miss: Some(LookupMiss::Unsigned),
+                unmatched: Some(token.clone()),
             }));
         }
         QueryIdentity::Candidate(token) => (ClaimKind::Any, token, false),
@@ -465,6 +473,7 @@ pub struct Answer {
     pub via: Option<Via>,
     pub signed: bool,
     pub miss: Option<LookupMiss>,
+    pub unmatched: Option<String>,
 }
 
 /// Answer one parsed request: resolve its user, then select that session's records. This is
@@ -482,6 +491,7 @@ pub async fn answer(state: &ApiState, request: &RetrievalRequest, now: f64) -> A
                 via: None,
                 signed: false,
                 miss: Some(LookupMiss::StoreUnavailable),
+                unmatched: None,
             };
         }
     };
@@ -496,6 +506,7 @@ pub async fn answer(state: &ApiState, request: &RetrievalRequest, now: f64) -> A
             via: resolved.via,
             signed: resolved.signed,
             miss: resolved.miss,
+            unmatched: resolved.unmatched,
         };
     };
     let records = records_for(
@@ -514,6 +525,7 @@ pub async fn answer(state: &ApiState, request: &RetrievalRequest, now: f64) -> A
         via: resolved.via,
         signed: resolved.signed,
         miss: None,
+        unmatched: None,
     }
 }
 
@@ -576,6 +588,11 @@ async fn retrieve_inner(
     lookup.signed = answer.signed;
     lookup.session = answer.session.as_ref().map(|s| s.id.to_string());
     lookup.miss = answer.miss;
+    if let Some(unmatched) = &answer.unmatched
+        && answer.via != Some(Via::KnowledgeId)
+    {
+        lookup.identifier = clip(unmatched);
+    }
     lookup.records = answer.records.len();
     Ok(answer.records)
 }

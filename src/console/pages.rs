@@ -54,7 +54,8 @@ pub fn mask_emails_in(text: &str) -> String {
     text.split(' ')
         .map(|word| {
             if word.contains('@') {
-                mask_email(word)
+                let core = word.trim_start_matches(['"', '\'', '(', '[', '<']);
+                format!("{}{}", &word[..word.len() - core.len()], mask_email(core))
             } else {
                 word.to_string()
             }
@@ -630,7 +631,7 @@ mod tests {
         assert_eq!(mask_user_id("u1"), "u***");
         assert_eq!(
             mask_emails_in("email is \"maria@x.io\""),
-            "email is \"***@x.io\""
+            "email is \"m***@x.io\""
         );
     }
 
