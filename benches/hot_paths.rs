@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the hot paths: SSE parsing, payload decoding, the "Current User
 //! Activity" rendering and record scoring. `cargo bench` (a few minutes on two cores); the
-//! end-to-end figures are `livectx bench <scenario>` (see BENCHMARKS.md).
+//! end-to-end figures are `livectx bench <scenario>` (see docs/benchmarks.md).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -8,11 +8,11 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use livectx::api::records::session_records;
 use livectx::bench::workload::{self, Identity, Walker};
-use livectx::ingest::payload::decode;
 use livectx::ingest::sse::SseParser;
 use livectx::session::activity::render_activity;
 use livectx::session::model::{Session, SessionId, SessionLimits};
 use livectx::session::summarizer::builtin;
+use livectx::sources::autoplay::payload::decode;
 
 const NOW: f64 = 1_785_000_000.0;
 

@@ -120,6 +120,32 @@ def main():
     for name, body in bodies.items():
         write("retrieval_request", name, body)
 
+    # autoplay_api_decode: Autoplay's live-activity answers and lenient-decoding edge cases.
+    def live(actions, **envelope):
+        return json.dumps({"product_id": "prod_acme", "user_id": "user_42", "count": len(actions),
+                           "as_of": 1785333700.5, "actions": actions, **envelope})
+
+    def act(i, kind, title, ts, **extra):
+        return {"type": kind, "title": title, "description": f"User did {title}",
+                "timestamp_start": ts, "timestamp_end": ts + 0.5, "raw_url": "https://app.acme.io/x?y=1",
+                "canonical_url": "https://app.acme.io/x", "index": i, **extra}
+
+    for name, body in {
+        "documented": live([act(0, "pageview", "Page Load: Dashboard", 1785333600.0),
+                            act(1, "click", "Click Export CSV", 1785333604.0)]),
+        "repeats": live([act(0, "click", "Click Save", 1785333600.0)] * 3),
+        "named_sessions": live([act(0, "click", "a", 1785333600.0, session_id="ps_1"),
+                                act(1, "click", "b", 1785333601.0, session_id="ps_2"),
+                                act(2, "click", "c", 1785333602.0)], session_id="ps_env"),
+        "empty": live([]),
+        "wrong_types": json.dumps({"actions": [7, None, "x", [], {"type": 3, "index": "2",
+                                   "timestamp_start": "1785333600", "timestamp_end": 1e308}],
+                                   "as_of": "soon", "user_id": {"a": 1}}),
+        "bare_array": json.dumps([act(0, "submit", "Submit form", 1785333600.0)]),
+        "no_actions": json.dumps({"detail": "Invalid or missing API key"}),
+    }.items():
+        write("autoplay_api_decode", name, body)
+
     # webhook_verify: [secret len][mutation][secret][header len][header][body].
     secret = b"test-secret"
     for body_path in sorted(SAMPLES.glob("webhook_*_body.json")):

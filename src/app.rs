@@ -24,12 +24,17 @@ use crate::config::ServeConfig;
 use crate::console::{self, ConsoleSettings};
 use crate::diagnostics::Diagnostics;
 use crate::ingest::Ingestor;
+use crate::ingest::dedupe::{DeliveryLog, MemoryDeliveryLog, RedisDeliveryLog};
+use crate::ingest::idle_sessions::{IdleSessions, MemoryIdleSessions, RedisIdleSessions};
+use crate::ingest::pull::AutoplayPuller;
+use crate::ingest::receivers::{self, ReceiverSettings, Receivers};
 use crate::ingest::sse::{StreamConfig, StreamConsumer, StreamHandle};
 use crate::ingest::webhook::WebhookSettings;
 use crate::session::buffered::BufferedStore;
 use crate::session::memory::MemoryStore;
 use crate::session::model::SessionLimits;
 use crate::session::persist::{Snapshots, Snapshotter};
+use crate::session::pull::ActivityPuller;
 use crate::session::redis::{self as redis_store, RedisStore};
 use crate::session::store::{SessionStore, StoreConfig};
 use crate::session::summarizer::{LlmConfig, Summarizer, SummarizerConfig};
@@ -65,6 +70,8 @@ pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     state: ApiState,
+    /// The analytics receivers, when `LIVECTX_INGEST_SECRET` is set.
+    receivers: Option<Arc<Receivers>>,
     shutdown: CancellationToken,
     streams: Vec<StreamHandle>,
     background: Vec<JoinHandle<()>>,
@@ -92,6 +99,9 @@ impl Application {
         let identity_secret =
             secret_setting("LIVECTX_IDENTITY_SECRET", config.identity_secret.as_deref())?;
         let console_key = secret_setting("LIVECTX_CONSOLE_KEY", config.console_key.as_deref())?;
+        let ingest_secret =
+            secret_setting("LIVECTX_INGEST_SECRET", config.ingest_secret.as_deref())?;
+        check_ingest_settings(&config)?;
         if config.request_timeout.is_zero() {
             return Err(StartupError::Config(
                 "LIVECTX_REQUEST_TIMEOUT must be longer than 0".to_string(),
@@ -105,6 +115,7 @@ impl Application {
             store,
             leadership,
             snapshotter,
+            redis,
         } = build_storage(
             &config,
             overrides.store,
@@ -132,8 +143,40 @@ impl Application {
                 Some(summarizer),
                 Duration::from_millis(config.debounce_ms),
             )
-            .with_diagnostics(Arc::clone(&diagnostics)),
+            .with_diagnostics(Arc::clone(&diagnostics))
+            .with_group_commit(config.ingest_batch_window),
         );
+        let receivers = ingest_secret.map(|secret| {
+            let (deliveries, idle_sessions): (Arc<dyn DeliveryLog>, Arc<dyn IdleSessions>) =
+                match &redis {
+                    Some(connection) => (
+                        Arc::new(RedisDeliveryLog::new(
+                            connection.clone(),
+                            &config.redis_prefix,
+                            config.ingest_dedupe_window,
+                        )),
+                        Arc::new(RedisIdleSessions::new(
+                            connection.clone(),
+                            &config.redis_prefix,
+                        )),
+                    ),
+                    None => (
+                        Arc::new(MemoryDeliveryLog::new(config.ingest_dedupe_window)),
+                        Arc::new(MemoryIdleSessions::default()),
+                    ),
+                };
+            Receivers::new(
+                ReceiverSettings {
+                    secret,
+                    privacy: receivers::Privacy {
+                        keep_query_params: config.keep_query_params(),
+                    },
+                },
+                Arc::clone(&ingestor),
+                deliveries,
+                idle_sessions,
+            )
+        });
         if let Some(tick) = ingestor.debounce_tick() {
             background.push(spawn_debounce_sweeper(
                 Arc::clone(&ingestor),
@@ -165,9 +208,11 @@ impl Application {
             .map_err(|e| StartupError::Config(format!("cannot build the stream client: {e}")))?;
             streams.push(consumer.spawn(shutdown.child_token()));
         }
-        if streams.is_empty() && webhook_secret.is_none() {
+        let puller = build_puller(&config, &ingestor, &metrics, &shutdown, &mut background)?;
+        if streams.is_empty() && webhook_secret.is_none() && receivers.is_none() && puller.is_none()
+        {
             tracing::warn!(
-                "no AUTOPLAY_STREAM_URL and no AUTOPLAY_WEBHOOK_SECRET: nothing will feed activity into livectx"
+                "no LIVECTX_INGEST_SECRET, AUTOPLAY_STREAM_URL or AUTOPLAY_WEBHOOK_SECRET: nothing will feed activity into livectx"
             );
         }
 
@@ -211,6 +256,7 @@ impl Application {
             rate_limiter,
             request_timeout: config.request_timeout,
             diagnostics,
+            puller,
         });
         if let Some(limiter) = &state.rate_limiter {
             let limit = limiter.config();
@@ -240,12 +286,14 @@ impl Application {
             summarizer = %state.summarizer_engine,
             streams = state.streams.len(),
             webhook = state.webhook.is_some(),
+            analytics_receivers = receivers.is_some(),
             "livectx is listening"
         );
         Ok(Self {
             listener,
             addr,
             state,
+            receivers,
             shutdown,
             streams,
             background,
@@ -287,6 +335,7 @@ impl Application {
         let Self {
             listener,
             state,
+            receivers,
             shutdown,
             streams,
             background,
@@ -296,7 +345,8 @@ impl Application {
             console,
             ..
         } = self;
-        let mut router = api::router(Arc::clone(&state));
+        let sources = receivers.map_or_else(axum::Router::new, receivers::routes);
+        let mut router = api::router_with(Arc::clone(&state), sources);
         if let Some(settings) = console {
             router = router.merge(console::router(Arc::clone(&state), settings));
         }
@@ -382,6 +432,9 @@ struct Storage {
     leadership: Option<Arc<dyn Leadership>>,
     /// Set with `--data-dir` (in-memory store only).
     snapshotter: Option<Snapshotter>,
+    /// The Redis connection, in Redis mode (the analytics receivers keep their dedupe keys
+    /// and idle-session state there).
+    redis: Option<redis::aio::ConnectionManager>,
 }
 
 async fn build_storage(
@@ -407,6 +460,7 @@ async fn build_storage(
             store,
             leadership,
             snapshotter: None,
+            redis: None,
         });
     }
     let Some(url) = url else {
@@ -415,6 +469,7 @@ async fn build_storage(
                 store: Arc::new(MemoryStore::new(store_config(config))),
                 leadership,
                 snapshotter: None,
+                redis: None,
             });
         };
         let memory = Arc::new(MemoryStore::with_change_tracking(store_config(config)));
@@ -429,6 +484,7 @@ async fn build_storage(
             store: memory,
             leadership,
             snapshotter: Some(snapshotter),
+            redis: None,
         });
     };
     let shown = crate::telemetry::redact_url(url);
@@ -464,6 +520,7 @@ async fn build_storage(
         Arc::clone(metrics),
     ));
     background.push(buffered.spawn_replay());
+    let receivers_connection = connection.clone();
     let leadership = leadership.or_else(|| {
         let leases = RedisLeadership::new(
             connection,
@@ -480,7 +537,80 @@ async fn build_storage(
         store: buffered,
         leadership,
         snapshotter: None,
+        redis: Some(receivers_connection),
     })
+}
+
+/// The Autoplay pull source, when `AUTOPLAY_API_KEY` and `AUTOPLAY_PRODUCT_ID` are set.
+fn build_puller(
+    config: &ServeConfig,
+    ingestor: &Arc<Ingestor>,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+    background: &mut Vec<JoinHandle<()>>,
+) -> Result<Option<Arc<dyn ActivityPuller>>, StartupError> {
+    let Some(settings) = config
+        .autoplay_api
+        .settings()
+        .map_err(StartupError::Config)?
+    else {
+        return Ok(None);
+    };
+    if settings.budget >= config.request_timeout {
+        return Err(StartupError::Config(
+            "AUTOPLAY_PULL_BUDGET must be shorter than LIVECTX_REQUEST_TIMEOUT".to_string(),
+        ));
+    }
+    let puller = AutoplayPuller::new(settings, Arc::clone(ingestor), Arc::clone(metrics))
+        .map_err(|e| StartupError::Config(format!("cannot build the Autoplay API client: {e}")))?;
+    tracing::info!(
+        url = %crate::telemetry::redact_url(&puller.settings().base_url),
+        product = %puller.settings().product_id,
+        budget = ?puller.settings().budget,
+        "user-id lookups read Autoplay's live-activity API first"
+    );
+    background.extend(puller.spawn_refresh(shutdown.child_token()));
+    Ok(Some(Arc::new(puller)))
+}
+
+/// Longest group-commit window: PostHog gives up on a request after 3 s.
+pub const MAX_INGEST_BATCH_WINDOW: Duration = Duration::from_secs(1);
+
+/// The analytics receivers' settings make sense (clear errors at start, not odd behaviour).
+fn check_ingest_settings(config: &ServeConfig) -> Result<(), StartupError> {
+    if config.ingest_dedupe_window.is_zero() {
+        return Err(StartupError::Config(
+            "LIVECTX_INGEST_DEDUPE_WINDOW must be longer than 0 (PostHog retries deliver the same event again)".into(),
+        ));
+    }
+    if config.ingest_dedupe_window > Duration::from_secs(7 * 24 * 3600) {
+        return Err(StartupError::Config(
+            "LIVECTX_INGEST_DEDUPE_WINDOW is longer than 7 days; retries come within minutes"
+                .into(),
+        ));
+    }
+    if config.ingest_batch_window > MAX_INGEST_BATCH_WINDOW {
+        return Err(StartupError::Config(format!(
+            "LIVECTX_INGEST_BATCH_WINDOW is {:?}; at most {:?} (each request waits for it, and PostHog gives up after 3 s)",
+            config.ingest_batch_window, MAX_INGEST_BATCH_WINDOW
+        )));
+    }
+    if config.ingest_batch_window >= config.request_timeout {
+        return Err(StartupError::Config(
+            "LIVECTX_INGEST_BATCH_WINDOW must be shorter than LIVECTX_REQUEST_TIMEOUT".into(),
+        ));
+    }
+    for name in config.keep_query_params() {
+        if name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "=&?#".contains(c))
+        {
+            return Err(StartupError::Config(format!(
+                "LIVECTX_KEEP_QUERY_PARAMS holds {name:?}, which is not a query parameter name (list names only, comma-separated: tab,step)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Secrets shorter than this get a warning at start.

@@ -1,12 +1,48 @@
 //! What each subcommand does. Errors end here as `anyhow` (this is the binary's edge).
 
 use anyhow::Context;
+use clap::{Parser, Subcommand};
 
 use crate::api::identity::IdentitySigner;
 use crate::app::Application;
+use crate::bench::BenchArgs;
 use crate::clock;
-use crate::config::{Cli, Command, HealthcheckArgs, ServeConfig, SignArgs};
+use crate::config::{HealthcheckArgs, ServeConfig, SignArgs};
+use crate::demo::{DemoConfig, SimulateConfig};
 use crate::telemetry;
+
+/// livectx — live, per-session user activity for support chatbots (Dify External Knowledge
+/// API), fed by Autoplay's event stream or webhooks.
+#[derive(Debug, Parser)]
+#[command(name = "livectx", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: ingest Autoplay activity and answer Dify's /retrieval.
+    Serve(Box<ServeConfig>),
+    /// Print a signed identifier for LIVECTX_IDENTITY_SECRET deployments.
+    Sign(SignArgs),
+    /// Run a stand-in Autoplay connector: simulated users on an SSE stream (and signed webhook pushes).
+    Simulate(Box<SimulateConfig>),
+    /// See the whole loop on one machine: livectx fed by simulated users, queried as Dify would.
+    Demo(Box<DemoConfig>),
+    /// Benchmark a local livectx (retrieval, ingest, freshness, memory, soak, summarize): prints
+    /// a table and writes JSON. Build with --release first.
+    Bench(BenchArgs),
+    /// The benchmarks' /retrieval load generator (run as a child process by `bench`).
+    #[command(hide = true)]
+    BenchLoadgen(crate::bench::loadgen::LoadgenArgs),
+    /// The memory benchmark's measuring child (run by `bench memory`).
+    #[command(hide = true)]
+    BenchMemory(crate::bench::memory::MemoryArgs),
+    /// Exit 0 when a livectx answers /healthz (for container HEALTHCHECKs without curl).
+    Healthcheck(HealthcheckArgs),
+}
 
 /// Run the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -38,7 +74,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .context("livectx could not start")?;
     let token = app.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        crate::shutdown::wait_for_signal().await;
         tracing::info!("shutdown requested");
         token.cancel();
     });
@@ -70,24 +106,61 @@ pub async fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn wait_for_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_command_line() {
+        let relevant = std::env::vars().any(|(k, _)| {
+            (k.starts_with("LIVECTX_") && k != "LIVECTX_TEST_REDIS_URL")
+                || k.starts_with("AUTOPLAY_")
+                || k.starts_with("OPENAI_")
+        });
+        if relevant {
+            eprintln!("skipped: livectx environment variables are set");
+            return;
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+        let cli = Cli::try_parse_from(["livectx", "serve"]).unwrap();
+        let Command::Serve(parsed) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(*parsed, ServeConfig::default());
+        let cli = Cli::try_parse_from(["livectx", "simulate"]).unwrap();
+        let Command::Simulate(parsed) = cli.command else {
+            panic!("simulate")
+        };
+        assert_eq!(*parsed, SimulateConfig::default());
+        let cli = Cli::try_parse_from(["livectx", "demo"]).unwrap();
+        let Command::Demo(parsed) = cli.command else {
+            panic!("demo")
+        };
+        assert_eq!(*parsed, DemoConfig::default());
+    }
+
+    #[test]
+    fn simulator_flags_are_checked() {
+        assert!(Cli::try_parse_from(["livectx", "simulate", "--speed", "0"]).is_err());
+        assert!(
+            Cli::try_parse_from(["livectx", "simulate", "--push-to", "http://x/"]).is_err(),
+            "pushing needs the secret"
+        );
+        assert!(
+            Cli::try_parse_from([
+                "livectx",
+                "simulate",
+                "--push-to",
+                "http://x/",
+                "--secret",
+                "s"
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

@@ -5,44 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 
 use crate::api::limits::RateLimitConfig;
 use crate::clock::parse_duration;
 use crate::telemetry::LogFormat;
-
-/// livectx — live, per-session user activity for support chatbots (Dify External Knowledge
-/// API), fed by Autoplay's event stream or webhooks.
-#[derive(Debug, Parser)]
-#[command(name = "livectx", version, about, long_about = None, propagate_version = true)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// The subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the server: ingest Autoplay activity and answer Dify's /retrieval.
-    Serve(Box<ServeConfig>),
-    /// Print a signed identifier for LIVECTX_IDENTITY_SECRET deployments.
-    Sign(SignArgs),
-    /// Run a stand-in Autoplay connector: simulated users on an SSE stream (and signed webhook pushes).
-    Simulate(Box<SimulateConfig>),
-    /// See the whole loop on one machine: livectx fed by simulated users, queried as Dify would.
-    Demo(Box<DemoConfig>),
-    /// Benchmark a local livectx (retrieval, ingest, freshness, memory, soak, summarize): prints
-    /// a table and writes JSON. Build with --release first.
-    Bench(BenchArgs),
-    /// The benchmarks' /retrieval load generator (run as a child process by `bench`).
-    #[command(hide = true)]
-    BenchLoadgen(crate::bench::loadgen::LoadgenArgs),
-    /// The memory benchmark's measuring child (run by `bench memory`).
-    #[command(hide = true)]
-    BenchMemory(crate::bench::memory::MemoryArgs),
-    /// Exit 0 when a livectx answers /healthz (for container HEALTHCHECKs without curl).
-    Healthcheck(HealthcheckArgs),
-}
 
 /// Settings of `livectx healthcheck`.
 #[derive(Debug, Clone, Args)]
@@ -187,6 +154,30 @@ pub struct ServeConfig {
     #[arg(long, env = "LIVECTX_WEBHOOK_DEDUPE_WINDOW", default_value = "10m", value_parser = parse_duration)]
     pub webhook_dedupe_window: Duration,
 
+    /// Shared secret of the PostHog, Amplitude and Segment receivers; enables POST
+    /// /ingest/{product_id}, /ingest/amplitude/{product_id} and /ingest/segment/{product_id}.
+    #[arg(long, env = "LIVECTX_INGEST_SECRET", hide_env_values = true)]
+    pub ingest_secret: Option<String>,
+
+    /// Query parameters kept in URLs from analytics events (comma-separated, e.g. tab,step);
+    /// every other query parameter and fragment is stripped before storing.
+    #[arg(
+        long = "keep-query-param",
+        env = "LIVECTX_KEEP_QUERY_PARAMS",
+        value_delimiter = ','
+    )]
+    pub keep_query_params: Vec<String>,
+
+    /// Repeated analytics events (same PostHog uuid, Amplitude $insert_id, Segment messageId)
+    /// within this window are stored once.
+    #[arg(long, env = "LIVECTX_INGEST_DEDUPE_WINDOW", default_value = "10m", value_parser = parse_duration)]
+    pub ingest_dedupe_window: Duration,
+
+    /// Analytics events of one session arriving within this window are written as one chunk;
+    /// each request is answered once its chunk is stored (0: every event alone). At most 1s.
+    #[arg(long, env = "LIVECTX_INGEST_BATCH_WINDOW", default_value = "5ms", value_parser = parse_duration)]
+    pub ingest_batch_window: Duration,
+
     /// Merge a session's batches arriving within this many milliseconds into one chunk (0: off).
     #[arg(long, env = "LIVECTX_DEBOUNCE_MS", default_value_t = 0)]
     pub debounce_ms: u64,
@@ -296,6 +287,9 @@ pub struct ServeConfig {
     pub console_show_identities: bool,
 
     #[command(flatten)]
+    pub autoplay_api: crate::ingest::pull::AutoplayApiConfig,
+
+    #[command(flatten)]
     pub log: LogConfig,
 }
 
@@ -332,6 +326,10 @@ impl Default for ServeConfig {
             max_frame_bytes: 1024 * 1024,
             webhook_secret: None,
             webhook_dedupe_window: Duration::from_secs(600),
+            ingest_secret: None,
+            keep_query_params: Vec::new(),
+            ingest_dedupe_window: Duration::from_secs(600),
+            ingest_batch_window: Duration::from_millis(5),
             debounce_ms: 0,
             summary_threshold: 20,
             llm_concurrency: 8,
@@ -357,6 +355,7 @@ impl Default for ServeConfig {
             redis_buffer: crate::session::buffered::DEFAULT_BUFFER_BOUND,
             console_key: None,
             console_show_identities: false,
+            autoplay_api: Default::default(),
             log: LogConfig::default(),
         }
     }
@@ -373,6 +372,15 @@ impl ServeConfig {
             .flatten()
             .map(|t| t.trim().to_string())
             .find(|t| !t.is_empty())
+    }
+
+    /// `LIVECTX_KEEP_QUERY_PARAMS`, trimmed, blanks dropped.
+    pub fn keep_query_params(&self) -> Vec<String> {
+        self.keep_query_params
+            .iter()
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect()
     }
 
     /// Stream URLs, trimmed, blanks dropped.
@@ -461,270 +469,9 @@ pub struct SignArgs {
     pub ttl: Duration,
 }
 
-/// A positive, finite speed factor (for clap).
-fn parse_speed(raw: &str) -> Result<f64, String> {
-    match raw.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!(
-            "`{raw}` is not a positive number like 1, 2.5 or 10"
-        )),
-    }
-}
-
-/// Settings of `livectx simulate`: a stand-in Autoplay connector for demos, tests and load.
-#[derive(Debug, Clone, PartialEq, Args)]
-pub struct SimulateConfig {
-    /// Address to listen on; the stream is GET /stream/<product_id>.
-    #[arg(long, env = "LIVECTX_SIM_LISTEN", default_value = "127.0.0.1:9000")]
-    pub listen: SocketAddr,
-
-    /// Product id of the stream URL and of every payload (another product's URL answers 404).
-    #[arg(long, env = "LIVECTX_SIM_PRODUCT", default_value = "acme_prod")]
-    pub product_id: String,
-
-    /// Token subscribers must send as "Authorization: Bearer <token>" (401 otherwise).
-    #[arg(
-        long,
-        env = "LIVECTX_SIM_TOKEN",
-        default_value = "sim-token",
-        hide_env_values = true
-    )]
-    pub token: String,
-
-    /// Interval of `event: heartbeat` frames on each stream connection.
-    #[arg(long, env = "LIVECTX_SIM_HEARTBEAT", default_value = "30s", value_parser = parse_duration)]
-    pub heartbeat: Duration,
-
-    /// Seed of every random choice: the same seed replays the same sessions and events.
-    #[arg(long, env = "LIVECTX_SIM_SEED", default_value_t = 7)]
-    pub seed: u64,
-
-    /// Journey seconds per real second (2 plays the personas twice as fast).
-    #[arg(long, env = "LIVECTX_SIM_SPEED", default_value_t = 1.0, value_parser = parse_speed)]
-    pub speed: f64,
-
-    /// Events queued per subscriber; beyond, a slow subscriber's events are dropped (the
-    /// connector keeps 256).
-    #[arg(long, env = "LIVECTX_SIM_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
-    pub queue: u32,
-
-    /// Also POST every payload to this webhook URL, signed like the connector.
-    #[arg(long, env = "LIVECTX_SIM_PUSH_TO", requires = "secret")]
-    pub push_to: Option<String>,
-
-    /// Shared secret of --push-to: signs X-Connector-Signature and is sent as the bearer token.
-    #[arg(long, env = "LIVECTX_SIM_SECRET", hide_env_values = true)]
-    pub secret: Option<String>,
-
-    /// Webhook deliveries in flight at most (each session's deliveries stay in order).
-    #[arg(long, env = "LIVECTX_SIM_PUSH_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub push_concurrency: u32,
-
-    /// Load mode: this many concurrent synthetic sessions (the personas' journeys, fresh
-    /// identities) instead of the six personas.
-    #[arg(long, env = "LIVECTX_SIM_SESSIONS", default_value_t = 0)]
-    pub sessions: u64,
-
-    /// Load mode: payloads per second across all sessions.
-    #[arg(long, env = "LIVECTX_SIM_RATE", default_value_t = 100.0, value_parser = parse_speed)]
-    pub rate: f64,
-
-    /// Stop after this long (default: until Ctrl-C).
-    #[arg(long, env = "LIVECTX_SIM_DURATION", value_parser = parse_duration)]
-    pub duration: Option<Duration>,
-
-    #[command(flatten)]
-    pub log: LogConfig,
-}
-
-impl Default for SimulateConfig {
-    /// The command line's defaults, without reading the environment.
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
-            product_id: "acme_prod".to_string(),
-            token: "sim-token".to_string(),
-            heartbeat: Duration::from_secs(30),
-            seed: 7,
-            speed: 1.0,
-            queue: 256,
-            push_to: None,
-            secret: None,
-            push_concurrency: 4,
-            sessions: 0,
-            rate: 100.0,
-            duration: None,
-            log: LogConfig::default(),
-        }
-    }
-}
-
-/// Settings of `livectx demo`.
-#[derive(Debug, Clone, PartialEq, Args)]
-pub struct DemoConfig {
-    /// Address livectx listens on (Dify's /retrieval is here).
-    #[arg(long, env = "LIVECTX_DEMO_LISTEN", default_value = "127.0.0.1:8000")]
-    pub listen: SocketAddr,
-
-    /// Address of the in-process simulated connector (port 0: any free port).
-    #[arg(
-        long,
-        env = "LIVECTX_DEMO_SIMULATOR_LISTEN",
-        default_value = "127.0.0.1:0"
-    )]
-    pub simulator_listen: SocketAddr,
-
-    /// Journey seconds per real second: 5 makes the personas' minutes pass in seconds.
-    #[arg(long, env = "LIVECTX_DEMO_SPEED", default_value_t = 5.0, value_parser = parse_speed)]
-    pub speed: f64,
-
-    /// Seed of the simulated users (the same seed gives the same session ids).
-    #[arg(long, env = "LIVECTX_DEMO_SEED", default_value_t = 7)]
-    pub seed: u64,
-
-    /// Persona whose chatbot context is shown: priya, maria, devon, sam or visitor.
-    #[arg(long, env = "LIVECTX_DEMO_WATCH", default_value = "priya")]
-    pub watch: String,
-
-    /// How often to show that context (0s: never).
-    #[arg(long, env = "LIVECTX_DEMO_EVERY", default_value = "5s", value_parser = parse_duration)]
-    pub every: Duration,
-
-    /// API key the demo's /retrieval requires ("Authorization: Bearer <key>", as Dify sends it).
-    #[arg(
-        long,
-        env = "LIVECTX_DEMO_API_KEY",
-        default_value = "demo-key",
-        hide_env_values = true
-    )]
-    pub api_key: String,
-
-    /// Do not narrate what each persona does; show only the context.
-    #[arg(long, env = "LIVECTX_DEMO_QUIET")]
-    pub quiet: bool,
-}
-
-impl Default for DemoConfig {
-    /// The command line's defaults, without reading the environment.
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
-            simulator_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            speed: 5.0,
-            seed: 7,
-            watch: "priya".to_string(),
-            every: Duration::from_secs(5),
-            api_key: "demo-key".to_string(),
-            quiet: false,
-        }
-    }
-}
-
-/// Settings of `livectx bench`. Scenario-specific defaults are noted per option.
-#[derive(Debug, Clone, Args)]
-pub struct BenchArgs {
-    /// The scenario to run.
-    #[arg(value_enum)]
-    pub scenario: crate::bench::Scenario,
-
-    /// Directory for the JSON results (`<dir>/<scenario>.json`).
-    #[arg(long, default_value = "bench-results")]
-    pub out_dir: PathBuf,
-
-    /// Measuring window: per connection level for retrieval (default 10s), the probing window
-    /// for freshness (20s), the whole run for soak (10m).
-    #[arg(long, value_parser = parse_duration)]
-    pub duration: Option<Duration>,
-
-    /// Warm-up before each measuring window (retrieval, freshness).
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    pub warmup: Duration,
-
-    /// Sessions (comma-separated for memory): retrieval 10000, memory 10000,100000,
-    /// freshness 1000, soak 5000 people, summarize 1000.
-    #[arg(long, value_delimiter = ',')]
-    pub sessions: Vec<u64>,
-
-    /// Load-generator connections for retrieval.
-    #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
-    pub connections: Vec<usize>,
-
-    /// Runs of each retrieval level; the table shows the run with the median requests/s.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
-    pub repeat: u32,
-
-    /// SSE frames the ingest scenario sends.
-    #[arg(long, default_value_t = 200_000)]
-    pub events: u64,
-
-    /// Actions in each ingest frame.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
-    pub actions_per_frame: u64,
-
-    /// Frames per second: freshness 1000, soak 1000, summarize 2000.
-    #[arg(long)]
-    pub rate: Option<f64>,
-
-    /// Answer time of the fake LLM.
-    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
-    pub llm_latency: Duration,
-
-    /// Also benchmark retrieval on this Redis (keys under a unique prefix, deleted afterwards).
-    #[arg(long, env = "LIVECTX_REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn defaults_match_the_command_line() {
-        let relevant = std::env::vars().any(|(k, _)| {
-            (k.starts_with("LIVECTX_") && k != "LIVECTX_TEST_REDIS_URL")
-                || k.starts_with("AUTOPLAY_")
-                || k.starts_with("OPENAI_")
-        });
-        if relevant {
-            eprintln!("skipped: livectx environment variables are set");
-            return;
-        }
-        let cli = Cli::try_parse_from(["livectx", "serve"]).unwrap();
-        let Command::Serve(parsed) = cli.command else {
-            panic!("serve")
-        };
-        assert_eq!(*parsed, ServeConfig::default());
-        let cli = Cli::try_parse_from(["livectx", "simulate"]).unwrap();
-        let Command::Simulate(parsed) = cli.command else {
-            panic!("simulate")
-        };
-        assert_eq!(*parsed, SimulateConfig::default());
-        let cli = Cli::try_parse_from(["livectx", "demo"]).unwrap();
-        let Command::Demo(parsed) = cli.command else {
-            panic!("demo")
-        };
-        assert_eq!(*parsed, DemoConfig::default());
-    }
-
-    #[test]
-    fn simulator_flags_are_checked() {
-        assert!(Cli::try_parse_from(["livectx", "simulate", "--speed", "0"]).is_err());
-        assert!(
-            Cli::try_parse_from(["livectx", "simulate", "--push-to", "http://x/"]).is_err(),
-            "pushing needs the secret"
-        );
-        assert!(
-            Cli::try_parse_from([
-                "livectx",
-                "simulate",
-                "--push-to",
-                "http://x/",
-                "--secret",
-                "s"
-            ])
-            .is_ok()
-        );
-    }
 
     #[test]
     fn llm_is_used_only_when_configured() {
@@ -748,11 +495,5 @@ mod tests {
             ..ServeConfig::default()
         };
         assert_eq!(c.stream_token().as_deref(), Some("tok"));
-    }
-
-    #[test]
-    fn cli_is_well_formed() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
     }
 }

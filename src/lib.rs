@@ -31,8 +31,9 @@
 //! - [`demo`]: `livectx demo` and `livectx simulate`: simulated users streamed by a stand-in
 //!   Autoplay connector, to see the whole loop on one machine.
 //! - [`cli`]: what each subcommand does; `main.rs` only calls it.
-//! - [`bench`]: `livectx bench <scenario>`, the self-contained benchmarks behind BENCHMARKS.md
+//! - [`bench`]: `livectx bench <scenario>`, the self-contained benchmarks behind docs/benchmarks.md
 //!   (synthetic connector, fake LLM, load generator).
+//! - [`shutdown`]: the stop signal (SIGTERM, Ctrl-C) every long-running command waits on.
 //! - [`sync`]: locking that survives a panic elsewhere.
 //! - [`diagnostics`]: bounded evidence the operator console reads (recent lookups, refused
 //!   payload samples, events per minute), recorded by ingest and the APIs.
@@ -50,6 +51,7 @@ pub mod demo;
 pub mod diagnostics;
 pub mod ingest;
 pub mod session;
+pub mod shutdown;
 pub mod sources;
 pub mod sync;
 pub mod telemetry;

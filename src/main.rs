@@ -2,5 +2,5 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    livectx::cli::run(livectx::config::Cli::parse()).await
+    livectx::cli::run(livectx::cli::Cli::parse()).await
 }

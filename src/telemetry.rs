@@ -4,6 +4,8 @@
 //! registry), so integration tests that start several servers in one process see exactly what
 //! their own server counted.
 
+pub mod pull;
+
 use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -161,6 +163,12 @@ pub struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceEventLabels {
+    pub source: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconnectLabels {
     pub stream: String,
     pub cause: &'static str,
@@ -233,6 +241,7 @@ pub struct Metrics {
     pub sse_frames: Family<FrameLabels, Counter>,
     pub payloads: Family<PayloadLabels, Counter>,
     pub refused: Family<RefusedLabels, Counter>,
+    pub source_events: Family<SourceEventLabels, Counter>,
     pub ingest_queue_dropped: Family<StreamLabels, Counter>,
     pub stream_reconnects: Family<ReconnectLabels, Counter>,
     pub stream_up: Family<StreamLabels, Gauge>,
@@ -260,6 +269,7 @@ pub struct Metrics {
     pub redis_buffered: Gauge,
     pub redis_buffer_dropped: Counter,
     pub redis_replayed: Counter,
+    pub autoplay_pull: pull::PullMetrics,
     llm_calls: AtomicU64,
     llm_failures: AtomicU64,
 }
@@ -285,6 +295,7 @@ impl Metrics {
             sse_frames: Family::default(),
             payloads: Family::default(),
             refused: Family::default(),
+            source_events: Family::default(),
             ingest_queue_dropped: Family::default(),
             stream_reconnects: Family::default(),
             stream_up: Family::default(),
@@ -312,6 +323,7 @@ impl Metrics {
             redis_buffered: Gauge::default(),
             redis_buffer_dropped: Counter::default(),
             redis_replayed: Counter::default(),
+            autoplay_pull: pull::PullMetrics::default(),
             llm_calls: AtomicU64::new(0),
             llm_failures: AtomicU64::new(0),
         };
@@ -330,6 +342,11 @@ impl Metrics {
             "payloads_refused",
             "Payloads or frames refused, by source and reason (no_session, malformed, oversize, invalid_utf8, unknown_type, ...)",
             m.refused.clone(),
+        );
+        r.register(
+            "source_events",
+            "Analytics events received (posthog, amplitude, segment), by outcome (stored, duplicate, refused, failed)",
+            m.source_events.clone(),
         );
         r.register(
             "ingest_queue_dropped",
@@ -458,6 +475,7 @@ impl Metrics {
             "Buffered writes replayed after Redis came back",
             m.redis_replayed.clone(),
         );
+        m.autoplay_pull.register(r);
         Self { registry, ..m }
     }
 

@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use common::{TestApp, eventually, metric, test_config};
 use futures_util::StreamExt;
-use livectx::config::SimulateConfig;
+use livectx::demo::SimulateConfig;
 use livectx::demo::simulator::{HEARTBEAT_FRAME, Simulator};
-use livectx::ingest::payload::{self, Payload};
-use livectx::ingest::sse::parser::{SseItem, SseParser};
+use livectx::sources::autoplay::payload::{self, Payload};
+use livectx::sources::autoplay::sse::{SseItem, SseParser};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;

@@ -118,6 +118,7 @@ fn state(store: Arc<dyn SessionStore>) -> ApiState {
         rate_limiter: None,
         request_timeout: Duration::from_secs(10),
         diagnostics: Default::default(),
+        puller: None,
     })
 }
 
@@ -377,6 +378,7 @@ async fn check_reused_session_id_forgets_its_people(store: Arc<dyn SessionStore>
         store: state.store.as_ref(),
         policy: &state.identity,
         metrics: &state.metrics,
+        puller: None,
     };
     for (kind, value) in [
         (ClaimKind::Email, "alice@x.com"),

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use livectx::ingest::payload::{Payload, decode};
 use livectx::ingest::sse::{SseItem, SseParser};
 use livectx::ingest::webhook::signature_valid;
+use livectx::sources::autoplay::payload::{Payload, decode};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

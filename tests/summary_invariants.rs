@@ -65,7 +65,7 @@ proptest! {
                 Op::Arrive(n) => {
                     let actions: Vec<Action> = (next_action..next_action + n).map(action).collect();
                     let outcome = session.append(
-                        ActionBatch { session_id: id.clone(), product_id: None, user_id: None, email: None, conversation_id: None, actions, forwarded_at: None },
+                        ActionBatch { session_id: id.clone(), product_id: None, user_id: None, email: None, conversation_id: None, actions, forwarded_at: None, source: None },
                         now,
                         limits,
                     );

@@ -8,7 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use livectx::api::records::session_records;
-use livectx::ingest::payload::{Payload, decode};
+use livectx::sources::autoplay::payload::{Payload, decode};
 use livectx::session::activity::render_activity;
 use livectx::session::model::{Session, SessionId, SessionLimits};
 use livectx::session::summarizer::{DEFAULT_PROMPT, builtin, llm::build_prompt};

@@ -135,6 +135,7 @@ fn sample_metadata() -> Vec<Map<String, Value>> {
             conversation_id: None,
             actions: vec![action("Settings tab", NOW - 60.0 + f64::from(i))],
             forwarded_at: Some(NOW - 50.0),
+            source: None,
         };
         session.append(batch, NOW - 50.0, SessionLimits { max_chunks: 2 });
     }

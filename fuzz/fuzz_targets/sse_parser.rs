@@ -14,7 +14,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use livectx::ingest::sse::parser::{DEFAULT_MAX_FRAME_BYTES, SseEvent, SseItem, SseParser};
+use livectx::sources::autoplay::sse::{DEFAULT_MAX_FRAME_BYTES, SseEvent, SseItem, SseParser};
 
 fuzz_target!(|input: &[u8]| {
     let Some((&limit, rest)) = input.split_first() else {

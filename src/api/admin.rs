@@ -35,7 +35,11 @@ pub async fn readyz(State(state): State<ApiState>) -> Response {
     let streams: Vec<_> = state.streams.iter().map(|s| s.view(now)).collect();
     let streams_ok = streams.iter().all(|s| s.connected || !s.leading);
     let (calls, failures) = state.metrics.llm_totals();
-    let ready = store_ok && streams_ok;
+    let pull = state.puller.as_ref().map(|p| p.status());
+    let pull_ok = pull
+        .as_ref()
+        .is_none_or(|p| p["ok"].as_bool().unwrap_or(false));
+    let ready = store_ok && streams_ok && pull_ok;
     let body = json!({
         "ready": ready,
         "store": store,
@@ -47,6 +51,7 @@ pub async fn readyz(State(state): State<ApiState>) -> Response {
             "llm_error_rate": if calls == 0 { 0.0 } else { failures as f64 / calls as f64 },
         },
         "webhook_enabled": state.webhook.is_some(),
+        "autoplay_api": pull,
         "uptime_seconds": (now - state.started_at).max(0.0).round(),
     });
     let status = if ready {

@@ -19,6 +19,7 @@ use crate::api::auth::hmac_sha256;
 use crate::diagnostics::LookupMiss;
 
 use crate::session::model::{PersonKey, Session, SessionId, normalize_email};
+use crate::session::pull::{ActivityPuller, PullOutcome, mark_stale};
 use crate::session::store::{SessionStore, StoreError};
 use crate::telemetry::{Metrics, Person};
 
@@ -190,6 +191,8 @@ pub struct IdentityResolver<'a> {
     pub store: &'a dyn SessionStore,
     pub policy: &'a IdentityPolicy,
     pub metrics: &'a Metrics,
+    /// A source read on demand, asked before user-id lookups (Autoplay's pull API).
+    pub puller: Option<&'a dyn ActivityPuller>,
 }
 
 impl IdentityResolver<'_> {
@@ -254,7 +257,51 @@ impl IdentityResolver<'_> {
             },
             _ => claim.value.trim().to_string(),
         };
-        self.find(claim.kind, &value, product, now, claim.via).await
+        let stale = self.pull(claim, &value, product, now).await?;
+        let outcome = self
+            .find(claim.kind, &value, product, now, claim.via)
+            .await?;
+        Ok(match (outcome, stale) {
+            (ClaimOutcome::Found(session), Some(as_of)) => {
+                ClaimOutcome::Found(mark_stale(session, as_of))
+            }
+            (outcome, _) => outcome,
+        })
+    }
+
+    /// Before a lookup by user id (`user_id:` claims, and the MCP tool's and REST route's
+    /// argument unless it is an email or a live session id), bring that user's activity up to
+    /// date from the pull source. `Some(as_of)` when it could not: what is held may be stale.
+    async fn pull(
+        &self,
+        claim: &Claim,
+        value: &str,
+        product: Option<&str>,
+        now: f64,
+    ) -> Result<Option<Option<f64>>, StoreError> {
+        let Some(puller) = self.puller else {
+            return Ok(None);
+        };
+        let by_user_id = match claim.kind {
+            ClaimKind::UserId => true,
+            ClaimKind::Any if matches!(claim.via, Via::Mcp | Via::Rest) => {
+                let live_session = match SessionId::parse(value) {
+                    Ok(id) => self.store.session(&id, now).await?.is_some(),
+                    Err(_) => false,
+                };
+                !value.contains('@') && !live_session
+            }
+            _ => false,
+        };
+        if !by_user_id {
+            return Ok(None);
+        }
+        Ok(
+            match puller.ensure_fresh(product, value, puller.budget()).await {
+                PullOutcome::Stale { as_of, .. } => Some(as_of),
+                _ => None,
+            },
+        )
     }
 
     /// Look up a verified identifier value.

@@ -8,7 +8,7 @@
 //! already use.
 //!
 //! Body size limits live with each route (`read_body`); header limits are hyper's (see
-//! `SECURITY.md`).
+//! `docs/security.md`).
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;

@@ -30,6 +30,7 @@ use crate::diagnostics::Diagnostics;
 use crate::ingest::Ingestor;
 use crate::ingest::sse::StreamStatus;
 use crate::ingest::webhook::{self, WebhookSettings};
+use crate::session::pull::ActivityPuller;
 use crate::session::store::SessionStore;
 use crate::telemetry::{HttpLabels, Metrics, RouteLabels};
 use auth::ApiKeys;
@@ -66,6 +67,8 @@ pub struct ApiContext {
     pub request_timeout: Duration,
     /// The lookup log and refusal samples the operator console shows.
     pub diagnostics: Arc<Diagnostics>,
+    /// Reads Autoplay's hosted API before user-id lookups (`AUTOPLAY_API_KEY`), if set.
+    pub puller: Option<Arc<dyn ActivityPuller>>,
 }
 
 /// Shared handler state.
@@ -74,6 +77,12 @@ pub type ApiState = Arc<ApiContext>;
 /// The full router, with metrics, the per-IP rate limit, the request timeout, the `Server`
 /// header, and JSON errors for unknown routes, wrong methods and panics.
 pub fn router(state: ApiState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// [`router`], plus routes the application mounts beside the API's (the analytics receivers
+/// of [`crate::ingest::receivers`], which carry their own state), under the same layers.
+pub fn router_with(state: ApiState, sources: Router) -> Router {
     let mut app = Router::new()
         .route("/retrieval", post(retrieval::retrieve))
         .route("//retrieval", post(retrieval::retrieve))
@@ -88,7 +97,9 @@ pub fn router(state: ApiState) -> Router {
     if state.webhook.is_some() {
         app = app.route(webhook::PATH, post(webhook::receive));
     }
-    app.fallback(not_found)
+    app.with_state(Arc::clone(&state))
+        .merge(sources)
+        .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -107,7 +118,6 @@ pub fn router(state: ApiState) -> Router {
             HeaderValue::from_static(SERVER_HEADER),
         ))
         .layer(CatchPanicLayer::custom(panic_response))
-        .with_state(state)
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
@@ -119,6 +129,8 @@ async fn not_found(method: Method, uri: Uri) -> ApiError {
         "; Autoplay's pull API is GET /users/{product_id}/{user_id}/live-activity"
     } else if uri.path().starts_with("/webhooks/") {
         "; the webhook receiver is off until AUTOPLAY_WEBHOOK_SECRET is set"
+    } else if uri.path().starts_with("/ingest/") {
+        "; the PostHog, Amplitude and Segment receivers are off until LIVECTX_INGEST_SECRET is set (routes: POST /ingest/{product_id}, /ingest/amplitude/{product_id}, /ingest/segment/{product_id})"
     } else {
         ""
     };

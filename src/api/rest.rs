@@ -167,6 +167,7 @@ pub(crate) async fn look_up(
         store: state.store.as_ref(),
         policy: &state.identity,
         metrics: &state.metrics,
+        puller: state.puller.as_deref(),
     };
     let claim = Claim {
         kind,

@@ -12,11 +12,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
@@ -236,6 +236,7 @@ pub async fn resolve_request<'q>(
         store: state.store.as_ref(),
         policy: &state.identity,
         metrics: &state.metrics,
+        puller: state.puller.as_deref(),
     };
     let knowledge_id = request.knowledge_id.trim();
     let product = if !knowledge_id.is_empty() && state.store.has_product(knowledge_id).await? {
@@ -414,7 +415,29 @@ pub fn records_for(
     top_k: usize,
     now: f64,
 ) -> Vec<Record> {
-    let mut records = session_records(session, question, now, state.activity_window.as_secs_f64());
+    chosen_records(
+        session,
+        question,
+        filter,
+        score_threshold,
+        top_k,
+        now,
+        state.activity_window.as_secs_f64(),
+    )
+}
+
+/// Every record `/retrieval` would send for this session, in order: activity first, then the
+/// rest filtered, thresholded, sorted and cut to `top_k`.
+pub fn chosen_records(
+    session: &Session,
+    question: &str,
+    filter: Option<&MetadataCondition>,
+    score_threshold: f64,
+    top_k: usize,
+    now: f64,
+    window_secs: f64,
+) -> Vec<Record> {
+    let mut records = session_records(session, question, now, window_secs);
     if let Some(filter) = filter {
         records.retain(|r| filter.matches(&r.metadata));
     }
@@ -465,67 +488,100 @@ impl Serialize for RecordsBody<'_> {
     }
 }
 
-/// What `/retrieval` answers for one parsed request, and how it got there.
-pub struct Answer {
-    pub records: Vec<Record>,
-    /// The session the request resolved to.
-    pub session: Option<Arc<Session>>,
-    pub via: Option<Via>,
-    pub signed: bool,
-    pub miss: Option<LookupMiss>,
-    pub unmatched: Option<String>,
+/// The answer body for one session at server time `now`: its records (activity first,
+/// filtered, thresholded, cut to `top_k`) as `{"records": [...]}`.
+#[allow(clippy::too_many_arguments)]
+pub fn answer_body(
+    session: &Arc<Session>,
+    question: &str,
+    filter: Option<&MetadataCondition>,
+    score_threshold: f64,
+    top_k: usize,
+    now: f64,
+    window_secs: f64,
+) -> Answer {
+    let records = chosen_records(
+        session,
+        question,
+        filter,
+        score_threshold,
+        top_k,
+        now,
+        window_secs,
+    );
+    Answer {
+        body: records_body(&records),
+        records: records.len(),
+    }
 }
 
-/// Answer one parsed request: resolve its user, then select that session's records. This is
-/// `/retrieval` itself; the operator console's "what the chatbot receives" panel calls it too.
-pub async fn answer(state: &ApiState, request: &RetrievalRequest, now: f64) -> Answer {
+/// A rendered `/retrieval` answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// `{"records": [...]}`, ready to send.
+    pub body: Bytes,
+    /// How many records it holds.
+    pub records: usize,
+}
+
+/// `{"records": [...]}` of already chosen records.
+pub fn records_body(records: &[Record]) -> Bytes {
+    let mut out = Vec::with_capacity(128);
+    // Writing strings, numbers and maps of them into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, &RecordsBody(records));
+    Bytes::from(out)
+}
+
+/// A JSON answer of ready bytes.
+fn json_response(body: Bytes) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// What `/retrieval` would send for one parsed request now, as records, and how the request
+/// was resolved: the operator console's "what the chatbot receives" panel. The same
+/// resolution ([`resolve_request`]) and selection ([`chosen_records`]) as the handler.
+pub struct Preview {
+    pub records: Vec<Record>,
+    pub session: Option<Arc<Session>>,
+    pub miss: Option<LookupMiss>,
+}
+
+/// See [`Preview`].
+pub async fn preview(state: &ApiState, request: &RetrievalRequest, now: f64) -> Preview {
     let resolved = match resolve_request(state, request, now).await {
         Ok(resolved) => resolved,
         Err(error) => {
-            // Never a 5xx storm: Dify would retry three times. Answer with nothing, loudly.
-            state.metrics.store_error("retrieval");
-            tracing::warn!(%error, "storage unavailable during retrieval; answering with no records");
-            return Answer {
+            state.metrics.store_error("console");
+            tracing::warn!(%error, "storage unavailable during a console preview");
+            return Preview {
                 records: Vec::new(),
                 session: None,
-                via: None,
-                signed: false,
                 miss: Some(LookupMiss::StoreUnavailable),
-                unmatched: None,
             };
         }
     };
-    let Some(session) = resolved.session else {
-        tracing::debug!(
-            via = resolved.via.map(Via::as_str),
-            "no session for this request"
-        );
-        return Answer {
-            records: Vec::new(),
-            session: None,
-            via: resolved.via,
-            signed: resolved.signed,
-            miss: resolved.miss,
-            unmatched: resolved.unmatched,
-        };
-    };
-    let records = records_for(
-        state,
-        &session,
-        resolved.question,
-        resolved.filter.as_ref(),
-        request.score_threshold,
-        request.top_k,
-        now,
-    );
-    tracing::debug!(session = %session.id, via = resolved.via.map(Via::as_str), records = records.len(), "retrieval answered");
-    Answer {
+    let records = resolved.session.as_ref().map_or_else(Vec::new, |session| {
+        chosen_records(
+            session,
+            resolved.question,
+            resolved.filter.as_ref(),
+            request.score_threshold,
+            request.top_k,
+            now,
+            state.activity_window.as_secs_f64(),
+        )
+    });
+    Preview {
         records,
-        session: Some(session),
-        via: resolved.via,
-        signed: resolved.signed,
-        miss: None,
-        unmatched: None,
+        session: resolved.session,
+        miss: resolved.miss,
     }
 }
 
@@ -545,7 +601,7 @@ pub async fn retrieve(State(state): State<ApiState>, headers: HeaderMap, body: B
     let started = Instant::now();
     let mut lookup = LookupEntry::new(LookupChannel::Retrieval, "/retrieval");
     let response = match retrieve_inner(&state, &headers, body, &mut lookup).await {
-        Ok(records) => Json(RecordsBody(&records)).into_response(),
+        Ok(answer) => json_response(answer),
         Err(error) => {
             tracing::warn!(status = error.status.as_u16(), code = error.code, message = %error.message, "retrieval refused");
             lookup.miss = Some(if error.status == StatusCode::FORBIDDEN {
@@ -566,35 +622,61 @@ async fn retrieve_inner(
     headers: &HeaderMap,
     body: Body,
     lookup: &mut LookupEntry,
-) -> Result<Vec<Record>, ApiError> {
+) -> Result<Bytes, ApiError> {
     check_key(state, headers)?;
     let bytes = read_body(body, BODY_LIMIT).await?;
     let request = match parse_request(&bytes)? {
         ParsedRequest::Probe => {
             tracing::info!("answered Dify's registration probe");
             lookup.miss = Some(LookupMiss::Probe);
-            return Ok(Vec::new());
+            return Ok(records_body(&[]));
         }
         ParsedRequest::Retrieve(request) => request,
     };
-    let now = clock::now();
-    let answer = answer(state, &request, now).await;
     lookup.knowledge_id = clip(&request.knowledge_id);
     lookup.query_line = clip(request.query.lines().next().unwrap_or(""));
     if let Some(condition) = &request.metadata_condition {
         lookup.metadata_condition = describe_condition(condition);
     }
-    lookup.via = answer.via.map(Via::as_str);
-    lookup.signed = answer.signed;
-    lookup.session = answer.session.as_ref().map(|s| s.id.to_string());
-    lookup.miss = answer.miss;
-    if let Some(unmatched) = &answer.unmatched
-        && answer.via != Some(Via::KnowledgeId)
+    let now = clock::now();
+    let resolved = match resolve_request(state, &request, now).await {
+        Ok(resolved) => resolved,
+        Err(error) => {
+            // Never a 5xx storm: Dify would retry three times. Answer with nothing, loudly.
+            state.metrics.store_error("retrieval");
+            tracing::warn!(%error, "storage unavailable during retrieval; answering with no records");
+            lookup.miss = Some(LookupMiss::StoreUnavailable);
+            return Ok(records_body(&[]));
+        }
+    };
+    lookup.via = resolved.via.map(Via::as_str);
+    lookup.signed = resolved.signed;
+    lookup.miss = resolved.miss;
+    if let Some(unmatched) = &resolved.unmatched
+        && resolved.via != Some(Via::KnowledgeId)
     {
         lookup.identifier = clip(unmatched);
     }
-    lookup.records = answer.records.len();
-    Ok(answer.records)
+    let Some(session) = resolved.session else {
+        tracing::debug!(
+            via = resolved.via.map(Via::as_str),
+            "no session for this request"
+        );
+        return Ok(records_body(&[]));
+    };
+    let answer = answer_body(
+        &session,
+        resolved.question,
+        resolved.filter.as_ref(),
+        request.score_threshold,
+        request.top_k,
+        now,
+        state.activity_window.as_secs_f64(),
+    );
+    tracing::debug!(session = %session.id, via = resolved.via.map(Via::as_str), records = answer.records, "retrieval answered");
+    lookup.session = Some(session.id.to_string());
+    lookup.records = answer.records;
+    Ok(answer.body)
 }
 
 #[cfg(test)]

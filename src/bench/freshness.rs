@@ -24,8 +24,8 @@ use super::stats::{Latency, median};
 use super::workload::{self, Identity, Rng, Walker};
 use super::{Outcome, Table, int, ms, round, server_config};
 use crate::app::Overrides;
+use crate::bench::BenchArgs;
 use crate::clock;
-use crate::config::BenchArgs;
 
 const RUN_TAG: u16 = 0xf401;
 /// One frame in this many is a probe.

@@ -21,8 +21,8 @@ use super::server::InProcessServer;
 use super::workload::{self, Identity, Rng, Walker};
 use super::{Outcome, Table, int, round, server_config, summary_count, wait_until};
 use crate::app::Overrides;
+use crate::bench::BenchArgs;
 use crate::clock;
-use crate::config::BenchArgs;
 use crate::telemetry::StreamLabels;
 
 const RUN_TAG: u16 = 0x1a01;

@@ -5,8 +5,9 @@
 //! ([`connector`]) fed by a fast generator ([`workload`]), a fake OpenAI-compatible LLM with a
 //! fixed latency ([`llm`]), and the `/retrieval` load generator as a child process
 //! ([`loadgen`]) — prints a Markdown table and writes everything it measured to
-//! `<out-dir>/<scenario>.json`. BENCHMARKS.md holds one run of each, with how to read them.
+//! `<out-dir>/<scenario>.json`. docs/benchmarks.md holds one run of each, with how to read them.
 
+pub mod args;
 pub mod connector;
 pub mod freshness;
 pub mod http;
@@ -31,7 +32,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::clock;
-use crate::config::{BenchArgs, ServeConfig};
+use crate::config::ServeConfig;
+pub use args::BenchArgs;
 use stats::Machine;
 
 /// The benchmark scenarios.

@@ -27,8 +27,8 @@ use super::loadgen::{self, IdentityKind, LoadgenArgs};
 use super::server::ChildServer;
 use super::workload::{self, Identity, Rng, Walker};
 use super::{Outcome, Table, int, ms, round};
+use crate::bench::BenchArgs;
 use crate::clock;
-use crate::config::BenchArgs;
 
 const RUN_TAG: u16 = 0x50a1;
 /// Frames after which a person starts a new session.

@@ -23,8 +23,8 @@ use super::workload::{self, Identity, Rng, Walker};
 use super::{Outcome, Table, int, round, server_config, wait_until};
 use crate::api::ApiState;
 use crate::app::Overrides;
+use crate::bench::BenchArgs;
 use crate::clock;
-use crate::config::BenchArgs;
 use crate::session::model::SessionId;
 
 const RUN_TAG: u16 = 0x5a01;

@@ -388,6 +388,7 @@ pub fn batch(who: &Identity, actions: &[SynthAction], first_index: i64) -> Optio
             .map(|(i, a)| a.to_action(first_index + i as i64))
             .collect(),
         forwarded_at: actions.last().map(|a| a.end),
+        source: None,
     })
 }
 
@@ -406,7 +407,7 @@ pub const QUESTIONS: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::payload::{Payload, decode};
+    use crate::sources::autoplay::payload::{Payload, decode};
 
     #[test]
     fn frames_decode_to_the_same_actions_as_batches() {

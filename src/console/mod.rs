@@ -3,7 +3,7 @@
 //!
 //! Server-rendered HTML (maud), one stylesheet and one small script embedded in the binary:
 //! no CDN, no build step, works offline. It sits beside the APIs: it reads the store, the
-//! [`crate::diagnostics`] buffers and calls [`crate::api::retrieval::answer`] for the chatbot
+//! [`crate::diagnostics`] buffers and calls [`crate::api::retrieval::preview`] for the chatbot
 //! panel, so that panel shows exactly what `/retrieval` returns. Nothing below imports it.
 //!
 //! Off (404) unless `LIVECTX_CONSOLE_KEY` is set. Every response carries a CSP without inline
@@ -463,7 +463,7 @@ async fn session_page(
         score_threshold: threshold,
         metadata_condition: None,
     };
-    let answer = retrieval::answer(&console.api, &request, now).await;
+    let answer = retrieval::preview(&console.api, &request, now).await;
     let request_json = serde_json::to_string_pretty(&serde_json::json!({
         "knowledge_id": request.knowledge_id,
         "query": request.query,

@@ -81,8 +81,8 @@ pub fn action_count(session: &Session) -> u64 {
 }
 
 /// The activity source of a session, when ingest recorded one.
-pub fn source_label(_session: &Session) -> &'static str {
-    "—"
+pub fn source_label(session: &Session) -> &'static str {
+    session.source.map_or("—", |source| source.as_str())
 }
 
 fn ago(now: f64, at: f64) -> String {

@@ -1402,9 +1402,9 @@ fn alphanumeric(rng: &mut StdRng, len: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::payload::{self, Payload};
     use crate::session::activity::render_activity;
     use crate::session::model::{Session, SessionId, SessionLimits};
+    use crate::sources::autoplay::payload::{self, Payload};
     use serde_json::Value;
 
     const ORIGIN: f64 = 1_785_333_600.0;

@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{Application, StartupError};
 use crate::clock;
-use crate::config::{DemoConfig, ServeConfig, SimulateConfig};
+use crate::config::ServeConfig;
+use crate::demo::config::{DemoConfig, SimulateConfig};
 use crate::demo::personas::{Persona, Role};
 use crate::demo::simulator::{Narration, Simulator};
 use crate::session::activity::ACTIVITY_HEADER;
@@ -179,7 +180,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
         interval
     });
     let mut told_unlinked = false;
-    let signal = crate::cli::wait_for_signal();
+    let signal = crate::shutdown::wait_for_signal();
     tokio::pin!(signal);
     loop {
         tokio::select! {

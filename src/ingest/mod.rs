@@ -2,21 +2,26 @@
 //! and the payload handling both share ([`Ingestor`]).
 
 pub mod debounce;
-pub mod payload;
+pub mod dedupe;
+pub mod idle_sessions;
+pub mod pull;
+pub mod receivers;
 pub mod sse;
 pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
+
 use crate::clock;
 use crate::diagnostics::Diagnostics;
-use crate::session::model::{ActionBatch, Gap, SessionId};
+use crate::session::model::{ActionBatch, Gap, SessionId, SourceKind};
 use crate::session::store::{Fence, SessionStore, StoreError};
 use crate::session::summarizer::Summarizer;
+use crate::sources::autoplay::payload::{self, Payload};
 use crate::telemetry::{LogThrottle, Metrics, PayloadLabels};
-use debounce::Debouncer;
-use payload::Payload;
+use debounce::{Debouncer, Flush};
 
 /// Where a payload came from (a metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +35,14 @@ impl Source {
         match self {
             Self::Sse => "sse",
             Self::Webhook => "webhook",
+        }
+    }
+
+    /// What the session records as its source.
+    pub fn kind(self) -> SourceKind {
+        match self {
+            Self::Sse => SourceKind::AutoplayStream,
+            Self::Webhook => SourceKind::AutoplayWebhook,
         }
     }
 }
@@ -46,7 +59,8 @@ pub struct Channel<'a> {
 /// What became of one payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ingested {
-    /// Stored (or, with debounce, queued to be stored with the next flush).
+    /// Stored (for the stream with debounce: queued to be stored with the next flush; a
+    /// webhook or analytics delivery waits for that flush).
     Stored,
     /// A payload type this version ignores.
     Ignored { reason: &'static str },
@@ -62,6 +76,8 @@ pub struct Ingestor {
     metrics: Arc<Metrics>,
     summarizer: Option<Summarizer>,
     debouncer: Option<Debouncer>,
+    /// Group commit of the analytics receivers: one event per request, merged per session.
+    group_commit: Option<Debouncer>,
     /// One throttle per refusal reason (and one for any other), so a flood of one kind does
     /// not hide another.
     refusal_logs: [LogThrottle; REFUSAL_REASONS.len() + 1],
@@ -70,12 +86,16 @@ pub struct Ingestor {
 }
 
 /// Reasons a payload is refused, each with its own log throttle.
-const REFUSAL_REASONS: [&str; 5] = [
+const REFUSAL_REASONS: [&str; 9] = [
     "no_session",
     "malformed",
     "missing_type",
     "unknown_type",
     "empty_summary",
+    "unknown_shape",
+    "invalid_session",
+    "unauthorized",
+    "too_large",
 ];
 
 /// At most one log line per reason per this interval.
@@ -95,6 +115,7 @@ impl Ingestor {
             metrics,
             summarizer,
             debouncer,
+            group_commit: None,
             refusal_logs: std::array::from_fn(|_| LogThrottle::new(REFUSAL_LOG_INTERVAL)),
             diagnostics: Arc::default(),
         }
@@ -104,6 +125,14 @@ impl Ingestor {
     /// console reads) instead of a private one.
     pub fn with_diagnostics(mut self, diagnostics: Arc<Diagnostics>) -> Self {
         self.diagnostics = diagnostics;
+        self
+    }
+
+    /// Merge analytics events of one session that arrive within `window` into one chunk,
+    /// each request waiting for the write of its merged batch (zero: every event is written
+    /// alone).
+    pub fn with_group_commit(mut self, window: Duration) -> Self {
+        self.group_commit = (!window.is_zero()).then(|| Debouncer::with_max_wait(window, window));
         self
     }
 
@@ -143,13 +172,17 @@ impl Ingestor {
             Payload::Actions(actions) => {
                 let skipped = actions.skipped_actions;
                 match actions.into_batch(channel.product_id) {
-                    Ok(batch) => {
+                    Ok(mut batch) => {
+                        batch.source = Some(source.kind());
                         if skipped > 0 {
                             self.metrics
                                 .refused_actions(source.as_str(), skipped as u64);
                             tracing::warn!(session = %batch.session_id, skipped, "skipped action entries that were not objects");
                         }
-                        self.store_batch(batch, channel.fence).await
+                        // A webhook delivery's answer promises its batch is stored; the
+                        // stream has no one to answer and must not wait.
+                        let wait = source == Source::Webhook;
+                        self.store_batch(batch, channel.fence, wait).await
                     }
                     Err(_) => {
                         return self.refuse(
@@ -295,14 +328,67 @@ impl Ingestor {
         Ok(id)
     }
 
-    async fn store_batch(&self, batch: ActionBatch, fence: Option<&Fence>) -> Ingested {
-        if let Some(debouncer) = &self.debouncer {
-            if debouncer.add(batch, fence.cloned()) {
-                self.metrics.debounce_merged.inc();
-            }
-            return Ingested::Stored;
+    async fn store_batch(&self, batch: ActionBatch, fence: Option<&Fence>, wait: bool) -> Ingested {
+        let Some(debouncer) = &self.debouncer else {
+            return self.append(batch, fence).await;
+        };
+        let (waiter, outcome) = if wait {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        if debouncer.add(batch, fence.cloned(), waiter) {
+            self.metrics.debounce_merged.inc();
         }
-        self.append(batch, fence).await
+        match outcome {
+            // The sweeper (or a flush before a summary, or shutdown) answers.
+            Some(rx) => stored_if(rx.await),
+            None => Ingested::Stored,
+        }
+    }
+
+    /// Store an analytics batch with the group commit: merged with the session's other events
+    /// of the window, answered once the merged batch is written (so `Stored` means stored).
+    pub async fn commit(self: &Arc<Self>, batch: ActionBatch) -> Ingested {
+        let Some(group) = &self.group_commit else {
+            return self.append(batch, None).await;
+        };
+        let id = batch.session_id.clone();
+        let (tx, rx) = oneshot::channel();
+        if group.add(batch, None, Some(tx)) {
+            self.metrics.debounce_merged.inc();
+        } else {
+            // The first event of a window schedules its flush, in a task of its own so that a
+            // client hanging up cannot strand the others waiting on it.
+            let ingestor = Arc::clone(self);
+            let window = group.window();
+            tokio::spawn(async move {
+                tokio::time::sleep(window).await;
+                if let Some(flush) = ingestor.group_commit.as_ref().and_then(|g| g.take(&id)) {
+                    ingestor.write(flush).await;
+                }
+            });
+        }
+        stored_if(rx.await)
+    }
+
+    /// Write a taken batch and answer its waiters.
+    async fn write(&self, flush: Flush) -> Ingested {
+        let Flush {
+            batch,
+            fence,
+            waiters,
+        } = flush;
+        let result = self.append(batch, fence.as_ref()).await;
+        debounce::answer(waiters, result == Ingested::Stored);
+        result
+    }
+
+    /// Store one batch now, past the debounce: a pulled batch must be in the store before the
+    /// lookup that fetched it answers.
+    pub async fn append_now(&self, batch: ActionBatch) -> Ingested {
+        self.append(batch, None).await
     }
 
     /// Write one batch to the store now.
@@ -355,21 +441,26 @@ impl Ingestor {
     /// Store a pending debounced batch of this session now (to keep order with what follows).
     async fn flush_session(&self, id: &SessionId) {
         if let Some(debouncer) = &self.debouncer
-            && let Some((batch, fence)) = debouncer.take(id)
+            && let Some(flush) = debouncer.take(id)
         {
-            self.append(batch, fence.as_ref()).await;
+            self.write(flush).await;
         }
     }
 
-    /// Store every debounced batch whose window has closed (or all, when `all`).
+    /// Store every debounced batch whose window has closed (or all, when `all`: shutdown,
+    /// which also writes the group commit's pending batches).
     pub async fn flush_due(&self, all: bool) -> usize {
-        let Some(debouncer) = &self.debouncer else {
-            return 0;
-        };
-        let due = debouncer.take_due(std::time::Instant::now(), all);
+        let now = std::time::Instant::now();
+        let mut due = Vec::new();
+        if let Some(debouncer) = &self.debouncer {
+            due.extend(debouncer.take_due(now, all));
+        }
+        if all && let Some(group) = &self.group_commit {
+            due.extend(group.take_due(now, true));
+        }
         let n = due.len();
-        for (batch, fence) in due {
-            self.append(batch, fence.as_ref()).await;
+        for flush in due {
+            self.write(flush).await;
         }
         n
     }
@@ -377,6 +468,33 @@ impl Ingestor {
     /// How often the debounce buffer must be swept; `None` without debounce.
     pub fn debounce_tick(&self) -> Option<Duration> {
         self.debouncer.as_ref().map(Debouncer::tick)
+    }
+
+    /// Count a refusal by an analytics receiver, and log it like the others (throttled per
+    /// reason).
+    pub fn refuse_event(&self, source: SourceKind, reason: &'static str, what: &str) {
+        self.metrics.refuse(source.as_str(), reason);
+        self.diagnostics
+            .refusals
+            .record(source.as_str(), reason, what, None, clock::now());
+        if let Some(held_back) = self.refusal_log(reason).note(1) {
+            tracing::warn!(
+                source = source.as_str(),
+                reason,
+                also_refused_since_last_line = held_back,
+                "refused {what}"
+            );
+        }
+    }
+
+    /// The metrics this ingestor counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The refusal samples and event rates the operator console shows.
+    pub fn diagnostics(&self) -> &Diagnostics {
+        &self.diagnostics
     }
 
     /// Mark sessions affected by a stream outage.
@@ -394,5 +512,14 @@ impl Ingestor {
                 tracing::warn!(%error, "could not record a stream gap");
             }
         }
+    }
+}
+
+/// A waiter's answer as an outcome; a flush that never answered (cannot happen short of a
+/// panic in the writer) counts as a failure, so the sender retries.
+fn stored_if(answer: Result<bool, oneshot::error::RecvError>) -> Ingested {
+    match answer {
+        Ok(true) => Ingested::Stored,
+        _ => Ingested::Failed,
     }
 }

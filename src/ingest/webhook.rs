@@ -23,7 +23,8 @@ use crate::api::auth::{bearer_token, hmac_sha256};
 use crate::api::error::{ApiError, codes, read_body};
 use crate::api::limits::{self, OverRateLimit};
 use crate::clock;
-use crate::ingest::{Channel, Ingested, Source, payload};
+use crate::ingest::{Channel, Ingested, Source};
+use crate::sources::autoplay::payload;
 use crate::telemetry::OutcomeLabels;
 
 /// Where the receiver listens.

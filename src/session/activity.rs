@@ -107,6 +107,12 @@ pub fn render_activity(session: &Session, now: f64, window_secs: f64) -> String 
             format_utc(gap.to)
         ));
     }
+    if let Some(as_of) = session.stale_as_of {
+        out.push_str(&format!(
+            "Activity as of {}; newer activity could not be fetched.\n",
+            format_utc(as_of)
+        ));
+    }
     out.truncate(out.trim_end().len());
     out
 }

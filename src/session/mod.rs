@@ -6,6 +6,7 @@ pub mod buffered;
 pub mod memory;
 pub mod model;
 pub mod persist;
+pub mod pull;
 pub mod redis;
 pub mod store;
 pub mod summarizer;

@@ -5,6 +5,17 @@
 //! would describe it ("clicked the link \"Invoices\""). The receivers in `ingest` authenticate,
 //! deduplicate, group and store them.
 
+pub mod amplitude;
+pub mod autoplay;
+pub mod autoplay_api;
+pub mod elements_chain;
+#[cfg(test)]
+mod fixtures;
+mod json;
+pub mod naming;
+pub mod posthog;
+pub mod segment;
+
 use crate::session::model::{Action, SourceKind};
 
 /// One analytics event, decoded and named, before ingest validates its session.
@@ -48,4 +59,62 @@ pub struct EventRefusal {
 pub struct Decoded {
     pub events: Vec<SourceEvent>,
     pub refused: Vec<EventRefusal>,
+}
+
+/// Most events one body may hold (Segment's own batch limit); a bigger body is refused whole.
+pub const MAX_EVENTS_PER_BODY: usize = 4000;
+
+/// What may be kept of URLs; everything else in a query string or fragment is dropped.
+///
+/// Query strings carry secrets (reset tokens, OAuth codes, signed links) and personal data, so
+/// the default keeps none. A product whose pages differ only by a parameter (`?tab=billing`)
+/// lists it in `LIVECTX_KEEP_QUERY_PARAMS`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Privacy {
+    /// Query parameter names kept (compared ASCII case-insensitively).
+    pub keep_query_params: Vec<String>,
+}
+
+impl Privacy {
+    /// Read a comma-separated allow-list such as `tab, utm_source` (blanks ignored).
+    pub fn from_list(list: &str) -> Self {
+        Self {
+            keep_query_params: list
+                .split(',')
+                .map(str::trim)
+                .filter(|name| !name.is_empty())
+                .map(str::to_string)
+                .collect(),
+        }
+    }
+
+    /// Whether a query parameter of this name is kept.
+    pub fn keeps(&self, param: &str) -> bool {
+        self.keep_query_params
+            .iter()
+            .any(|kept| kept.eq_ignore_ascii_case(param))
+    }
+}
+
+/// Why a whole body was refused: nothing in it can ever be stored, so the answer is a 4xx
+/// (which PostHog and Segment do not retry).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("body is not valid JSON: {0}")]
+    Malformed(String),
+    #[error("body is not a {expected}")]
+    UnknownShape { expected: &'static str },
+    #[error("body holds {count} events; at most {MAX_EVENTS_PER_BODY} are accepted per request")]
+    TooManyEvents { count: usize },
+}
+
+impl BodyError {
+    /// Reason label for metrics and the JSON error body.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed",
+            Self::UnknownShape { .. } => "unknown_shape",
+            Self::TooManyEvents { .. } => "too_many_events",
+        }
+    }
 }

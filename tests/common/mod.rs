@@ -180,6 +180,7 @@ pub fn batch(
         conversation_id: None,
         actions,
         forwarded_at: None,
+        source: None,
     }
 }
 

@@ -17,12 +17,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::parser::{SseItem, SseParser};
 use crate::clock;
 use crate::cluster::{Leadership, LeaseGuard};
 use crate::ingest::{Channel, Ingestor, Source};
 use crate::session::model::Gap;
 use crate::session::store::Fence;
+use crate::sources::autoplay::sse::{DEFAULT_MAX_FRAME_BYTES, SseItem, SseParser};
 use crate::telemetry::{
     FrameLabels, LogThrottle, Metrics, ReconnectLabels, StatusLabels, StreamLabels,
 };
@@ -65,7 +65,7 @@ impl StreamConfig {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
             queue_capacity: 8192,
-            max_frame_bytes: super::parser::DEFAULT_MAX_FRAME_BYTES,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             connect_timeout: Duration::from_secs(10),
         }
     }

@@ -1,7 +1,6 @@
 //! Server-Sent Events: the parser and the stream consumer.
 
 pub mod client;
-pub mod parser;
 
+pub use crate::sources::autoplay::sse::{SseEvent, SseItem, SseParser};
 pub use client::{StreamConfig, StreamConsumer, StreamHandle, StreamStatus, StreamStatusView};
-pub use parser::{SseEvent, SseItem, SseParser};

@@ -8,7 +8,8 @@
 //! exponential backoff; meanwhile the store's chunk cap folds the oldest chunks with the
 //! built-in summarizer, so nothing is ever dropped.
 
-pub mod builtin;
+/// The built-in summarizer lives beside the model (the session folds with it at its cap).
+pub use crate::session::model::digest as builtin;
 pub mod llm;
 
 use std::collections::{HashMap, HashSet};

@@ -186,6 +186,7 @@ impl ActionsPayload {
             conversation_id: self.conversation_id,
             actions: self.actions,
             forwarded_at: self.forwarded_at,
+            source: None,
         })
     }
 }
