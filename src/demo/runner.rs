@@ -24,6 +24,8 @@ use crate::session::activity::ACTIVITY_HEADER;
 
 /// The token between livectx and the in-process simulator (both ends are this process).
 const STREAM_TOKEN: &str = "demo-stream-token";
+/// The operator console's key in the demo (printed with its URL).
+const DEMO_CONSOLE_KEY: &str = "demo-console-key-0000";
 
 /// One way Dify can name the user, as a ready-to-send `/retrieval` body.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,6 +140,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
         api_keys: vec![config.api_key.clone()],
         stream_urls: vec![stream_url.clone()],
         api_token: Some(STREAM_TOKEN.to_string()),
+        console_key: Some(DEMO_CONSOLE_KEY.to_string()),
         ..ServeConfig::default()
     };
     let app = match Application::build(serve).await {
@@ -268,6 +271,9 @@ fn print_banner(
     );
     println!(
         "  Autoplay stream   {stream_url}   (simulated connector; livectx consumes it over SSE)"
+    );
+    println!(
+        "  operator console  {base_url}/console   (log in with the key \"{DEMO_CONSOLE_KEY}\")"
     );
     println!("  ready in          {} ms\n", ready_in.as_millis());
     println!(
