@@ -19,6 +19,8 @@ use crate::clock;
 use crate::cluster::Leadership;
 use crate::cluster::redis_lease::{LeaseSettings, RedisLeadership, default_replica_id};
 use crate::config::ServeConfig;
+use crate::console::{self, ConsoleSettings};
+use crate::diagnostics::Diagnostics;
 use crate::ingest::Ingestor;
 use crate::ingest::dedupe::{DeliveryLog, MemoryDeliveryLog, RedisDeliveryLog};
 use crate::ingest::idle_sessions::{IdleSessions, MemoryIdleSessions, RedisIdleSessions};
@@ -79,6 +81,8 @@ pub struct Application {
     /// Releases the stream leases at the end of shutdown.
     leadership: Option<Arc<dyn Leadership>>,
     shutdown_timeout: Duration,
+    /// The operator console, when `LIVECTX_CONSOLE_KEY` is set.
+    console: Option<ConsoleSettings>,
 }
 
 impl Application {
@@ -96,6 +100,7 @@ impl Application {
             secret_setting("AUTOPLAY_WEBHOOK_SECRET", config.webhook_secret.as_deref())?;
         let identity_secret =
             secret_setting("LIVECTX_IDENTITY_SECRET", config.identity_secret.as_deref())?;
+        let console_key = secret_setting("LIVECTX_CONSOLE_KEY", config.console_key.as_deref())?;
         let ingest_secret =
             secret_setting("LIVECTX_INGEST_SECRET", config.ingest_secret.as_deref())?;
         check_ingest_settings(&config)?;
@@ -140,6 +145,7 @@ impl Application {
         }
         let engine = summarizer.engine_name();
 
+        let diagnostics = Arc::new(Diagnostics::default());
         let ingestor = Arc::new(
             Ingestor::new(
                 Arc::clone(&store),
@@ -147,6 +153,7 @@ impl Application {
                 Some(summarizer),
                 Duration::from_millis(config.debounce_ms),
             )
+            .with_diagnostics(Arc::clone(&diagnostics))
             .with_group_commit(config.ingest_batch_window),
         );
         let receivers = ingest_secret.map(|secret| {
@@ -261,6 +268,7 @@ impl Application {
                 marked_paths: vec![webhook::PATH],
                 ..RequestLimits::new(rate_limiter, config.request_timeout, Arc::clone(&metrics))
             }),
+            diagnostics,
             puller,
         });
         let webhook = state.webhook.clone().map(|settings| {
@@ -313,6 +321,11 @@ impl Application {
             snapshotter,
             leadership,
             shutdown_timeout: config.shutdown_timeout,
+            console: console_key.map(|key| ConsoleSettings {
+                key,
+                show_identities: config.console_show_identities,
+                public_url: config.public_url.clone(),
+            }),
         })
     }
 
@@ -351,13 +364,17 @@ impl Application {
             snapshotter,
             leadership,
             shutdown_timeout,
+            console,
             ..
         } = self;
         let mut sources = receivers.map_or_else(axum::Router::new, receivers::routes);
         if let Some(webhook) = webhook {
             sources = sources.merge(webhook::routes(webhook));
         }
-        let router = api::router_with(Arc::clone(&state), sources);
+        let mut router = api::router_with(Arc::clone(&state), sources);
+        if let Some(settings) = console {
+            router = router.merge(console::router(Arc::clone(&state), settings));
+        }
         let server = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -277,6 +277,15 @@ pub struct ServeConfig {
     #[arg(long, env = "LIVECTX_REDIS_BUFFER", default_value_t = crate::session::buffered::DEFAULT_BUFFER_BOUND)]
     pub redis_buffer: usize,
 
+    /// Turn on the operator console at /console: the key an operator types to log in
+    /// (unset: /console is 404).
+    #[arg(long, env = "LIVECTX_CONSOLE_KEY", hide_env_values = true)]
+    pub console_key: Option<String>,
+
+    /// Show end users' emails and user ids in the console unmasked.
+    #[arg(long, env = "LIVECTX_CONSOLE_SHOW_IDENTITIES")]
+    pub console_show_identities: bool,
+
     #[command(flatten)]
     pub autoplay_api: crate::ingest::pull::AutoplayApiConfig,
 
@@ -344,6 +353,8 @@ impl Default for ServeConfig {
             redis_prefix: crate::session::redis::DEFAULT_PREFIX.to_string(),
             lease_ttl: crate::cluster::redis_lease::DEFAULT_LEASE_TTL,
             redis_buffer: crate::session::buffered::DEFAULT_BUFFER_BOUND,
+            console_key: None,
+            console_show_identities: false,
             autoplay_api: Default::default(),
             log: LogConfig::default(),
         }

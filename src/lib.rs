@@ -37,6 +37,9 @@
 //!   (synthetic connector, fake LLM, load generator).
 //! - [`shutdown`]: the stop signal (SIGTERM, Ctrl-C) every long-running command waits on.
 //! - [`sync`]: locking that survives a panic elsewhere.
+//! - [`diagnostics`]: bounded evidence the operator console reads (recent lookups, refused
+//!   payload samples, events per minute), recorded by ingest and the APIs.
+//! - [`console`]: the operator console at `/console` (server-rendered HTML), mounted by [`app`].
 
 pub mod api;
 pub mod app;
@@ -47,8 +50,10 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod connect;
+pub mod console;
 #[cfg(feature = "tools")]
 pub mod demo;
+pub mod diagnostics;
 pub mod ingest;
 pub mod render;
 pub mod session;

@@ -255,6 +255,7 @@ pub struct Metrics {
     pub actions_stored: Counter,
     pub debounce_merged: Counter,
     pub summaries: Family<SummaryLabels, Counter>,
+    pub summary_queue: Gauge,
     pub llm_request_duration: Histogram,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
@@ -308,6 +309,7 @@ impl Metrics {
             actions_stored: Counter::default(),
             debounce_merged: Counter::default(),
             summaries: Family::default(),
+            summary_queue: Gauge::default(),
             llm_request_duration: llm_histogram(),
             http_requests: Family::default(),
             http_request_duration: Family::new_with_constructor(latency_histogram),
@@ -402,6 +404,11 @@ impl Metrics {
             "summaries",
             "Summaries by summarizer (llm, builtin, connector) and outcome (ok, failed, stale, fallback)",
             m.summaries.clone(),
+        );
+        r.register(
+            "summary_queue",
+            "Sessions whose summary is being written or waits for a retry",
+            m.summary_queue.clone(),
         );
         r.register(
             "llm_request_duration_seconds",

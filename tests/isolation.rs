@@ -117,6 +117,7 @@ fn state(store: Arc<dyn SessionStore>) -> ApiState {
         summarizer_engine: "none".into(),
         started_at: 0.0,
         limits: Arc::new(RequestLimits::new(None, Duration::from_secs(10), metrics)),
+        diagnostics: Default::default(),
         puller: None,
     })
 }
@@ -390,7 +391,7 @@ async fn check_reused_session_id_forgets_its_people(store: Arc<dyn SessionStore>
         };
         let outcome = resolver.resolve(&claim, None, later + 1.0).await.unwrap();
         assert!(
-            matches!(outcome, ClaimOutcome::Unknown),
+            matches!(outcome, ClaimOutcome::Unknown(_)),
             "{value} still finds the reused session: {outcome:?}"
         );
     }

@@ -15,6 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::diagnostics::LookupMiss;
 use crate::web::auth::hmac_sha256;
 
 use crate::session::model::{PersonKey, Session, SessionId, normalize_email};
@@ -178,8 +179,9 @@ pub struct IdentityPolicy {
 pub enum ClaimOutcome {
     /// The claim names this session.
     Found(Arc<Session>),
-    /// A well-formed claim that matches no live session.
-    Unknown,
+    /// A well-formed claim that matches no live session: unknown id, no activity yet, or
+    /// another product (the operator console shows which).
+    Unknown(LookupMiss),
     /// Refused (unsigned, forged, expired, unresolved variable, email lookups off).
     Rejected(&'static str),
 }
@@ -204,7 +206,7 @@ impl IdentityResolver<'_> {
         let outcome = self.resolve_inner(claim, product, now).await?;
         let result = match &outcome {
             ClaimOutcome::Found(_) => "found",
-            ClaimOutcome::Unknown => "unknown",
+            ClaimOutcome::Unknown(_) => "unknown",
             ClaimOutcome::Rejected(reason) => {
                 self.count_rejection(claim.via, reason);
                 "rejected"
@@ -312,8 +314,13 @@ impl IdentityResolver<'_> {
         via: Via,
     ) -> Result<ClaimOutcome, StoreError> {
         if value.is_empty() {
-            return Ok(ClaimOutcome::Unknown);
+            return Ok(ClaimOutcome::Unknown(LookupMiss::NoIdentifier));
         }
+        let mut miss = match kind {
+            ClaimKind::Email | ClaimKind::UserId => LookupMiss::NoActivityYet,
+            ClaimKind::Any if value.contains('@') => LookupMiss::NoActivityYet,
+            ClaimKind::SessionId | ClaimKind::Any => LookupMiss::UnknownId,
+        };
         let kinds: &[ClaimKind] = match kind {
             ClaimKind::Any => &[ClaimKind::SessionId, ClaimKind::Email, ClaimKind::UserId],
             ClaimKind::SessionId => &[ClaimKind::SessionId],
@@ -351,9 +358,10 @@ impl IdentityResolver<'_> {
                     tracing::debug!(via = via.as_str(), person = %Person(value), session = %session.id, "identifier resolved");
                     return Ok(ClaimOutcome::Found(session));
                 }
+                miss = LookupMiss::OtherProduct;
             }
         }
-        Ok(ClaimOutcome::Unknown)
+        Ok(ClaimOutcome::Unknown(miss))
     }
 
     async fn person_session(

@@ -21,6 +21,7 @@
 //!   matters only for an open `/mcp` on a machine or network browsers can reach.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -42,6 +43,7 @@ use crate::api::identity::{ClaimKind, Via};
 use crate::api::openapi::ErrorBody;
 use crate::api::rest::{self, LiveAction, Lookup, live_actions, look_up, rejection_message};
 use crate::clock::{self, format_duration, format_rfc3339};
+use crate::diagnostics::{LookupChannel, LookupEntry, LookupMiss, clip};
 use crate::render::records::{join_content, session_records};
 use crate::session::model::Session;
 use crate::session::store::decode_cursor;
@@ -216,7 +218,12 @@ impl LiveContextServer {
         &self,
         Parameters(params): Parameters<LiveActivityParams>,
     ) -> Result<CallToolResult, ErrorData> {
-        Ok(self.live_user_activity(params).await)
+        let started = Instant::now();
+        let mut lookup = LookupEntry::new(LookupChannel::Mcp, "get_live_user_activity");
+        let result = self.live_user_activity(params, &mut lookup).await;
+        lookup.latency = started.elapsed();
+        self.state.diagnostics.lookups.record(lookup);
+        Ok(result)
     }
 
     #[tool(
@@ -269,11 +276,18 @@ fn tool_result<T: Serialize>(text: String, structured: &T) -> CallToolResult {
 }
 
 impl LiveContextServer {
-    async fn live_user_activity(&self, params: LiveActivityParams) -> CallToolResult {
+    async fn live_user_activity(
+        &self,
+        params: LiveActivityParams,
+        record: &mut LookupEntry,
+    ) -> CallToolResult {
         const TOOL: &str = "get_live_user_activity";
         let state = &self.state;
         let user = params.user_id.trim();
+        record.identifier = clip(user);
+        record.via = Some("user_id");
         if user.is_empty() {
+            record.miss = Some(LookupMiss::NoIdentifier);
             return tool_error(
                 TOOL,
                 "invalid",
@@ -289,6 +303,7 @@ impl LiveContextServer {
         let lookup = match look_up(state, ClaimKind::Any, user, Via::Mcp, None, now).await {
             Ok(lookup) => lookup,
             Err(error) => {
+                record.miss = Some(LookupMiss::StoreUnavailable);
                 state.metrics.store_error("mcp");
                 return tool_error(
                     TOOL,
@@ -300,9 +315,10 @@ impl LiveContextServer {
                 );
             }
         };
+        lookup.note(record, user);
         let session = match lookup {
             Lookup::Found(session) => session,
-            Lookup::Unknown | Lookup::OtherProduct => {
+            Lookup::Unknown(_) | Lookup::OtherProduct => {
                 state.metrics.mcp_tool_call(TOOL, "unknown");
                 tracing::debug!(tool = TOOL, "no live session for this id");
                 let output = LiveActivityOutput {
@@ -326,6 +342,7 @@ impl LiveContextServer {
         };
         state.metrics.mcp_tool_call(TOOL, "found");
         let actions = live_actions(&session, limit);
+        record.records = actions.len();
         let text = activity_text(state, &session, &actions, now);
         tracing::debug!(tool = TOOL, session = %session.id, actions = actions.len(), "live activity answered");
         let output = LiveActivityOutput {

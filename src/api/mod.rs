@@ -20,6 +20,7 @@ use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::diagnostics::Diagnostics;
 use crate::ingest::Ingestor;
 use crate::ingest::sse::StreamStatus;
 use crate::ingest::webhook::WebhookSettings;
@@ -59,6 +60,8 @@ pub struct ApiContext {
     pub started_at: f64,
     /// The per-IP rate limit and the request timeout.
     pub limits: Arc<RequestLimits>,
+    /// The lookup log and refusal samples the operator console shows.
+    pub diagnostics: Arc<Diagnostics>,
     /// Reads Autoplay's hosted API before user-id lookups (`AUTOPLAY_API_KEY`), if set.
     pub puller: Option<Arc<dyn ActivityPuller>>,
 }

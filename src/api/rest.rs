@@ -14,6 +14,7 @@
 //! `/retrieval` (whose caller, Dify, only understands 403), a bad key is a 401 here.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -28,6 +29,7 @@ use crate::api::identity::{Claim, ClaimKind, ClaimOutcome, IdentityResolver, Via
 use crate::api::openapi::ErrorBody;
 use crate::api::retrieval::{DEFAULT_TOP_K, MAX_TOP_K, records_for};
 use crate::clock;
+use crate::diagnostics::{LookupChannel, LookupEntry, LookupMiss, clip};
 use crate::render::records::{Record, join_content};
 use crate::session::model::{Action, Session};
 use crate::session::store::StoreError;
@@ -143,8 +145,8 @@ pub struct ContextResponse {
 /// How an identifier from the MCP tool or the REST API turned out.
 pub(crate) enum Lookup {
     Found(Arc<Session>),
-    /// Well-formed, but no live session has it.
-    Unknown,
+    /// Well-formed, but no live session has it (the console shows why).
+    Unknown(LookupMiss),
     /// The person's session belongs to another product than the one asked for.
     OtherProduct,
     /// Refused; the reason is one of [`crate::api::identity`]'s labels.
@@ -174,7 +176,7 @@ pub(crate) async fn look_up(
     };
     let session = match resolver.resolve(&claim, None, now).await? {
         ClaimOutcome::Found(session) => session,
-        ClaimOutcome::Unknown => return Ok(Lookup::Unknown),
+        ClaimOutcome::Unknown(miss) => return Ok(Lookup::Unknown(miss)),
         ClaimOutcome::Rejected(reason) => return Ok(Lookup::Rejected(reason)),
     };
     let Some(product) = product else {
@@ -191,6 +193,30 @@ pub(crate) async fn look_up(
     match resolver.resolve(&claim, Some(product), now).await? {
         ClaimOutcome::Found(session) => Ok(Lookup::Found(session)),
         _ => Ok(Lookup::OtherProduct),
+    }
+}
+
+impl Lookup {
+    /// Write the outcome into a lookup-log entry.
+    pub(crate) fn note(&self, lookup: &mut LookupEntry, value: &str) {
+        lookup.signed = crate::api::identity::looks_signed(value);
+        match self {
+            Self::Found(session) => lookup.session = Some(session.id.to_string()),
+            Self::Unknown(miss) => lookup.miss = Some(*miss),
+            Self::OtherProduct => lookup.miss = Some(LookupMiss::OtherProduct),
+            Self::Rejected(reason) => lookup.miss = Some(LookupMiss::from_rejection(reason)),
+        }
+    }
+}
+
+/// The lookup-log outcome of a refused REST request.
+fn note_error(lookup: &mut LookupEntry, error: &ApiError) {
+    if lookup.miss.is_none() && lookup.session.is_none() {
+        lookup.miss = Some(if error.status == StatusCode::SERVICE_UNAVAILABLE {
+            LookupMiss::StoreUnavailable
+        } else {
+            LookupMiss::BadRequest
+        });
     }
 }
 
@@ -296,19 +322,33 @@ pub async fn live_activity(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
     const ROUTE: &str = "live-activity";
-    if let Err(reason) = check_key(&state, &headers, ROUTE) {
-        return auth::unauthorized(reason, ACCEPTED_KEYS);
-    }
-    match live_activity_inner(&state, path, query).await {
-        Ok(actions) => Json(LiveActivityResponse { actions }).into_response(),
-        Err(error) => refused(ROUTE, error),
-    }
+    let started = Instant::now();
+    let mut lookup = LookupEntry::new(LookupChannel::Rest, ROUTE);
+    let response = if let Err(reason) = check_key(&state, &headers, ROUTE) {
+        lookup.miss = Some(LookupMiss::BadKey);
+        auth::unauthorized(reason, ACCEPTED_KEYS)
+    } else {
+        match live_activity_inner(&state, path, query, &mut lookup).await {
+            Ok(actions) => {
+                lookup.records = actions.len();
+                Json(LiveActivityResponse { actions }).into_response()
+            }
+            Err(error) => {
+                note_error(&mut lookup, &error);
+                refused(ROUTE, error)
+            }
+        }
+    };
+    lookup.latency = started.elapsed();
+    state.diagnostics.lookups.record(lookup);
+    response
 }
 
 async fn live_activity_inner(
     state: &ApiState,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    lookup: &mut LookupEntry,
 ) -> Result<Vec<LiveAction>, ApiError> {
     let Path((product, user)) =
         path.map_err(|e| ApiError::bad_request(format!("the path cannot be read: {e}")))?;
@@ -319,13 +359,17 @@ async fn live_activity_inner(
         }
     }
     let product = product.trim();
+    lookup.knowledge_id = clip(product);
+    lookup.identifier = clip(&user);
+    lookup.via = Some("path");
     let now = clock::now();
-    let lookup = look_up(state, ClaimKind::Any, &user, Via::Rest, Some(product), now)
+    let found = look_up(state, ClaimKind::Any, &user, Via::Rest, Some(product), now)
         .await
         .map_err(|e| store_unavailable(state, &e))?;
-    match lookup {
+    found.note(lookup, &user);
+    match found {
         Lookup::Found(session) => Ok(live_actions(&session, limit)),
-        Lookup::Unknown => Ok(Vec::new()),
+        Lookup::Unknown(_) => Ok(Vec::new()),
         Lookup::OtherProduct => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             codes::PRODUCT_MISMATCH,
@@ -365,16 +409,27 @@ pub async fn context(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
     const ROUTE: &str = "context";
-    if let Err(reason) = check_key(&state, &headers, ROUTE) {
-        return auth::unauthorized(reason, ACCEPTED_KEYS);
-    }
-    match context_inner(&state, query).await {
-        Ok(records) => {
-            let text = join_content(&records);
-            Json(ContextResponse { records, text }).into_response()
+    let started = Instant::now();
+    let mut lookup = LookupEntry::new(LookupChannel::Rest, CONTEXT_PATH);
+    let response = if let Err(reason) = check_key(&state, &headers, ROUTE) {
+        lookup.miss = Some(LookupMiss::BadKey);
+        auth::unauthorized(reason, ACCEPTED_KEYS)
+    } else {
+        match context_inner(&state, query, &mut lookup).await {
+            Ok(records) => {
+                lookup.records = records.len();
+                let text = join_content(&records);
+                Json(ContextResponse { records, text }).into_response()
+            }
+            Err(error) => {
+                note_error(&mut lookup, &error);
+                refused(ROUTE, error)
+            }
         }
-        Err(error) => refused(ROUTE, error),
-    }
+    };
+    lookup.latency = started.elapsed();
+    state.diagnostics.lookups.record(lookup);
+    response
 }
 
 const IDENTITY_PARAMS: [(&str, ClaimKind); 3] = [
@@ -386,6 +441,7 @@ const IDENTITY_PARAMS: [(&str, ClaimKind); 3] = [
 async fn context_inner(
     state: &ApiState,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    lookup: &mut LookupEntry,
 ) -> Result<Vec<Record>, ApiError> {
     let pairs = query_pairs(query)?;
     let mut identities: Vec<(&str, ClaimKind, &str)> = Vec::new();
@@ -404,7 +460,12 @@ async fn context_inner(
         }
     }
     let (kind, value) = match identities.as_slice() {
-        [(_, kind, value)] => (*kind, *value),
+        [(param, kind, value)] => {
+            lookup.via = Some(param);
+            lookup.identifier = clip(value);
+            lookup.query_line = clip(question.lines().next().unwrap_or(""));
+            (*kind, *value)
+        }
         [] => {
             return Err(ApiError::bad_request(
                 "name the user with exactly one of session_id, email or user_id (none was given, or it was empty)",
@@ -419,14 +480,15 @@ async fn context_inner(
         }
     };
     let now = clock::now();
-    let lookup = look_up(state, kind, value, Via::Rest, None, now)
+    let found = look_up(state, kind, value, Via::Rest, None, now)
         .await
         .map_err(|e| store_unavailable(state, &e))?;
-    match lookup {
+    found.note(lookup, value);
+    match found {
         Lookup::Found(session) => Ok(records_for(
             state, &session, question, None, 0.0, top_k, now,
         )),
-        Lookup::Unknown | Lookup::OtherProduct => Ok(Vec::new()),
+        Lookup::Unknown(_) | Lookup::OtherProduct => Ok(Vec::new()),
         Lookup::Rejected(reason) => Err(rejection_error(reason)),
     }
 }

@@ -10,6 +10,7 @@
 //! - Side-effect free: Dify retries the same request up to three times.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -25,6 +26,7 @@ use crate::api::identity::{
     Claim, ClaimKind, ClaimOutcome, IdentityResolver, SignatureError, Via, looks_signed,
 };
 use crate::clock;
+use crate::diagnostics::{LookupChannel, LookupEntry, LookupMiss, clip};
 use crate::render::records::{Record, select, session_records};
 use crate::session::model::{MAX_ID_LEN, Session};
 use crate::session::store::StoreError;
@@ -177,6 +179,12 @@ pub struct Resolved<'q> {
     pub question: &'q str,
     /// Conditions on fields other than the identity, to filter records with.
     pub filter: Option<MetadataCondition>,
+    /// Did the identifier that decided carry a signature?
+    pub signed: bool,
+    /// Why no session was matched (`None` when one was).
+    pub miss: Option<LookupMiss>,
+    /// The identifier that matched nobody, as read (`None` when a session matched).
+    pub unmatched: Option<String>,
 }
 
 const IDENTITY_FIELDS: [(&str, ClaimKind); 3] = [
@@ -196,15 +204,25 @@ fn identity_kind(name: &str) -> Option<ClaimKind> {
 struct Decision {
     session: Option<Arc<Session>>,
     via: Via,
+    signed: bool,
+    miss: Option<LookupMiss>,
+    unmatched: Option<String>,
 }
 
 impl Decision {
-    fn of(outcome: ClaimOutcome, via: Via) -> Self {
-        let session = match outcome {
-            ClaimOutcome::Found(session) => Some(session),
-            ClaimOutcome::Unknown | ClaimOutcome::Rejected(_) => None,
+    fn of(outcome: ClaimOutcome, claim: &Claim) -> Self {
+        let (session, miss) = match outcome {
+            ClaimOutcome::Found(session) => (Some(session), None),
+            ClaimOutcome::Unknown(miss) => (None, Some(miss)),
+            ClaimOutcome::Rejected(reason) => (None, Some(LookupMiss::from_rejection(reason))),
         };
-        Self { session, via }
+        Self {
+            unmatched: miss.map(|_| claim.value.clone()),
+            session,
+            via: claim.via,
+            signed: looks_signed(&claim.value),
+            miss,
+        }
     }
 }
 
@@ -257,16 +275,33 @@ pub async fn resolve_request<'q>(
                     via: Some(decision.via),
                     question: rest,
                     filter,
+                    signed: decision.signed,
+                    miss: decision.miss,
+                    unmatched: decision.unmatched,
                 });
             }
             None => decide_by_knowledge_id(&resolver, knowledge_id, product, now).await?,
         },
     };
-    Ok(Resolved {
-        via: decision.as_ref().map(|d| d.via),
-        session: decision.and_then(|d| d.session),
-        question,
-        filter,
+    Ok(match decision {
+        Some(decision) => Resolved {
+            via: Some(decision.via),
+            session: decision.session,
+            question,
+            filter,
+            signed: decision.signed,
+            miss: decision.miss,
+            unmatched: decision.unmatched,
+        },
+        None => Resolved {
+            via: None,
+            session: None,
+            question,
+            filter,
+            signed: false,
+            miss: Some(LookupMiss::NoIdentifier),
+            unmatched: None,
+        },
     })
 }
 
@@ -278,7 +313,7 @@ async fn decide_by_metadata(
     product: Option<&str>,
     now: f64,
 ) -> Result<Option<Decision>, StoreError> {
-    let mut carried_identifier = false;
+    let mut refused: Option<Decision> = None;
     for condition in conditions {
         let Some(kind) = identity_kind(&condition.names[0]) else {
             continue;
@@ -291,20 +326,14 @@ async fn decide_by_metadata(
             };
             match resolver.resolve(&claim, product, now).await? {
                 ClaimOutcome::Rejected("unresolved_variable") => {}
-                ClaimOutcome::Found(session) => {
-                    return Ok(Some(Decision {
-                        session: Some(session),
-                        via: Via::Metadata,
-                    }));
+                outcome @ ClaimOutcome::Found(_) => return Ok(Some(Decision::of(outcome, &claim))),
+                outcome @ (ClaimOutcome::Unknown(_) | ClaimOutcome::Rejected(_)) => {
+                    refused.get_or_insert(Decision::of(outcome, &claim));
                 }
-                ClaimOutcome::Unknown | ClaimOutcome::Rejected(_) => carried_identifier = true,
             }
         }
     }
-    Ok(carried_identifier.then_some(Decision {
-        session: None,
-        via: Via::Metadata,
-    }))
+    Ok(refused)
 }
 
 /// (b) The first line of the query: an explicit `session_id: X` always decides; a bare token
@@ -330,6 +359,9 @@ async fn decide_by_query(
             return Ok(Some(Decision {
                 session: None,
                 via: Via::Query,
+                signed: false,
+                miss: Some(LookupMiss::Unsigned),
+                unmatched: Some(token.clone()),
             }));
         }
         QueryIdentity::Candidate(token) => (ClaimKind::Any, token, false),
@@ -348,12 +380,13 @@ async fn decide_by_query(
             *reason == SignatureError::BadSignature.reason()
                 || *reason == SignatureError::Expired.reason()
         }
-        ClaimOutcome::Unknown | ClaimOutcome::Rejected(_) => explicit,
+        ClaimOutcome::Unknown(_) | ClaimOutcome::Rejected(_) => explicit,
     };
-    Ok(decisive.then(|| Decision::of(outcome, Via::Query)))
+    Ok(decisive.then(|| Decision::of(outcome, &claim)))
 }
 
-/// (c) The knowledge id, when it is not a product name and names someone.
+/// (c) The knowledge id, when it is not a product name: the session it names, or (for the
+/// console's lookup log) why it names none.
 async fn decide_by_knowledge_id(
     resolver: &IdentityResolver<'_>,
     knowledge_id: &str,
@@ -368,10 +401,8 @@ async fn decide_by_knowledge_id(
         value: knowledge_id.to_string(),
         via: Via::KnowledgeId,
     };
-    match resolver.resolve(&claim, None, now).await? {
-        outcome @ ClaimOutcome::Found(_) => Ok(Some(Decision::of(outcome, Via::KnowledgeId))),
-        _ => Ok(None),
-    }
+    let outcome = resolver.resolve(&claim, None, now).await?;
+    Ok(Some(Decision::of(outcome, &claim)))
 }
 
 /// The records for one session: activity first, filtered, thresholded, cut to `top_k`.
@@ -384,7 +415,29 @@ pub fn records_for(
     top_k: usize,
     now: f64,
 ) -> Vec<Record> {
-    let mut records = session_records(session, question, now, state.activity_window.as_secs_f64());
+    chosen_records(
+        session,
+        question,
+        filter,
+        score_threshold,
+        top_k,
+        now,
+        state.activity_window.as_secs_f64(),
+    )
+}
+
+/// Every record `/retrieval` would send for this session, in order: activity first, then the
+/// rest filtered, thresholded, sorted and cut to `top_k`.
+pub fn chosen_records(
+    session: &Session,
+    question: &str,
+    filter: Option<&MetadataCondition>,
+    score_threshold: f64,
+    top_k: usize,
+    now: f64,
+    window_secs: f64,
+) -> Vec<Record> {
+    let mut records = session_records(session, question, now, window_secs);
     if let Some(filter) = filter {
         records.retain(|r| filter.matches(&r.metadata));
     }
@@ -447,11 +500,15 @@ pub fn answer_body(
     now: f64,
     window_secs: f64,
 ) -> Answer {
-    let mut records = session_records(session, question, now, window_secs);
-    if let Some(filter) = filter {
-        records.retain(|r| filter.matches(&r.metadata));
-    }
-    let records = select(records, score_threshold, top_k);
+    let records = chosen_records(
+        session,
+        question,
+        filter,
+        score_threshold,
+        top_k,
+        now,
+        window_secs,
+    );
     Answer {
         body: records_body(&records),
         records: records.len(),
@@ -487,31 +544,100 @@ fn json_response(body: Bytes) -> Response {
         .into_response()
 }
 
+/// What `/retrieval` would send for one parsed request now, as records, and how the request
+/// was resolved: the operator console's "what the chatbot receives" panel. The same
+/// resolution ([`resolve_request`]) and selection ([`chosen_records`]) as the handler.
+pub struct Preview {
+    pub records: Vec<Record>,
+    pub session: Option<Arc<Session>>,
+    pub miss: Option<LookupMiss>,
+}
+
+/// See [`Preview`].
+pub async fn preview(state: &ApiState, request: &RetrievalRequest, now: f64) -> Preview {
+    let resolved = match resolve_request(state, request, now).await {
+        Ok(resolved) => resolved,
+        Err(error) => {
+            state.metrics.store_error("console");
+            tracing::warn!(%error, "storage unavailable during a console preview");
+            return Preview {
+                records: Vec::new(),
+                session: None,
+                miss: Some(LookupMiss::StoreUnavailable),
+            };
+        }
+    };
+    let records = resolved.session.as_ref().map_or_else(Vec::new, |session| {
+        chosen_records(
+            session,
+            resolved.question,
+            resolved.filter.as_ref(),
+            request.score_threshold,
+            request.top_k,
+            now,
+            state.activity_window.as_secs_f64(),
+        )
+    });
+    Preview {
+        records,
+        session: resolved.session,
+        miss: resolved.miss,
+    }
+}
+
+/// `metadata_condition` as one line for the lookup log: `session_id is "ps_1" and kind in [..]`.
+pub fn describe_condition(condition: &MetadataCondition) -> String {
+    let joiner = if condition.any { " or " } else { " and " };
+    let parts: Vec<String> = condition
+        .conditions
+        .iter()
+        .map(|c| format!("{} {} {}", c.names.join(","), c.operator, c.value))
+        .collect();
+    clip(&parts.join(joiner))
+}
+
 /// `POST /retrieval`.
 pub async fn retrieve(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
-    match retrieve_inner(&state, &headers, body).await {
+    let started = Instant::now();
+    let mut lookup = LookupEntry::new(LookupChannel::Retrieval, "/retrieval");
+    let response = match retrieve_inner(&state, &headers, body, &mut lookup).await {
         Ok(answer) => json_response(answer),
         Err(error) => {
             tracing::warn!(status = error.status.as_u16(), code = error.code, message = %error.message, "retrieval refused");
+            lookup.miss = Some(if error.status == StatusCode::FORBIDDEN {
+                LookupMiss::BadKey
+            } else {
+                LookupMiss::BadRequest
+            });
             error.into_response()
         }
-    }
+    };
+    lookup.latency = started.elapsed();
+    state.diagnostics.lookups.record(lookup);
+    response
 }
 
 async fn retrieve_inner(
     state: &ApiState,
     headers: &HeaderMap,
     body: Body,
+    lookup: &mut LookupEntry,
 ) -> Result<Bytes, ApiError> {
     check_key(state, headers)?;
     let bytes = read_body(body, BODY_LIMIT).await?;
     let request = match parse_request(&bytes)? {
         ParsedRequest::Probe => {
             tracing::info!("answered Dify's registration probe");
+            lookup.miss = Some(LookupMiss::Probe);
             return Ok(records_body(&[]));
         }
         ParsedRequest::Retrieve(request) => request,
     };
+    lookup.knowledge_id = clip(&request.knowledge_id);
+    lookup.query_line = clip(request.query.lines().next().unwrap_or(""));
+    if let Some(condition) = &request.metadata_condition {
+        lookup.metadata_condition = describe_condition(condition);
+    }
     let now = clock::now();
     let resolved = match resolve_request(state, &request, now).await {
         Ok(resolved) => resolved,
@@ -519,9 +645,18 @@ async fn retrieve_inner(
             // Never a 5xx storm: Dify would retry three times. Answer with nothing, loudly.
             state.metrics.store_error("retrieval");
             tracing::warn!(%error, "storage unavailable during retrieval; answering with no records");
+            lookup.miss = Some(LookupMiss::StoreUnavailable);
             return Ok(records_body(&[]));
         }
     };
+    lookup.via = resolved.via.map(Via::as_str);
+    lookup.signed = resolved.signed;
+    lookup.miss = resolved.miss;
+    if let Some(unmatched) = &resolved.unmatched
+        && resolved.via != Some(Via::KnowledgeId)
+    {
+        lookup.identifier = clip(unmatched);
+    }
     let Some(session) = resolved.session else {
         tracing::debug!(
             via = resolved.via.map(Via::as_str),
@@ -539,6 +674,8 @@ async fn retrieve_inner(
         state.activity_window.as_secs_f64(),
     );
     tracing::debug!(session = %session.id, via = resolved.via.map(Via::as_str), records = answer.records, "retrieval answered");
+    lookup.session = Some(session.id.to_string());
+    lookup.records = answer.records;
     Ok(answer.body)
 }
 

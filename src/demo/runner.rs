@@ -29,6 +29,8 @@ use crate::render::activity::ACTIVITY_HEADER;
 const STREAM_TOKEN: &str = "demo-stream-token";
 /// The demo's LIVECTX_INGEST_SECRET, shared by livectx and the simulated PostHog destination.
 const INGEST_SECRET: &str = "demo-ingest-secret";
+/// The operator console's key in the demo (printed with its URL).
+const DEMO_CONSOLE_KEY: &str = "demo-console-key-0000";
 
 /// One way Dify can name the user, as a ready-to-send `/retrieval` body.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +131,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
     let serve = ServeConfig {
         listen: config.listen,
         api_keys: vec![config.api_key.clone()],
+        console_key: Some(DEMO_CONSOLE_KEY.to_string()),
         ..ServeConfig::default()
     };
     // PostHog: livectx first (the simulator posts to its address), with the ingest secret the
@@ -316,6 +319,9 @@ fn print_banner(
             "  Autoplay stream   {url}   (simulated connector; livectx consumes it over SSE)"
         ),
     }
+    println!(
+        "  operator console  {base_url}/console   (log in with the key \"{DEMO_CONSOLE_KEY}\")"
+    );
     println!("  ready in          {} ms\n", ready_in.as_millis());
     println!(
         "Simulated users ({}x speed, seed {}):",

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::clock;
+use crate::diagnostics::Diagnostics;
 use crate::session::model::{ActionBatch, Gap, SessionId, SourceKind};
 use crate::session::store::{Fence, SessionStore, StoreError};
 use crate::session::summarizer::Summarizer;
@@ -80,6 +81,8 @@ pub struct Ingestor {
     /// One throttle per refusal reason (and one for any other), so a flood of one kind does
     /// not hide another.
     refusal_logs: [LogThrottle; REFUSAL_REASONS.len() + 1],
+    /// Refusal samples and event rates for the operator console.
+    diagnostics: Arc<Diagnostics>,
 }
 
 /// Reasons a payload is refused, each with its own log throttle.
@@ -114,7 +117,15 @@ impl Ingestor {
             debouncer,
             group_commit: None,
             refusal_logs: std::array::from_fn(|_| LogThrottle::new(REFUSAL_LOG_INTERVAL)),
+            diagnostics: Arc::default(),
         }
+    }
+
+    /// Record refusals and event rates into `diagnostics` (the application's, which the
+    /// console reads) instead of a private one.
+    pub fn with_diagnostics(mut self, diagnostics: Arc<Diagnostics>) -> Self {
+        self.diagnostics = diagnostics;
+        self
     }
 
     /// Merge analytics events of one session that arrive within `window` into one chunk,
@@ -138,13 +149,24 @@ impl Ingestor {
         channel: Channel<'_>,
     ) -> Ingested {
         match payload::decode(bytes) {
-            Ok(payload) => self.ingest(source, payload, channel).await,
-            Err(error) => self.refuse(source, error.reason(), &error.to_string()),
+            Ok(payload) => self.ingest_raw(source, payload, channel, Some(bytes)).await,
+            Err(error) => self.refuse(source, error.reason(), &error.to_string(), Some(bytes)),
         }
     }
 
     /// Store one decoded payload.
     pub async fn ingest(&self, source: Source, payload: Payload, channel: Channel<'_>) -> Ingested {
+        self.ingest_raw(source, payload, channel, None).await
+    }
+
+    /// Store one decoded payload whose bytes (`raw`) illustrate a refusal on the console.
+    pub async fn ingest_raw(
+        &self,
+        source: Source,
+        payload: Payload,
+        channel: Channel<'_>,
+        raw: Option<&[u8]>,
+    ) -> Ingested {
         let kind = payload.kind().to_string();
         let result = match payload {
             Payload::Actions(actions) => {
@@ -167,17 +189,21 @@ impl Ingestor {
                             source,
                             "no_session",
                             "actions without a session id (never pooled)",
+                            raw,
                         );
                     }
                 }
             }
             Payload::Summary(summary) => {
-                let id = match self.session_of(source, summary.session_id.as_deref()).await {
+                let id = match self
+                    .session_of(source, summary.session_id.as_deref(), raw)
+                    .await
+                {
                     Ok(id) => id,
                     Err(refused) => return refused,
                 };
                 if summary.summary.trim().is_empty() {
-                    return self.refuse(source, "empty_summary", "a summary with no text");
+                    return self.refuse(source, "empty_summary", "a summary with no text", raw);
                 }
                 let product = summary.product_id.as_deref().or(channel.product_id);
                 let result = self
@@ -197,7 +223,10 @@ impl Ingestor {
                 self.check(result, "apply_connector_summary")
             }
             Payload::TourTrigger(tour) => {
-                let id = match self.session_of(source, tour.session_id.as_deref()).await {
+                let id = match self
+                    .session_of(source, tour.session_id.as_deref(), raw)
+                    .await
+                {
                     Ok(id) => id,
                     Err(refused) => return refused,
                 };
@@ -220,6 +249,7 @@ impl Ingestor {
                     source,
                     "unknown_type",
                     &format!("a payload of unknown type {kind:?}"),
+                    raw,
                 );
                 return Ingested::Ignored {
                     reason: "unknown_type",
@@ -234,14 +264,26 @@ impl Ingestor {
                     payload_type: kind,
                 })
                 .inc();
+            self.diagnostics
+                .events
+                .record(source.as_str(), 1, clock::now());
         }
         result
     }
 
     /// Count a refused payload, and log it (one line per interval and reason: anonymous
     /// traffic alone can be most of a stream).
-    fn refuse(&self, source: Source, reason: &'static str, what: &str) -> Ingested {
+    fn refuse(
+        &self,
+        source: Source,
+        reason: &'static str,
+        what: &str,
+        raw: Option<&[u8]>,
+    ) -> Ingested {
         self.metrics.refuse(source.as_str(), reason);
+        self.diagnostics
+            .refusals
+            .record(source.as_str(), reason, what, raw, clock::now());
         if let Some(held_back) = self.refusal_log(reason).note(1) {
             if reason == "no_session" {
                 tracing::info!(
@@ -273,9 +315,14 @@ impl Ingestor {
 
     /// The session a summary or tour payload is about; pending debounced actions of that
     /// session are stored first, to keep its order.
-    async fn session_of(&self, source: Source, raw: Option<&str>) -> Result<SessionId, Ingested> {
-        let Ok(id) = SessionId::parse(raw.unwrap_or("")) else {
-            return Err(self.refuse(source, "no_session", "a payload without a session id"));
+    async fn session_of(
+        &self,
+        source: Source,
+        session_id: Option<&str>,
+        raw: Option<&[u8]>,
+    ) -> Result<SessionId, Ingested> {
+        let Ok(id) = SessionId::parse(session_id.unwrap_or("")) else {
+            return Err(self.refuse(source, "no_session", "a payload without a session id", raw));
         };
         self.flush_session(&id).await;
         Ok(id)
@@ -427,6 +474,9 @@ impl Ingestor {
     /// reason).
     pub fn refuse_event(&self, source: SourceKind, reason: &'static str, what: &str) {
         self.metrics.refuse(source.as_str(), reason);
+        self.diagnostics
+            .refusals
+            .record(source.as_str(), reason, what, None, clock::now());
         if let Some(held_back) = self.refusal_log(reason).note(1) {
             tracing::warn!(
                 source = source.as_str(),
@@ -440,6 +490,11 @@ impl Ingestor {
     /// The metrics this ingestor counts into.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The refusal samples and event rates the operator console shows.
+    pub fn diagnostics(&self) -> &Diagnostics {
+        &self.diagnostics
     }
 
     /// Mark sessions affected by a stream outage.

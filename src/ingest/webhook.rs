@@ -174,7 +174,7 @@ pub async fn receive(
     }
     match state
         .ingestor
-        .ingest(Source::Webhook, decoded, Channel::default())
+        .ingest_raw(Source::Webhook, decoded, Channel::default(), Some(&bytes))
         .await
     {
         Ingested::Stored => {

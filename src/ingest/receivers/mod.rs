@@ -267,6 +267,10 @@ fn decode(
 
 /// Count events by outcome (`stored`, `duplicate`, `refused`).
 fn count(receivers: &Receivers, source: SourceKind, outcome: &'static str, n: usize) {
+    if n > 0 && outcome == "stored" {
+        let events = &receivers.ingestor.diagnostics().events;
+        events.record(source.as_str(), n as u64, crate::clock::now());
+    }
     if n > 0 {
         receivers
             .ingestor

@@ -190,6 +190,10 @@ impl Summarizer {
                     let _ = done.send((id, end));
                 });
             }
+            self.inner
+                .metrics
+                .summary_queue
+                .set((in_flight.len() + deferred.len()) as i64);
         }
     }
 
