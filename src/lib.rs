@@ -30,6 +30,8 @@
 //! - [`clock`]: time as Unix seconds, and the human formats records use.
 //! - [`demo`]: `livectx demo` and `livectx simulate`: simulated users streamed by a stand-in
 //!   Autoplay connector, to see the whole loop on one machine.
+//! - [`connect`]: `livectx connect posthog`, which creates the PostHog destination through
+//!   PostHog's API.
 //! - [`cli`]: what each subcommand does; `main.rs` only calls it.
 //! - [`bench`]: `livectx bench <scenario>`, the self-contained benchmarks behind docs/benchmarks.md
 //!   (synthetic connector, fake LLM, load generator).
@@ -38,11 +40,14 @@
 
 pub mod api;
 pub mod app;
+#[cfg(feature = "tools")]
 pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod connect;
+#[cfg(feature = "tools")]
 pub mod demo;
 pub mod ingest;
 pub mod session;
