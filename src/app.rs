@@ -461,7 +461,7 @@ struct Storage {
     snapshotter: Option<Snapshotter>,
     /// The Redis connection, in Redis mode (the analytics receivers keep their dedupe keys
     /// and idle-session state there).
-    redis: Option<crate::session::redis::RedisConnection>,
+    redis: Option<redis_store::RedisConnection>,
 }
 
 async fn build_storage(

@@ -259,7 +259,9 @@ pub struct ServeConfig {
     pub shutdown_timeout: Duration,
 
     /// Share sessions between replicas through this Redis (or Valkey), e.g.
-    /// redis://:password@redis:6379/0. Unset: sessions live in this process's memory.
+    /// redis://:password@redis:6379/0, or a Redis Cluster by its seed nodes,
+    /// redis+cluster://:password@h1:7000,h2:7001,h3:7002 (rediss… for TLS). Unset: sessions
+    /// live in this process's memory.
     #[arg(long, env = "LIVECTX_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 

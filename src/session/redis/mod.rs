@@ -48,7 +48,9 @@
 //!
 //! # Reads
 //!
-//! `session` is one `HGET`; a person lookup is a `GET` and an `HMGET` in the session's slot.
+//! `session` is one `HGET`; a person lookup is a `GET` and an `HMGET` in the session's slot;
+//! a product found once is remembered (products are never forgotten), so the knowledge-id check
+//! of every `/retrieval` does not read one key on one master over and over.
 //! Redis errors map to [`StoreError::Unavailable`] (connection, timeout, loading, failover) or
 //! [`StoreError::Corrupt`] (what came back cannot be decoded).
 
@@ -56,6 +58,7 @@ pub mod connection;
 pub mod keys;
 mod scripts;
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -157,7 +160,13 @@ pub struct RedisStore {
     keys: Keys,
     config: StoreConfig,
     bound_view: Mutex<Option<BoundView>>,
+    /// Products known to be stored. Products are never forgotten, so a positive answer can be
+    /// kept: without it every `/retrieval` would read the same key (one product, one slot).
+    known_products: Mutex<HashSet<String>>,
 }
+
+/// Products remembered by [`RedisStore::has_product`] at most (a deployment has a few).
+const KNOWN_PRODUCTS_MAX: usize = 1024;
 
 /// Why this build cannot use what a Redis holds.
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +192,7 @@ impl RedisStore {
             keys: Keys::new(prefix),
             config,
             bound_view: Mutex::new(None),
+            known_products: Mutex::new(HashSet::new()),
         }
     }
 
@@ -882,12 +892,22 @@ impl SessionStore for RedisStore {
     }
 
     async fn has_product(&self, product_id: &str) -> Result<bool, StoreError> {
+        if crate::sync::lock(&self.known_products).contains(product_id) {
+            return Ok(true);
+        }
         let mut connection = self.connection.clone();
-        redis::cmd("EXISTS")
+        let known: bool = redis::cmd("EXISTS")
             .arg(self.keys.product(product_id))
             .query_async(&mut connection)
             .await
-            .map_err(store_error)
+            .map_err(store_error)?;
+        if known {
+            let mut products = crate::sync::lock(&self.known_products);
+            if products.len() < KNOWN_PRODUCTS_MAX {
+                products.insert(product_id.to_string());
+            }
+        }
+        Ok(known)
     }
 
     async fn claim_summary(
