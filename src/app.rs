@@ -444,7 +444,7 @@ struct Storage {
     snapshotter: Option<Snapshotter>,
     /// The Redis connection, in Redis mode (the analytics receivers keep their dedupe keys
     /// and idle-session state there).
-    redis: Option<redis::aio::ConnectionManager>,
+    redis: Option<crate::session::redis::RedisConnection>,
 }
 
 async fn build_storage(
