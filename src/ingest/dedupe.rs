@@ -4,7 +4,8 @@
 //!
 //! Behind a trait so each backend keeps the keys where replicas see them: in this process
 //! ([`MemoryDeliveryLog`], bounded), or in Redis ([`RedisDeliveryLog`], `SET NX PX` under
-//! `<LIVECTX_REDIS_PREFIX>ingest:d:`). A Redis Cluster log only needs another implementation.
+//! `<LIVECTX_REDIS_PREFIX>ingest:d:`, one key per command, so it works on one Redis and on a
+//! Redis Cluster alike). Another backend only needs another implementation.
 
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
