@@ -10,7 +10,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin livectx \
+    cargo build --release --locked --no-default-features --bin livectx \
     && cp target/release/livectx /livectx \
     && strip /livectx
 

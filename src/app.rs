@@ -12,9 +12,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::auth::ApiKeys;
 use crate::api::identity::{IdentityPolicy, IdentitySigner};
-use crate::api::limits::RateLimiter;
 use crate::api::mcp::McpSettings;
 use crate::api::{self, ApiContext, ApiState};
 use crate::clock;
@@ -29,7 +27,7 @@ use crate::ingest::idle_sessions::{IdleSessions, MemoryIdleSessions, RedisIdleSe
 use crate::ingest::pull::AutoplayPuller;
 use crate::ingest::receivers::{self, ReceiverSettings, Receivers};
 use crate::ingest::sse::{StreamConfig, StreamConsumer, StreamHandle};
-use crate::ingest::webhook::WebhookSettings;
+use crate::ingest::webhook::{self, WebhookSettings};
 use crate::session::buffered::BufferedStore;
 use crate::session::memory::MemoryStore;
 use crate::session::model::SessionLimits;
@@ -39,6 +37,8 @@ use crate::session::redis::{self as redis_store, RedisStore};
 use crate::session::store::{SessionStore, StoreConfig};
 use crate::session::summarizer::{LlmConfig, Summarizer, SummarizerConfig};
 use crate::telemetry::Metrics;
+use crate::web::auth::ApiKeys;
+use crate::web::limits::{RateLimiter, RequestLimits};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +113,7 @@ impl Application {
         let mut background = Vec::new();
         let Storage {
             store,
+            buffered,
             leadership,
             snapshotter,
             redis,
@@ -133,6 +134,13 @@ impl Application {
         )
         .map_err(|e| StartupError::Config(e.to_string()))?;
         background.push(summarizer.spawn(shutdown.child_token()));
+        if let Some(buffered) = &buffered {
+            // Appends replayed after a Redis outage reach the summarizer like live ones.
+            let listener = summarizer.clone();
+            buffered.on_replay(move |id, stored| {
+                listener.notify(id, stored.outcome.unsummarized_actions);
+            });
+        }
         let engine = summarizer.engine_name();
 
         let diagnostics = Arc::new(Diagnostics::default());
@@ -253,12 +261,15 @@ impl Application {
             streams: streams.iter().map(|s| Arc::clone(&s.status)).collect(),
             summarizer_engine: engine,
             started_at: clock::now(),
-            rate_limiter,
-            request_timeout: config.request_timeout,
+            limits: Arc::new(RequestLimits {
+                exempt_paths: api::OPERATOR_PATHS.to_vec(),
+                marked_paths: vec![webhook::PATH],
+                ..RequestLimits::new(rate_limiter, config.request_timeout, Arc::clone(&metrics))
+            }),
             diagnostics,
             puller,
         });
-        if let Some(limiter) = &state.rate_limiter {
+        if let Some(limiter) = &state.limits.rate_limiter {
             let limit = limiter.config();
             tracing::info!(
                 per_second = limit.per_second,
@@ -429,6 +440,8 @@ impl Application {
 /// disk with `--data-dir`).
 struct Storage {
     store: Arc<dyn SessionStore>,
+    /// The outage buffer in front of Redis (its replay results go to the summarizer).
+    buffered: Option<Arc<BufferedStore>>,
     leadership: Option<Arc<dyn Leadership>>,
     /// Set with `--data-dir` (in-memory store only).
     snapshotter: Option<Snapshotter>,
@@ -458,6 +471,7 @@ async fn build_storage(
     if let Some(store) = store {
         return Ok(Storage {
             store,
+            buffered: None,
             leadership,
             snapshotter: None,
             redis: None,
@@ -467,6 +481,7 @@ async fn build_storage(
         let Some(dir) = &config.data_dir else {
             return Ok(Storage {
                 store: Arc::new(MemoryStore::new(store_config(config))),
+                buffered: None,
                 leadership,
                 snapshotter: None,
                 redis: None,
@@ -482,38 +497,54 @@ async fn build_storage(
         background.push(snapshotter.spawn(config.snapshot_interval, shutdown.child_token()));
         return Ok(Storage {
             store: memory,
+            buffered: None,
             leadership,
             snapshotter: Some(snapshotter),
             redis: None,
         });
     };
     let shown = crate::telemetry::redact_url(url);
-    let client = redis_store::client(url).map_err(|e| {
+    redis_store::keys::check_prefix(&config.redis_prefix).map_err(StartupError::Config)?;
+    let target = redis_store::RedisTarget::parse(url).map_err(|e| {
         StartupError::Config(format!("LIVECTX_REDIS_URL is not a usable Redis URL: {e}"))
     })?;
-    let connection = redis_store::lazy_connection(client)
+    let connection = target
+        .lazy_connection()
         .map_err(|e| StartupError::Config(format!("cannot set up the Redis connection: {e}")))?;
+    let redis_store = RedisStore::new(
+        connection.clone(),
+        config.redis_prefix.clone(),
+        store_config(config),
+    );
     let mut probe = connection.clone();
     match redis::cmd("PING").query_async::<String>(&mut probe).await {
         Ok(_) => {
-            tracing::info!(redis = %shown, prefix = %config.redis_prefix, "sessions are shared through Redis")
+            redis_store
+                .check_format()
+                .await
+                .map_err(|error| match error {
+                    redis_store::FormatError::Mismatch { .. } => {
+                        StartupError::Config(error.to_string())
+                    }
+                    redis_store::FormatError::Store(error) => StartupError::Config(format!(
+                        "cannot read the key format from Redis at {shown}: {error}"
+                    )),
+                })?;
+            tracing::info!(redis = %shown, mode = target.mode(), prefix = %config.redis_prefix, "sessions are shared through Redis")
         }
-        Err(error) if error.is_io_error() => tracing::error!(
-            redis = %shown,
-            %error,
-            "Redis is unreachable; starting anyway: retrieval answers empty and ingestion buffers until it is back"
-        ),
+        Err(error) if error.is_io_error() || error.is_timeout() || target.mode() == "cluster" => {
+            tracing::error!(
+                redis = %shown,
+                %error,
+                "Redis is unreachable; starting anyway: retrieval answers empty and ingestion buffers until it is back (the key format is checked at the next start)"
+            )
+        }
         Err(error) => {
             return Err(StartupError::Config(format!(
                 "Redis at {shown} refused livectx: {error}"
             )));
         }
     }
-    let redis_store = RedisStore::new(
-        connection.clone(),
-        config.redis_prefix.clone(),
-        store_config(config),
-    );
     let buffered = Arc::new(BufferedStore::new(
         Arc::new(redis_store),
         config.redis_buffer,
@@ -534,7 +565,8 @@ async fn build_storage(
         Some(Arc::new(leases) as Arc<dyn Leadership>)
     });
     Ok(Storage {
-        store: buffered,
+        store: Arc::clone(&buffered) as Arc<dyn SessionStore>,
+        buffered: Some(buffered),
         leadership,
         snapshotter: None,
         redis: Some(receivers_connection),

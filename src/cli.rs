@@ -5,9 +5,11 @@ use clap::{Parser, Subcommand};
 
 use crate::api::identity::IdentitySigner;
 use crate::app::Application;
+#[cfg(feature = "tools")]
 use crate::bench::BenchArgs;
 use crate::clock;
 use crate::config::{HealthcheckArgs, ServeConfig, SignArgs};
+#[cfg(feature = "tools")]
 use crate::demo::{DemoConfig, SimulateConfig};
 use crate::telemetry;
 
@@ -27,19 +29,29 @@ pub enum Command {
     Serve(Box<ServeConfig>),
     /// Print a signed identifier for LIVECTX_IDENTITY_SECRET deployments.
     Sign(SignArgs),
+    #[cfg(feature = "tools")]
     /// Run a stand-in Autoplay connector: simulated users on an SSE stream (and signed webhook pushes).
     Simulate(Box<SimulateConfig>),
+    #[cfg(feature = "tools")]
     /// See the whole loop on one machine: livectx fed by simulated users, queried as Dify would.
     Demo(Box<DemoConfig>),
+    #[cfg(feature = "tools")]
     /// Benchmark a local livectx (retrieval, ingest, freshness, memory, soak, summarize): prints
     /// a table and writes JSON. Build with --release first.
     Bench(BenchArgs),
+    #[cfg(feature = "tools")]
     /// The benchmarks' /retrieval load generator (run as a child process by `bench`).
     #[command(hide = true)]
     BenchLoadgen(crate::bench::loadgen::LoadgenArgs),
+    #[cfg(feature = "tools")]
     /// The memory benchmark's measuring child (run by `bench memory`).
     #[command(hide = true)]
     BenchMemory(crate::bench::memory::MemoryArgs),
+    /// Connect an analytics tool to livectx (creates or updates its destination).
+    Connect {
+        #[command(subcommand)]
+        target: crate::connect::ConnectTarget,
+    },
     /// Exit 0 when a livectx answers /healthz (for container HEALTHCHECKs without curl).
     Healthcheck(HealthcheckArgs),
 }
@@ -58,10 +70,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck(args) => healthcheck(&args).await,
+        Command::Connect { target } => crate::connect::run(target).await,
+        #[cfg(feature = "tools")]
         Command::Simulate(config) => crate::demo::simulator::run_cli(*config).await,
+        #[cfg(feature = "tools")]
         Command::Demo(config) => crate::demo::runner::run(*config).await,
+        #[cfg(feature = "tools")]
         Command::Bench(args) => crate::bench::run(args).await,
+        #[cfg(feature = "tools")]
         Command::BenchLoadgen(args) => crate::bench::loadgen::run(args).await,
+        #[cfg(feature = "tools")]
         Command::BenchMemory(args) => crate::bench::memory::child(args).await,
     }
 }
@@ -126,6 +144,12 @@ mod tests {
             panic!("serve")
         };
         assert_eq!(*parsed, ServeConfig::default());
+        #[cfg(feature = "tools")]
+        tools_defaults_match_the_command_line();
+    }
+
+    #[cfg(feature = "tools")]
+    fn tools_defaults_match_the_command_line() {
         let cli = Cli::try_parse_from(["livectx", "simulate"]).unwrap();
         let Command::Simulate(parsed) = cli.command else {
             panic!("simulate")
@@ -138,6 +162,7 @@ mod tests {
         assert_eq!(*parsed, DemoConfig::default());
     }
 
+    #[cfg(feature = "tools")]
     #[test]
     fn simulator_flags_are_checked() {
         assert!(Cli::try_parse_from(["livectx", "simulate", "--speed", "0"]).is_err());
@@ -155,6 +180,22 @@ mod tests {
                 "s"
             ])
             .is_ok()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "livectx",
+                "simulate",
+                "--push-to",
+                "http://127.0.0.1:8000/ingest/acme_prod",
+                "--push-format",
+                "posthog",
+                "--secret",
+                "s"
+            ])
+            .is_ok()
+        );
+        assert!(
+            Cli::try_parse_from(["livectx", "simulate", "--push-format", "amplitude"]).is_err()
         );
     }
 

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::api::limits::RateLimitConfig;
 use crate::clock::parse_duration;
 use crate::telemetry::LogFormat;
+use crate::web::limits::RateLimitConfig;
 
 /// Settings of `livectx healthcheck`.
 #[derive(Debug, Clone, Args)]

@@ -30,6 +30,8 @@
 //! - [`clock`]: time as Unix seconds, and the human formats records use.
 //! - [`demo`]: `livectx demo` and `livectx simulate`: simulated users streamed by a stand-in
 //!   Autoplay connector, to see the whole loop on one machine.
+//! - [`connect`]: `livectx connect posthog`, which creates the PostHog destination through
+//!   PostHog's API.
 //! - [`cli`]: what each subcommand does; `main.rs` only calls it.
 //! - [`bench`]: `livectx bench <scenario>`, the self-contained benchmarks behind docs/benchmarks.md
 //!   (synthetic connector, fake LLM, load generator).
@@ -41,12 +43,15 @@
 
 pub mod api;
 pub mod app;
+#[cfg(feature = "tools")]
 pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod console;
+pub mod connect;
+#[cfg(feature = "tools")]
 pub mod demo;
 pub mod diagnostics;
 pub mod ingest;
@@ -55,6 +60,7 @@ pub mod shutdown;
 pub mod sources;
 pub mod sync;
 pub mod telemetry;
+pub mod web;
 
 pub use app::{Application, Overrides, StartupError};
 pub use config::ServeConfig;

@@ -129,3 +129,43 @@ async fn writes_beyond_the_bound_are_refused_and_counted() {
     assert_eq!(metrics.redis_buffer_dropped.get(), 1);
     assert_eq!(store.buffered(), 2);
 }
+
+#[tokio::test]
+async fn replayed_appends_are_reported_to_the_replay_listener() {
+    let backend = FaultyStore::healthy(config());
+    let store = Arc::new(BufferedStore::new(
+        backend.clone(),
+        100,
+        Arc::new(Metrics::new()),
+    ));
+    let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&heard);
+    assert!(store.on_replay(move |id, stored| {
+        sink.lock().unwrap().push((
+            id.to_string(),
+            stored.outcome.seq,
+            stored.outcome.unsummarized_actions,
+        ));
+    }));
+    assert!(!store.on_replay(|_, _| {}), "one listener only");
+    let replay = store.spawn_replay();
+    store
+        .append_actions(click("A", 1.0), 1.0, None)
+        .await
+        .unwrap();
+    backend.set_down(true);
+    for title in ["B", "C"] {
+        store
+            .append_actions(click(title, 2.0), 2.0, None)
+            .await
+            .unwrap();
+    }
+    backend.set_down(false);
+    drained(&store).await;
+    // Only the replayed writes: the live one's caller had its result already.
+    assert_eq!(
+        *heard.lock().unwrap(),
+        [("s1".to_string(), 2, 2), ("s1".to_string(), 3, 3)]
+    );
+    replay.abort();
+}

@@ -5,6 +5,7 @@
 //! simulated user is doing right now (the simulator's `/personas` says which page that is). The
 //! others drive the simulator in-process: the stream's contract (token, product, heartbeats,
 //! fan-out), webhook pushes signed like the connector, and load mode.
+#![cfg(feature = "tools")]
 
 mod common;
 
@@ -570,6 +571,86 @@ async fn refused_webhook_deliveries_are_not_retried() {
     );
     assert_eq!(refused, report.emitted as f64, "one attempt per delivery");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn posthog_pushes_are_one_stock_webhook_body_per_event_and_retried_on_429() {
+    // A stand-in receiver: records every delivery, and answers the very first with 429.
+    #[derive(Default)]
+    struct Received {
+        deliveries: Vec<(Option<String>, Vec<u8>)>,
+    }
+    let received = Arc::new(Mutex::new(Received::default()));
+    let sink = Arc::clone(&received);
+    let app = axum::Router::new().route(
+        "/ingest/acme_prod",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let sink = Arc::clone(&sink);
+                async move {
+                    let secret = headers
+                        .get("x-posthog-secret")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    let mut received = sink.lock().unwrap();
+                    received.deliveries.push((secret, body.to_vec()));
+                    if received.deliveries.len() == 1 {
+                        axum::http::StatusCode::TOO_MANY_REQUESTS
+                    } else {
+                        axum::http::StatusCode::OK
+                    }
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let config = quick_simulator(|c| {
+        c.push_to = Some(format!("http://{addr}/ingest/acme_prod"));
+        c.secret = Some("ingest-secret".into());
+        c.push_format = livectx::demo::config::PushFormat::Posthog;
+        c.duration = Some(Duration::from_millis(1500));
+    });
+    let report = Simulator::bind(config)
+        .await
+        .unwrap()
+        .run(CancellationToken::new())
+        .await;
+    let received = received.lock().unwrap();
+    assert_eq!(report.push_failed, 0, "{report:?}");
+    assert_eq!(
+        report.pushed as usize + 1,
+        received.deliveries.len(),
+        "every event delivered once, the refused one twice: {report:?}"
+    );
+    let first = &received.deliveries[0].1;
+    assert_eq!(
+        received
+            .deliveries
+            .iter()
+            .filter(|(_, b)| b == first)
+            .count(),
+        2,
+        "the delivery refused with 429 was retried, once"
+    );
+    let privacy = livectx::sources::Privacy::default();
+    let mut names = HashSet::new();
+    for (secret, body) in &received.deliveries {
+        assert_eq!(secret.as_deref(), Some("ingest-secret"));
+        let event: Value = serde_json::from_slice(body).unwrap();
+        assert!(
+            event["event"].is_object() && event["person"].is_object(),
+            "{event}"
+        );
+        names.insert(event["event"]["event"].as_str().unwrap().to_string());
+        let decoded = livectx::sources::posthog::decode(body, "acme_prod", &privacy).unwrap();
+        assert!(decoded.refused.is_empty(), "{event}");
+    }
+    for expected in ["$pageview", "$autocapture", "$pageleave"] {
+        assert!(names.contains(expected), "{names:?}");
+    }
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@
 //! `LIVECTX_BLESS_GOLDEN=1 cargo test --test golden_retrieval` rewrites the fixtures from the
 //! sessions built below. Only for an intended change of behaviour, never to make a failure go
 //! away: the point of the files is that they were written by the code before an optimisation.
+#![cfg(feature = "tools")]
 
 use std::path::{Path, PathBuf};
 

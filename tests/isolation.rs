@@ -22,6 +22,7 @@ use livectx::session::model::SessionLimits;
 use livectx::session::redis::RedisStore;
 use livectx::session::store::{SessionStore, StoreConfig};
 use livectx::telemetry::Metrics;
+use livectx::web::limits::RequestLimits;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -101,7 +102,7 @@ fn state(store: Arc<dyn SessionStore>) -> ApiState {
     ));
     Arc::new(ApiContext {
         store,
-        metrics,
+        metrics: metrics.clone(),
         ingestor,
         api_keys: Default::default(),
         mcp: livectx::api::mcp::McpSettings::new(&Default::default(), &[], &[]),
@@ -115,8 +116,7 @@ fn state(store: Arc<dyn SessionStore>) -> ApiState {
         streams: Vec::new(),
         summarizer_engine: "none".into(),
         started_at: 0.0,
-        rate_limiter: None,
-        request_timeout: Duration::from_secs(10),
+        limits: Arc::new(RequestLimits::new(None, Duration::from_secs(10), metrics)),
         diagnostics: Default::default(),
         puller: None,
     })

@@ -41,7 +41,11 @@ struct TestLeadership {
 }
 
 impl TestLeadership {
-    fn new(connection: redis::aio::ConnectionManager, prefix: &str, name: &str) -> Arc<Self> {
+    fn new(
+        connection: livectx::session::redis::RedisConnection,
+        prefix: &str,
+        name: &str,
+    ) -> Arc<Self> {
         let lifetime = CancellationToken::new();
         let inner = RedisLeadership::new(
             connection,
@@ -284,7 +288,7 @@ async fn one_replica_consumes_and_a_new_leader_takes_over_without_duplicates() {
     wait_for_titles(&reader, "session-one", &phase_a).await;
     // The leader's progress reaches Redis with its next renewal.
     let raw = prefix.connect().await;
-    let progress_pattern = format!("{}lease-progress:*", prefix.prefix);
+    let progress_pattern = format!("{}lease:*:progress", prefix.prefix);
     eventually(
         Duration::from_secs(5),
         "the leader's progress to be recorded",

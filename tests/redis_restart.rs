@@ -221,3 +221,67 @@ async fn a_replica_started_while_redis_is_down_buffers_and_catches_up() {
     assert_eq!(stored(&server).await, expected);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_replayed_after_an_outage_is_summarized() {
+    if test_redis_url("redis_replay_summarized").is_none() {
+        return;
+    }
+    let mut server = RedisServer::start(false);
+    server.kill();
+    let mut config = test_config();
+    config.redis_url = Some(server.url());
+    config.redis_prefix = PREFIX.to_string();
+    config.webhook_secret = Some("hook-secret".into());
+    config.summary_threshold = 3;
+    let app = TestApp::spawn(config).await;
+    // Four actions pushed while Redis is down: buffered, so ingestion hears "nothing to
+    // summarise yet"; only the replay learns the session is due.
+    let body = actions_payload(
+        Some("session-r"),
+        None,
+        &["one", "two", "three", "four"],
+        livectx::clock::now(),
+    );
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let response = app
+        .http
+        .post(app.url(livectx::ingest::webhook::PATH))
+        .header(
+            "X-Connector-Signature",
+            livectx::ingest::webhook::sign("hook-secret", &bytes),
+        )
+        .header("content-type", "application/json")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        metric(&app.metrics().await, "livectx_redis_buffered_writes"),
+        1.0
+    );
+
+    server.restart();
+    // Nothing else arrives: only the replay's result can have told the summarizer.
+    let id = SessionId::parse("session-r").unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the replayed session to be summarized",
+        || async {
+            app.state
+                .store
+                .session(&id, livectx::clock::now())
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.summary.is_some() && s.raw_actions == 0)
+        },
+    )
+    .await;
+    assert_eq!(
+        metric(&app.metrics().await, "livectx_redis_replayed_total"),
+        1.0
+    );
+    app.stop().await;
+}

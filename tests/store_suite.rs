@@ -1,20 +1,24 @@
-//! One store test suite, run against both backends: every behaviour below is a generic async
-//! function, instantiated once for the memory store and once for the Redis store (on the Redis
-//! at `LIVECTX_TEST_REDIS_URL`, with a key prefix of its own; skipped when unset).
+//! One store test suite, run against every backend: every behaviour below is a generic async
+//! function, instantiated for the memory store, for the outage buffer in front of it (what the
+//! app puts in front of Redis must not change any answer), and for the Redis store (on the
+//! Redis at `LIVECTX_TEST_REDIS_URL`, and on the Redis Cluster at
+//! `LIVECTX_TEST_REDIS_CLUSTER_URL`, each with a key prefix of its own; skipped when unset).
 
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::redis_env::{RedisPrefix, test_redis_url};
+use common::redis_env::{RedisPrefix, test_redis_cluster_url, test_redis_url};
 use common::{action, batch};
+use livectx::session::buffered::BufferedStore;
 use livectx::session::memory::MemoryStore;
 use livectx::session::model::{
     Gap, PersonKey, SessionId, SessionLimits, SummaryApplied, SummaryDraft, SummarySource,
 };
 use livectx::session::redis::RedisStore;
 use livectx::session::store::{SessionStore, StoreConfig};
+use livectx::telemetry::Metrics;
 
 /// A fixed clock origin: every test passes explicit times, so both backends see the same ones.
 const T0: f64 = 1_800_000_000.0;
@@ -23,6 +27,8 @@ const LONG_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Builds the store under test.
 enum Harness {
     Memory,
+    /// The outage buffer over a memory store (healthy: every write passes straight through).
+    Buffered,
     Redis(RedisPrefix),
 }
 
@@ -30,6 +36,13 @@ impl Harness {
     async fn store(&self, config: StoreConfig) -> Arc<dyn SessionStore> {
         match self {
             Self::Memory => Arc::new(MemoryStore::new(config)),
+            Self::Buffered => {
+                let inner = Arc::new(MemoryStore::new(config));
+                let buffered = Arc::new(BufferedStore::new(inner, 100, Arc::new(Metrics::new())));
+                // The replay task would only ever run for buffered writes; none happen here.
+                drop(buffered.spawn_replay());
+                buffered
+            }
             Self::Redis(prefix) => Arc::new(RedisStore::new(
                 prefix.connect().await,
                 prefix.prefix.clone(),
@@ -72,11 +85,31 @@ macro_rules! suite {
                 }
             )*
         }
+        mod buffered {
+            $(
+                #[tokio::test]
+                async fn $behaviour() {
+                    super::$behaviour(super::Harness::Buffered).await;
+                }
+            )*
+        }
         mod redis {
             $(
                 #[tokio::test]
                 async fn $behaviour() {
                     let Some(url) = super::test_redis_url(stringify!($behaviour)) else {
+                        return;
+                    };
+                    let prefix = super::RedisPrefix::new(&url, stringify!($behaviour));
+                    super::$behaviour(super::Harness::Redis(prefix)).await;
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test]
+                async fn $behaviour() {
+                    let Some(url) = super::test_redis_cluster_url(stringify!($behaviour)) else {
                         return;
                     };
                     let prefix = super::RedisPrefix::new(&url, stringify!($behaviour));
@@ -100,6 +133,7 @@ suite!(
     tours_are_recorded_and_create_sessions,
     gaps_mark_recent_sessions_of_the_product,
     active_sessions_are_paged_newest_first,
+    many_sessions_page_in_one_order_skipping_expired_ones,
     webhook_deliveries_are_deduplicated,
     concurrent_appends_to_one_session_all_land,
 );
@@ -768,6 +802,61 @@ async fn active_sessions_are_paged_newest_first(harness: Harness) {
         .await
         .unwrap();
     assert_eq!(everything.sessions.len(), 5);
+}
+
+async fn many_sessions_page_in_one_order_skipping_expired_ones(harness: Harness) {
+    let ttl = Duration::from_secs(1000);
+    let store = harness.store(config(1000, ttl, 50)).await;
+    // 20 sessions idle past the TTL, then 130 in groups of equal times (ties of 1 to 7).
+    let mut writes: Vec<(String, f64)> = (0..20)
+        .map(|i| (format!("old-{i:02}"), T0 - 2000.0 + f64::from(i)))
+        .collect();
+    let mut t = T0;
+    let mut i = 0;
+    for group in (0..).map(|g| g % 7 + 1) {
+        for _ in 0..group {
+            if i == 130 {
+                break;
+            }
+            writes.push((format!("live-{:03}", (i * 37) % 130), t));
+            i += 1;
+        }
+        if i == 130 {
+            break;
+        }
+        t += 1.0;
+    }
+    for (id, t) in &writes {
+        store
+            .append_actions(batch(id, None, None, vec![click("A", *t)]), *t, None)
+            .await
+            .unwrap();
+    }
+    let now = t + 1.0;
+    let mut expected: Vec<(String, f64)> = writes
+        .iter()
+        .filter(|(id, _)| id.starts_with("live"))
+        .cloned()
+        .collect();
+    expected.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let expected: Vec<String> = expected.into_iter().map(|(id, _)| id).collect();
+    for page_size in [5, 13, 200] {
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..100 {
+            let page = store
+                .active_sessions(T0 - 5000.0, cursor.as_deref(), page_size, now)
+                .await
+                .unwrap();
+            assert!(page.sessions.len() <= page_size);
+            seen.extend(page.sessions.iter().map(|s| s.session_id.clone()));
+            cursor = page.next_cursor;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        assert_eq!(seen, expected, "pages of {page_size}");
+    }
 }
 
 async fn webhook_deliveries_are_deduplicated(harness: Harness) {

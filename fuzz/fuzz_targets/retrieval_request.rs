@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use livectx::api::error::codes;
+use livectx::web::error::codes;
 use livectx::api::filter::{Condition, MetadataCondition};
 use livectx::api::identity::IdentitySigner;
 use livectx::api::records::session_records;

@@ -31,6 +31,20 @@ pub async fn readyz(State(state): State<ApiState>) -> Response {
         // Ingestion writes waiting in memory for Redis (see session::buffered).
         store["buffered_writes"] = json!(state.metrics.redis_buffered.get());
     }
+    // A cluster reports its own state: a master down and not yet replaced is not ready.
+    match state.store.health().await {
+        Ok(Some(health)) => {
+            store["health"] = json!(health.details);
+            if !health.ok {
+                store["ok"] = json!(false);
+            }
+        }
+        Ok(None) => {}
+        Err(error) => {
+            store["ok"] = json!(false);
+            store["health"] = json!({ "error": error.to_string() });
+        }
+    }
     let store_ok = store["ok"].as_bool().unwrap_or(false);
     let streams: Vec<_> = state.streams.iter().map(|s| s.view(now)).collect();
     let streams_ok = streams.iter().all(|s| s.connected || !s.leading);

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::api::error::ApiError;
+use crate::web::error::ApiError;
 
 /// One condition, as Dify sends it.
 #[derive(Debug, Clone, PartialEq)]

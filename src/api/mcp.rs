@@ -39,7 +39,6 @@ use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
 use serde::{Deserialize, Serialize};
 
 use crate::api::ApiState;
-use crate::api::auth::{self, ApiKeys};
 use crate::api::identity::{ClaimKind, Via};
 use crate::api::openapi::ErrorBody;
 use crate::api::records::{join_content, session_records};
@@ -48,6 +47,7 @@ use crate::clock::{self, format_duration, format_rfc3339};
 use crate::diagnostics::{LookupChannel, LookupEntry, LookupMiss, clip};
 use crate::session::model::Session;
 use crate::session::store::decode_cursor;
+use crate::web::auth::{self, ApiKeys};
 
 /// Where the MCP endpoint listens.
 pub const PATH: &str = "/mcp";

@@ -3,11 +3,8 @@
 //! OpenAPI document of them all (`/openapi.json`).
 
 pub mod admin;
-pub mod auth;
-pub mod error;
 pub mod filter;
 pub mod identity;
-pub mod limits;
 pub mod mcp;
 pub mod openapi;
 pub mod records;
@@ -15,13 +12,11 @@ pub mod rest;
 pub mod retrieval;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::middleware;
 use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -32,15 +27,18 @@ use crate::ingest::sse::StreamStatus;
 use crate::ingest::webhook::{self, WebhookSettings};
 use crate::session::pull::ActivityPuller;
 use crate::session::store::SessionStore;
-use crate::telemetry::{HttpLabels, Metrics, RouteLabels};
-use auth::ApiKeys;
-use error::{ApiError, codes};
+use crate::telemetry::Metrics;
+use crate::web;
+use crate::web::auth::ApiKeys;
+use crate::web::error::{ApiError, codes};
+use crate::web::limits::{self, RequestLimits};
 use identity::IdentityPolicy;
-use limits::RateLimiter;
 use mcp::McpSettings;
 
-/// The `Server` header every response carries.
-pub const SERVER_HEADER: &str = concat!("livectx/", env!("CARGO_PKG_VERSION"));
+pub use crate::web::SERVER_HEADER;
+
+/// Operator routes, never rate limited: probes and scrapers must always get through.
+pub const OPERATOR_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// Everything the HTTP handlers share.
 pub struct ApiContext {
@@ -61,10 +59,8 @@ pub struct ApiContext {
     pub summarizer_engine: String,
     /// Server clock at start.
     pub started_at: f64,
-    /// The per-IP rate limit (`None`: off).
-    pub rate_limiter: Option<RateLimiter>,
-    /// Longest a request may take to produce its response head.
-    pub request_timeout: Duration,
+    /// The per-IP rate limit and the request timeout.
+    pub limits: Arc<RequestLimits>,
     /// The lookup log and refusal samples the operator console shows.
     pub diagnostics: Arc<Diagnostics>,
     /// Reads Autoplay's hosted API before user-id lookups (`AUTOPLAY_API_KEY`), if set.
@@ -102,22 +98,22 @@ pub fn router_with(state: ApiState, sources: Router) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
-            Arc::clone(&state),
+            Arc::clone(&state.limits),
             limits::request_timeout,
         ))
         .layer(middleware::from_fn_with_state(
-            Arc::clone(&state),
+            Arc::clone(&state.limits),
             limits::rate_limit,
         ))
         .layer(middleware::from_fn_with_state(
-            Arc::clone(&state),
-            track_http,
+            Arc::clone(&state.metrics),
+            web::track_http,
         ))
         .layer(SetResponseHeaderLayer::overriding(
             header::SERVER,
             HeaderValue::from_static(SERVER_HEADER),
         ))
-        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(CatchPanicLayer::custom(web::panic_response))
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
@@ -143,36 +139,4 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         codes::METHOD_NOT_ALLOWED,
         format!("{method} is not allowed on {}", uri.path()),
     )
-}
-
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    tracing::error!("a request handler panicked; answered 500");
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        codes::INTERNAL,
-        "internal error",
-    )
-    .into_response()
-}
-
-/// Count every request by route pattern and status, and time it.
-async fn track_http(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    let m = &state.metrics;
-    m.http_requests
-        .get_or_create(&HttpLabels {
-            route: route.clone(),
-            status: response.status().as_u16(),
-        })
-        .inc();
-    m.http_request_duration
-        .get_or_create(&RouteLabels { route })
-        .observe(elapsed);
-    response
 }

@@ -19,10 +19,10 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::api::ApiState;
-use crate::api::error::ApiError;
 use crate::api::records::Record;
 use crate::api::rest::{ContextResponse, LiveAction, LiveActivityResponse};
 use crate::ingest::webhook;
+use crate::web::error::ApiError;
 
 /// Where the document is served.
 pub const PATH: &str = "/openapi.json";
@@ -184,7 +184,7 @@ pub async fn openapi_json(
             tracing::error!(%error, "the OpenAPI document does not serialize");
             return ApiError::new(
                 axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                crate::api::error::codes::INTERNAL,
+                crate::web::error::codes::INTERNAL,
                 "the OpenAPI document could not be generated",
             )
             .into_response();

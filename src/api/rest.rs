@@ -25,8 +25,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::ApiState;
-use crate::api::auth::{self, KeyError};
-use crate::api::error::{ApiError, codes};
 use crate::api::identity::{Claim, ClaimKind, ClaimOutcome, IdentityResolver, Via};
 use crate::api::openapi::ErrorBody;
 use crate::api::records::{Record, join_content};
@@ -35,6 +33,8 @@ use crate::clock;
 use crate::diagnostics::{LookupChannel, LookupEntry, LookupMiss, clip};
 use crate::session::model::{Action, Session};
 use crate::session::store::StoreError;
+use crate::web::auth::{self, KeyError};
+use crate::web::error::{ApiError, codes};
 
 /// Where Autoplay's pull API lives (axum path syntax).
 pub const LIVE_ACTIVITY_PATH: &str = "/users/{product_id}/{user_id}/live-activity";

@@ -21,8 +21,6 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
 use crate::api::ApiState;
-use crate::api::auth::KeyError;
-use crate::api::error::{ApiError, codes, read_body};
 use crate::api::filter::{Condition, MetadataCondition};
 use crate::api::identity::{
     Claim, ClaimKind, ClaimOutcome, IdentityResolver, SignatureError, Via, looks_signed,
@@ -32,6 +30,8 @@ use crate::clock;
 use crate::diagnostics::{LookupChannel, LookupEntry, LookupMiss, clip};
 use crate::session::model::{MAX_ID_LEN, Session};
 use crate::session::store::StoreError;
+use crate::web::auth::KeyError;
+use crate::web::error::{ApiError, codes, read_body};
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;

@@ -57,7 +57,14 @@ pub struct BenchArgs {
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     pub llm_latency: Duration,
 
-    /// Also benchmark retrieval on this Redis (keys under a unique prefix, deleted afterwards).
+    /// Also benchmark retrieval and ingest on this Redis (keys under a unique prefix, deleted
+    /// afterwards).
     #[arg(long, env = "LIVECTX_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// Also benchmark retrieval and ingest on this Redis Cluster (`redis+cluster://h1:7000,…`;
+    /// keys under a unique prefix, deleted afterwards), side by side with `--redis-url`, with
+    /// the commands, Redis CPU and keys of each master.
+    #[arg(long, env = "LIVECTX_BENCH_REDIS_CLUSTER_URL", hide_env_values = true)]
+    pub redis_cluster_url: Option<String>,
 }

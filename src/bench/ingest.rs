@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::connector::SyntheticConnector;
 use super::llm::FakeLlm;
+use super::redis_nodes::{self, RedisNodes};
 use super::server::InProcessServer;
 use super::workload::{self, Identity, Rng, Walker};
 use super::{Outcome, Table, int, round, server_config, summary_count, wait_until};
@@ -118,8 +119,39 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
     );
     let mut results = Vec::new();
     for llm in [false, true] {
-        let result = run_once(args, &stream, llm, &mut table).await?;
+        let result = run_once(args, &stream, llm, None, &mut table).await?;
         results.push(result);
+    }
+    // The same stream on one Redis and on a cluster (built-in summarizer), side by side, with
+    // what each Redis master did for it.
+    let mut nodes_table = Table::new(
+        format!(
+            "ingest: Redis work per master for the {} frames",
+            int(stream.frames)
+        ),
+        &redis_nodes::HEADERS,
+    );
+    let mut notes = Vec::new();
+    for (backend, url) in [
+        ("redis", args.redis_url.as_deref()),
+        ("redis cluster", args.redis_cluster_url.as_deref()),
+    ] {
+        let Some(url) = url else {
+            notes.push(format!(
+                "no {backend} URL given: {backend} was not measured"
+            ));
+            continue;
+        };
+        let result = run_once(args, &stream, false, Some((backend, url)), &mut table).await?;
+        nodes_table
+            .rows
+            .extend(redis_nodes::rows(backend, &result["redis_masters"]));
+        results.push(result);
+    }
+    let mut tables = vec![table];
+    if !nodes_table.rows.is_empty() {
+        tables.push(nodes_table);
+        notes.push("Redis work = INFO commandstats calls and used_cpu_user+sys of each master, after minus before the run (anything else using that Redis meanwhile is included); keys = keys under the run's prefix when the stream was stored".to_string());
     }
     Ok(Outcome {
         results: json!({
@@ -130,12 +162,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
             "sessions": stream.sessions,
             "runs": results,
         }),
-        tables: vec![table],
-        notes: vec![
+        tables,
+        notes: [vec![
             "events = SSE frames, each one `actions` payload in the connector's wire format (per-action session_id, user_id, email, raw and canonical URL); elapsed = first byte written → the server's stored-actions counter reaches the total".to_string(),
             "the ingest queue was sized to the whole run so the figure is the processing capacity; `dropped` counts frames the reader had to drop".to_string(),
             "server CPU = CPU time of the server runtime's threads (reader, processing, summarizer); the generator and fake LLM run on other threads".to_string(),
-        ],
+        ], notes].concat(),
     })
 }
 
@@ -143,6 +175,7 @@ async fn run_once(
     args: &BenchArgs,
     stream: &Stream,
     with_llm: bool,
+    redis: Option<(&str, &str)>,
     table: &mut Table,
 ) -> anyhow::Result<Value> {
     let connector = SyntheticConnector::start(64).await?;
@@ -157,13 +190,30 @@ async fn run_once(
         .unwrap_or(usize::MAX)
         .saturating_add(16);
     config.openai_base_url = llm.as_ref().map(FakeLlm::base_url);
+    let prefix = format!(
+        "livectx-bench-ingest-{}-{}:",
+        std::process::id(),
+        clock::now() as u64
+    );
+    let nodes = match redis {
+        Some((_, url)) => {
+            config.redis_url = Some(url.to_string());
+            config.redis_prefix = prefix.clone();
+            // Room for the whole run if Redis falls behind (nothing is dropped).
+            config.redis_buffer = config.ingest_queue;
+            let nodes = RedisNodes::discover(url).await?;
+            let before = nodes.counters().await?;
+            Some((nodes, before))
+        }
+        None => None,
+    };
     let server = InProcessServer::start(config, Overrides::default()).await?;
     connector.wait_connected(1).await;
     let state = server.state.clone();
-    let label = if with_llm {
-        format!("LLM ({} ms)", args.llm_latency.as_millis())
-    } else {
-        "built-in".to_string()
+    let label = match (with_llm, redis) {
+        (true, _) => format!("LLM ({} ms)", args.llm_latency.as_millis()),
+        (false, None) => "built-in".to_string(),
+        (false, Some((backend, _))) => format!("built-in, {backend}"),
     };
     let summaries_before = summaries(&server);
     let cpu_before = server.cpu_ns();
@@ -195,11 +245,21 @@ async fn run_once(
     let complete = wait_until(Duration::from_secs(300), Duration::from_millis(1), || {
         let stored = state.metrics.actions_stored.get();
         let lost = dropped() * per_frame;
-        async move { stored + lost >= total }
+        // Writes waiting in the outage buffer are not in Redis yet.
+        let buffered = state.metrics.redis_buffered.get();
+        async move { stored + lost >= total && buffered == 0 }
     })
     .await;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = server.cpu_ns().saturating_sub(cpu_before) as f64 / 1e9;
+    let redis_masters = match &nodes {
+        Some((nodes, before)) => {
+            let after = nodes.counters().await?;
+            let keys = nodes.keys_under(&prefix).await?;
+            Some(redis_nodes::report(before, &after, &keys, stream.frames))
+        }
+        None => None,
+    };
     let written_at = feeder.await.ok();
     let stored = state.metrics.actions_stored.get();
     let dropped_frames = dropped();
@@ -214,6 +274,9 @@ async fn run_once(
     connector.stop();
     if let Some(llm) = &llm {
         llm.stop();
+    }
+    if let Some((nodes, _)) = &nodes {
+        nodes.delete_under(&prefix).await?;
     }
     anyhow::ensure!(
         complete,
@@ -252,6 +315,8 @@ async fn run_once(
         "dropped_frames": dropped_frames,
         "summaries_in_window": {"builtin": summaries[0], "llm": summaries[1], "cap_folds": summaries[2]},
         "llm_calls": llm_calls,
+        "backend": redis.map_or("memory", |(backend, _)| backend),
+        "redis_masters": redis_masters,
     }))
 }
 

@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod llm;
 pub mod loadgen;
 pub mod memory;
+pub mod redis_nodes;
 pub mod retrieval;
 pub mod server;
 pub mod soak;

@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::loadgen::{self, IdentityKind, LoadgenArgs};
+use super::redis_nodes::{self, RedisNodes};
 use super::server::InProcessServer;
 use super::stats;
 use super::workload::{self, Identity, Rng, Walker};
@@ -62,39 +63,59 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
     );
     let mut notes = Vec::new();
     let mut results = Vec::new();
-    results.push(run_backend("memory", None, args, sessions, window, &mut table).await?);
-    match &args.redis_url {
-        Some(url) => {
-            let prefix = format!(
-                "livectx-bench-{}-{}:",
-                std::process::id(),
-                clock::now() as u64
-            );
-            let connection = crate::session::redis::connect(url)
-                .await
-                .context("cannot connect to LIVECTX_REDIS_URL")?;
-            // The plain Redis store (no outage buffer): what is measured is Redis itself.
-            let store: Arc<dyn SessionStore> = Arc::new(crate::session::redis::RedisStore::new(
-                connection,
-                prefix.clone(),
-                store_config(&server_config()),
+    results.push(run_backend("memory", None, None, args, sessions, window, &mut table).await?);
+    let mut nodes_table = Table::new(
+        "retrieval: Redis work per master while measuring (warm-ups included), keys after loading",
+        &redis_nodes::HEADERS,
+    );
+    for (backend, url) in [
+        ("redis", args.redis_url.as_deref()),
+        ("redis cluster", args.redis_cluster_url.as_deref()),
+    ] {
+        let Some(url) = url else {
+            notes.push(format!(
+                "no {backend} URL given: {backend} was not measured"
             ));
-            let outcome =
-                run_backend("redis", Some(store), args, sessions, window, &mut table).await;
-            let removed = delete_prefix(url, &prefix).await;
-            match removed {
-                Ok(n) => notes.push(format!(
-                    "Redis: deleted the {n} benchmark keys under {prefix}"
-                )),
-                Err(e) => notes.push(format!(
-                    "Redis: could not delete the benchmark keys under {prefix}: {e}"
-                )),
-            }
-            results.push(outcome?);
+            continue;
+        };
+        let prefix = format!(
+            "livectx-bench-{}-{}:",
+            std::process::id(),
+            clock::now() as u64
+        );
+        let connection = crate::session::redis::connect(url)
+            .await
+            .with_context(|| format!("cannot connect to the {backend} URL"))?;
+        // The plain Redis store (no outage buffer): what is measured is Redis itself.
+        let store: Arc<dyn SessionStore> = Arc::new(crate::session::redis::RedisStore::new(
+            connection,
+            prefix.clone(),
+            store_config(&server_config()),
+        ));
+        let nodes = RedisNodes::discover(url).await?;
+        let outcome = run_backend(
+            backend,
+            Some(store),
+            Some((&nodes, &prefix)),
+            args,
+            sessions,
+            window,
+            &mut table,
+        )
+        .await;
+        match nodes.delete_under(&prefix).await {
+            Ok(n) => notes.push(format!(
+                "{backend}: deleted the {n} benchmark keys under {prefix}"
+            )),
+            Err(e) => notes.push(format!(
+                "{backend}: could not delete the benchmark keys under {prefix}: {e}"
+            )),
         }
-        None => notes.push(
-            "LIVECTX_REDIS_URL is not set: only the in-memory backend was measured".to_string(),
-        ),
+        let outcome = outcome?;
+        nodes_table
+            .rows
+            .extend(redis_nodes::rows(backend, &outcome["redis_masters"]));
+        results.push(outcome);
     }
     notes.push(
         "each level ran --repeat times; the row is the run with the median req/s (range in brackets); \
@@ -107,9 +128,17 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
          server and load-generator CPU are shares of one core (200 % = both cores)"
             .to_string(),
     );
+    let mut tables = vec![table];
+    if !nodes_table.rows.is_empty() {
+        tables.push(nodes_table);
+        notes.push(
+            "Redis work per master = INFO commandstats calls and used_cpu_user+sys, after minus before the measuring phase, per answered request (the shared Redis may serve others meanwhile)"
+                .to_string(),
+        );
+    }
     Ok(Outcome {
         results: json!({ "sessions": sessions, "window_secs": window.as_secs_f64(), "backends": results }),
-        tables: vec![table],
+        tables,
         notes,
     })
 }
@@ -175,6 +204,7 @@ async fn measure_level(
 async fn run_backend(
     backend: &str,
     store: Option<Arc<dyn SessionStore>>,
+    redis: Option<(&RedisNodes, &str)>,
     args: &BenchArgs,
     sessions: u64,
     window: Duration,
@@ -201,6 +231,11 @@ async fn run_backend(
         started.elapsed().as_secs_f64(),
         settled.as_secs_f64()
     );
+    let redis_before = match redis {
+        Some((nodes, prefix)) => Some((nodes.counters().await?, nodes.keys_under(prefix).await?)),
+        None => None,
+    };
+    let mut answered = 0u64;
     let mut levels = Vec::new();
     for &connections in &args.connections {
         let mut runs = Vec::new();
@@ -213,6 +248,7 @@ async fn run_backend(
                 ms(run.report.latency.p99_us),
                 run.other_cpu * 100.0
             );
+            answered += run.report.ok + run.report.empty;
             runs.push(run);
         }
         runs.sort_by(|a, b| {
@@ -258,9 +294,17 @@ async fn run_backend(
             })).collect::<Vec<_>>(),
         }));
     }
+    let redis_masters = match (redis, redis_before) {
+        (Some((nodes, _)), Some((before, keys))) => {
+            let after = nodes.counters().await?;
+            Some(redis_nodes::report(&before, &after, &keys, answered))
+        }
+        _ => None,
+    };
     server.stop().await;
     Ok(json!({
         "backend": backend,
+        "redis_masters": redis_masters,
         "loaded": {"sessions": loaded.sessions, "frames": loaded.frames, "actions": loaded.actions},
         "dataset": dataset,
         "summaries_settled_secs": round(settled.as_secs_f64(), 2),
@@ -354,34 +398,4 @@ async fn describe(state: &ApiState, ids: &[SessionId]) -> anyhow::Result<Value> 
         "raw_actions_per_session": per(raw),
         "share_with_summary": per(summarized),
     }))
-}
-
-/// Delete every key under `prefix` (SCAN + UNLINK; never FLUSHDB). Returns how many.
-async fn delete_prefix(url: &str, prefix: &str) -> anyhow::Result<u64> {
-    let client = redis::Client::open(url)?;
-    let mut connection = client.get_multiplexed_async_connection().await?;
-    let pattern = format!("{prefix}*");
-    let mut cursor: u64 = 0;
-    let mut removed = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut connection)
-            .await?;
-        if !keys.is_empty() {
-            let n: u64 = redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async(&mut connection)
-                .await?;
-            removed += n;
-        }
-        if next == 0 {
-            return Ok(removed);
-        }
-        cursor = next;
-    }
 }

@@ -1,22 +1,20 @@
 //! Stream leadership through a Redis lease: exactly one replica consumes each stream.
 //!
-//! # Keys (under the store's prefix), per stream
+//! # Keys
 //!
-//! - `lease:<stream>`: the fencing token of the replica that consumes it now; PX = lease TTL,
-//!   renewed every third of the TTL. Taken with SET-if-absent semantics in a script.
-//! - `lease:<stream>:holder`: the last token that took the lease (no TTL). It lets a lease that
-//!   vanished (Redis restarted without persistence, or the lease lapsed during an outage) be
-//!   taken back by the replica that held it — and only by it — while nobody else took it.
-//! - `lease-seq:<stream>`: a counter that numbers acquisitions (part of the token, for logs).
-//! - `lease-progress:<stream>`: when the holder last saw an event, written with each renewal,
-//!   so that a successor knows where the gap it must report starts.
+//! Each stream's lease keys (the lease, its last holder, an acquisition counter, the holder's
+//! progress) share one hash slot; their layout is part of the store's key contract, in
+//! [`crate::session::redis::keys::LeaseKeys`].
 //!
 //! # Fencing
 //!
 //! The token is `<acquisition number>:<replica id>:<random>`, handed out as the lease guard's
-//! [`Fence`]. The store's write script refuses a fenced write unless the lease still holds that
-//! token (or holds nothing and the token was the last to take it). A paused ex-leader that wakes
-//! up after another replica took over therefore cannot write, however late it resumes.
+//! [`Fence`]. Acquisition numbers only grow (at least the server clock in milliseconds, so a
+//! counter lost with its master's data cannot restart low). A new leader raises the fence mark
+//! of every session bucket to its number before it consumes, and the store's write script
+//! refuses a fenced write whose number is below its bucket's mark. A paused ex-leader that wakes
+//! up after another replica took over therefore cannot write, however late it resumes; and the
+//! check needs no key outside the session's slot, so it holds on a Redis Cluster.
 //!
 //! # Outages
 //!
@@ -32,14 +30,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::join_all;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::{Leadership, LeaseGuard};
 use crate::ingest::sse::client::product_of;
-use crate::session::redis::store_error;
+use crate::session::redis::keys::{BUCKETS, Keys, LeaseKeys, fence_number};
+use crate::session::redis::{RedisConnection, raise_fence_invocation, store_error};
 use crate::session::store::{Fence, StoreError};
 
 /// Lease TTL when none is configured.
@@ -49,55 +48,18 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 /// than that is not worth marking, sessions will have moved on).
 const PROGRESS_TTL_MS: u64 = 24 * 3600 * 1000;
 
-/// Take the lease if nobody holds it.
-/// KEYS: 1 lease, 2 last holder, 3 counter, 4 progress. ARGV: 1 replica id, 2 nonce, 3 TTL ms,
-/// 4 '1' to take a lease nobody ever held (else such a lease answers 'fresh').
-/// Returns `{'acquired', token, progress}`, `{'held', pttl, ''}` or `{'fresh', '', ''}`.
-const ACQUIRE_LUA: &str = r"
-local pttl = redis.call('PTTL', KEYS[1])
-if pttl ~= -2 then return {'held', tostring(pttl), ''} end
-if ARGV[4] ~= '1' and redis.call('EXISTS', KEYS[2]) == 0 then return {'fresh', '', ''} end
-local n = redis.call('INCR', KEYS[3])
-local token = n .. ':' .. ARGV[1] .. ':' .. ARGV[2]
-redis.call('SET', KEYS[1], token, 'PX', ARGV[3])
-redis.call('SET', KEYS[2], token)
-local progress = redis.call('GET', KEYS[4])
-return {'acquired', token, progress or ''}
-";
+/// Take the lease if nobody holds it (see the script for its keys and replies).
+const ACQUIRE_LUA: &str = include_str!("lua/acquire.lua");
 
-/// Extend the lease if it is still ours (take it back if it vanished and nobody else took it
-/// since); record progress. Returns 1 when we hold it, 0 when another replica does.
-/// KEYS: 1 lease, 2 last holder, 3 progress. ARGV: 1 token, 2 TTL ms, 3 progress ('' none),
-/// 4 progress TTL ms.
-const RENEW_LUA: &str = r"
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-elseif holder then
-  return 0
-else
-  local last = redis.call('GET', KEYS[2])
-  if last and last ~= ARGV[1] then return 0 end
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  redis.call('SET', KEYS[2], ARGV[1])
-end
-if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4]) end
-return 1
-";
+/// Extend the lease if it is still ours, or take it back if it vanished and nobody else took it.
+const RENEW_LUA: &str = include_str!("lua/renew.lua");
 
 /// Delete the lease only if it is still ours, recording the final progress.
-/// KEYS: 1 lease, 2 progress. ARGV: 1 token, 2 progress ('' none), 3 progress TTL ms.
-const RELEASE_LUA: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end
-return redis.call('DEL', KEYS[1])
-";
+const RELEASE_LUA: &str = include_str!("lua/release.lua");
 
-/// The key that remembers who last took the lease stored at `lease_key` (the store's write
-/// script reads it to decide whether a fence is still good when the lease itself is gone).
-pub fn last_holder_key(lease_key: &str) -> String {
-    format!("{lease_key}:holder")
-}
+/// How long a new leader keeps trying to raise every bucket's fence mark before it consumes
+/// anyway (a bucket whose master is failing over; its first write raises the mark too).
+const RAISE_FENCES_FOR: Duration = Duration::from_secs(10);
 
 /// A name for this replica in fencing tokens and logs: `$HOSTNAME` (a container's id) or the
 /// process id.
@@ -131,15 +93,6 @@ impl LeaseSettings {
     }
 }
 
-/// Redis keys of one stream's lease.
-#[derive(Debug, Clone)]
-struct LeaseKeys {
-    lease: String,
-    last_holder: String,
-    counter: String,
-    progress: String,
-}
-
 /// What this replica knows about a lease it holds.
 #[derive(Debug)]
 struct HeldLease {
@@ -161,8 +114,8 @@ impl HeldLease {
 }
 
 struct Inner {
-    connection: ConnectionManager,
-    prefix: String,
+    connection: RedisConnection,
+    keys: Keys,
     settings: LeaseSettings,
     /// Ends renewals (the process is going away).
     lifetime: CancellationToken,
@@ -200,15 +153,15 @@ impl RedisLeadership {
     /// Leases on `connection`, keys under `prefix` (the store's). Renewals stop when `lifetime`
     /// is cancelled (without giving the lease up: that is [`Leadership::release`]'s job).
     pub fn new(
-        connection: ConnectionManager,
+        connection: impl Into<RedisConnection>,
         prefix: impl Into<String>,
         settings: LeaseSettings,
         lifetime: CancellationToken,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                connection,
-                prefix: prefix.into(),
+                connection: connection.into(),
+                keys: Keys::new(prefix),
                 settings,
                 lifetime,
                 held: Mutex::new(HashMap::new()),
@@ -229,13 +182,47 @@ impl RedisLeadership {
         let digest = Sha256::digest(stream_key.as_bytes());
         let label = product_of(stream_key).unwrap_or_else(|| "stream".to_string());
         let id = format!("{label}:{}", &hex::encode(digest)[..16]);
-        let prefix = &self.inner.prefix;
-        let lease = format!("{prefix}lease:{id}");
-        LeaseKeys {
-            last_holder: last_holder_key(&lease),
-            lease,
-            counter: format!("{prefix}lease-seq:{id}"),
-            progress: format!("{prefix}lease-progress:{id}"),
+        self.inner.keys.lease(&id)
+    }
+
+    /// Raise every session bucket's fence mark to this acquisition's number, so that no
+    /// bucket accepts the previous leader's writes any more. Retried for a while when some
+    /// bucket cannot be reached; `false` if some mark could not be raised.
+    async fn raise_fences(
+        &self,
+        keys: &LeaseKeys,
+        token: &str,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let Some(number) = fence_number(token) else {
+            return false;
+        };
+        let deadline = tokio::time::Instant::now() + RAISE_FENCES_FOR;
+        let mut pending: Vec<usize> = (0..BUCKETS).collect();
+        loop {
+            let attempts = pending.iter().map(|&bucket| {
+                let mut connection = self.inner.connection.clone();
+                let invocation =
+                    raise_fence_invocation(&self.inner.keys.bucket(bucket), &keys.lease, number);
+                async move {
+                    let raised: Result<i64, _> = invocation.invoke_async(&mut connection).await;
+                    (bucket, raised)
+                }
+            });
+            pending = join_all(attempts)
+                .await
+                .into_iter()
+                .filter_map(|(bucket, raised)| raised.is_err().then_some(bucket))
+                .collect();
+            if pending.is_empty() {
+                return true;
+            }
+            if tokio::time::Instant::now() > deadline
+                || !self.pause(self.inner.settings.period(), shutdown).await
+            {
+                tracing::warn!(lease = %keys.lease, buckets = pending.len(), "could not raise every fence mark for the new lease; those buckets refuse the previous leader only from this leader's first write on");
+                return false;
+            }
         }
     }
 
@@ -397,6 +384,7 @@ impl Leadership for RedisLeadership {
                     let lost = CancellationToken::new();
                     tracing::info!(lease = %keys.lease, token = %token, "acquired the stream lease");
                     self.start_renewing(keys.clone(), token.clone(), lost.clone());
+                    self.raise_fences(&keys, &token, shutdown).await;
                     return Some(LeaseGuard {
                         fence: Fence {
                             lease_key: keys.lease,
@@ -450,7 +438,7 @@ impl Leadership for RedisLeadership {
             held.stop.cancel();
         }
         let lease_key = &guard.fence.lease_key;
-        let progress_key = self.progress_key_of(lease_key);
+        let progress_key = LeaseKeys::of_lease(lease_key.clone()).progress;
         let mut connection = self.inner.connection.clone();
         let released: Result<i64, StoreError> = self
             .inner
@@ -472,17 +460,6 @@ impl Leadership for RedisLeadership {
                 tracing::warn!(lease = %lease_key, %error, "could not release the stream lease; it lapses by itself");
             }
         }
-    }
-}
-
-impl RedisLeadership {
-    /// The progress key that belongs to a lease key.
-    fn progress_key_of(&self, lease_key: &str) -> String {
-        let prefix = &self.inner.prefix;
-        let id = lease_key
-            .strip_prefix(&format!("{prefix}lease:"))
-            .unwrap_or(lease_key);
-        format!("{prefix}lease-progress:{id}")
     }
 }
 

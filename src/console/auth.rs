@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 
-use crate::api::auth::ApiKeys;
+use crate::web::auth::ApiKeys;
 use crate::sync::lock;
 
 /// The login cookie.

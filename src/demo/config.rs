@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use crate::clock::parse_duration;
 use crate::config::LogConfig;
@@ -17,6 +17,15 @@ fn parse_speed(raw: &str) -> Result<f64, String> {
             "`{raw}` is not a positive number like 1, 2.5 or 10"
         )),
     }
+}
+
+/// The wire of the simulator's webhook pushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PushFormat {
+    /// The Autoplay connector's signed webhook.
+    Autoplay,
+    /// PostHog's HTTP Webhook destination, one posthog-js event per request.
+    Posthog,
 }
 
 /// Settings of `livectx simulate`: a stand-in Autoplay connector for demos, tests and load.
@@ -60,7 +69,20 @@ pub struct SimulateConfig {
     #[arg(long, env = "LIVECTX_SIM_PUSH_TO", requires = "secret")]
     pub push_to: Option<String>,
 
-    /// Shared secret of --push-to: signs X-Connector-Signature and is sent as the bearer token.
+    /// What --push-to receives: `autoplay`, the connector's signed webhook (one payload of
+    /// actions per request), or `posthog`, PostHog's HTTP Webhook destination (one
+    /// `{"event": {...}, "person": {...}}` body per posthog-js event, the secret in
+    /// X-PostHog-Secret), for livectx's /ingest/<product_id>.
+    #[arg(
+        long,
+        env = "LIVECTX_SIM_PUSH_FORMAT",
+        value_enum,
+        default_value = "autoplay"
+    )]
+    pub push_format: PushFormat,
+
+    /// Shared secret of --push-to: signs X-Connector-Signature and is sent as the bearer token
+    /// (autoplay), or is sent as X-PostHog-Secret (posthog).
     #[arg(long, env = "LIVECTX_SIM_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
 
@@ -98,6 +120,7 @@ impl Default for SimulateConfig {
             queue: 256,
             push_to: None,
             secret: None,
+            push_format: PushFormat::Autoplay,
             push_concurrency: 4,
             sessions: 0,
             rate: 100.0,

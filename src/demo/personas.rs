@@ -15,7 +15,7 @@
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{RngExt, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The product id the simulator streams by default (the one the reference samples use).
 pub const DEFAULT_PRODUCT: &str = "acme_prod";
@@ -30,6 +30,70 @@ const MAX_BATCH: usize = 8;
 /// UUIDv7 timestamps of generated ids start here (ids must not depend on the wall clock, or
 /// they would change between runs with the same seed).
 const ID_EPOCH_MS: u64 = 1_785_300_000_000;
+
+/// The personas' word lists (who they are, the consultants, project names, searches, pages),
+/// kept as data so that changing what the simulated users say needs no code; the scripts that
+/// branch on them stay below.
+const WORDS: &str = include_str!("personas.json");
+
+/// One persona of the default cast.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CastMember {
+    pub name: String,
+    /// Empty for the anonymous personas.
+    pub email: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Consultant {
+    pub id: u32,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProfileTab {
+    pub label: String,
+    pub slug: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Stop {
+    pub name: String,
+    pub path: String,
+    pub description: String,
+}
+
+/// The contents of `personas.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Words {
+    /// By role key (`notifications-hunter`).
+    pub cast: std::collections::HashMap<String, CastMember>,
+    pub consultants: Vec<Consultant>,
+    pub profile_tabs: Vec<ProfileTab>,
+    pub searches: Vec<String>,
+    pub project_names: Vec<String>,
+    pub templates: Vec<String>,
+    pub decline_codes: Vec<String>,
+    /// Where the newcomer wanders.
+    pub explore: Vec<Stop>,
+    /// Navigation links' targets by label, for the element chains of the PostHog mode.
+    pub links: std::collections::HashMap<String, String>,
+}
+
+impl Words {
+    /// The path a navigation link labelled `label` points to.
+    pub fn link_path(&self, label: &str) -> Option<&str> {
+        self.links.get(label).map(String::as_str)
+    }
+}
+
+/// The embedded word lists, parsed once (a test checks they parse and fit the scripts).
+pub fn words() -> &'static Words {
+    static WORDS_PARSED: std::sync::LazyLock<Words> = std::sync::LazyLock::new(|| {
+        serde_json::from_str(WORDS).unwrap_or_else(|e| panic!("src/demo/personas.json: {e}"))
+    });
+    &WORDS_PARSED
+}
 
 /// What a persona is trying to do; decides its script.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -114,14 +178,8 @@ impl Persona {
     /// The persona with role `role` in the default cast of `seed`.
     fn named(role: Role, seed: u64, product_id: &str, index: Option<u64>) -> Self {
         let mut rng = StdRng::seed_from_u64(mix(seed, role.index(), index.unwrap_or(u64::MAX), 1));
-        let (first, email_of) = match role {
-            Role::NotificationsHunter => ("priya", "priya.shah@example.com"),
-            Role::ProjectAbandoner => ("maria", "maria.lopez@example.com"),
-            Role::BillingStuck => ("devon", "devon@northwind.test"),
-            Role::Newcomer => ("sam", "sam.okafor@example.com"),
-            Role::AnonymousVisitor => ("visitor", ""),
-            Role::UnlinkedTraffic => ("unlinked", ""),
-        };
+        let cast = &words().cast[role.key()];
+        let (first, email_of) = (cast.name.as_str(), cast.email.as_str());
         let name = match index {
             Some(i) => format!("{first}-{i}"),
             None => first.to_string(),
@@ -807,28 +865,6 @@ impl<'r> Script<'r> {
     }
 }
 
-const CONSULTANTS: [(u32, &str); 6] = [
-    (482, "Ana Ruiz"),
-    (517, "Kofi Mensah"),
-    (233, "Lena Fischer"),
-    (391, "Diego Alvarez"),
-    (164, "Mei Tanaka"),
-    (705, "Omar Haddad"),
-];
-
-const PROFILE_TABS: [(&str, &str); 3] = [
-    ("Activity", "activity"),
-    ("Settings", "settings"),
-    ("Availability", "availability"),
-];
-
-const SEARCHES: [&str; 4] = [
-    "notifications",
-    "alerts",
-    "notification settings",
-    "email alerts",
-];
-
 fn dashboard(s: &mut Script, raw: &str) {
     s.page(
         "Dashboard",
@@ -863,7 +899,8 @@ fn hunter(s: &mut Script, round: u32) {
         1 + usize::from(s.chance(0.5))
     };
     for visit in 0..visits {
-        let (id, name) = *s.pick(&CONSULTANTS);
+        let consultant = s.pick(&words().consultants);
+        let (id, name) = (consultant.id, consultant.name.as_str());
         visited.push(name);
         s.click(
             &format!("consultant row: {name}"),
@@ -877,7 +914,8 @@ fn hunter(s: &mut Script, round: u32) {
             &format!("User opened {name}'s consultant profile"),
             (5.0, 12.0),
         );
-        let (tab, slug) = *s.pick(&PROFILE_TABS);
+        let tab = s.pick(&words().profile_tabs);
+        let (tab, slug) = (tab.label.as_str(), tab.slug.as_str());
         s.click(
             &format!("{tab} tab"),
             &format!("User clicked the {tab} tab of {name}'s profile"),
@@ -903,7 +941,7 @@ fn hunter(s: &mut Script, round: u32) {
             (2.0, 5.0),
         );
         if visit == 0 || s.chance(0.4) {
-            let term = *s.pick(&SEARCHES);
+            let term = s.pick(&words().searches).as_str();
             s.focus("Search consultants", REACH);
             s.typing(
                 "Search consultants",
@@ -936,14 +974,6 @@ fn hunter(s: &mut Script, round: u32) {
     ));
     s.pause_after((6.0, 15.0));
 }
-
-const PROJECT_NAMES: [&str; 4] = [
-    "Q3 onboarding revamp",
-    "Northwind migration",
-    "Client portal refresh",
-    "Partner training plan",
-];
-const TEMPLATES: [&str; 3] = ["Client onboarding", "Software rollout", "Blank project"];
 
 /// Projects → New project → part of the form → leaves without creating anything.
 fn abandoner(s: &mut Script, round: u32) {
@@ -980,14 +1010,14 @@ fn abandoner(s: &mut Script, round: u32) {
         "User opened the new-project form",
         (2.0, 4.0),
     );
-    let name = *s.pick(&PROJECT_NAMES);
+    let name = s.pick(&words().project_names).as_str();
     s.focus("Project name", REACH);
     s.typing("Project name", name.len(), None, (2.0, 5.0));
     // Where they give up differs from round to round.
     let gives_up_at: u32 = s.rng.random_range(if round == 0 { 2..3 } else { 0..3 });
     let mut got_to = "the project name";
     if gives_up_at >= 1 {
-        let template = *s.pick(&TEMPLATES);
+        let template = s.pick(&words().templates).as_str();
         s.click(
             "Template dropdown",
             "User opened the Template dropdown",
@@ -1058,8 +1088,6 @@ fn abandoner(s: &mut Script, round: u32) {
     s.pause_after((15.0, 30.0));
 }
 
-const DECLINE_CODES: [&str; 2] = ["card_declined", "do_not_honor"];
-
 /// Upgrade → pay → declined → retry … → support chat.
 fn billing(s: &mut Script, round: u32) {
     if round == 0 {
@@ -1125,7 +1153,7 @@ fn billing(s: &mut Script, round: u32) {
         s.typing("Expiry", 5, None, (0.3, 1.0));
         s.typing("CVC", 3, None, (1.0, 2.5));
         s.submit("Payment", "User submitted the payment form", LOAD);
-        let code = *s.pick(&DECLINE_CODES);
+        let code = s.pick(&words().decline_codes).as_str();
         s.page(
             "Payment failed",
             &format!("/settings/billing/upgrade/error?code={code}"),
@@ -1205,24 +1233,6 @@ fn billing(s: &mut Script, round: u32) {
     s.pause_after((20.0, 40.0));
 }
 
-const EXPLORE: [(&str, &str, &str); 7] = [
-    ("Dashboard", "/dashboard", "User opened the Dashboard"),
-    ("Projects", "/projects", "User opened the Projects list"),
-    (
-        "Consultants",
-        "/consultants",
-        "User opened the Consultants list",
-    ),
-    ("Reports", "/reports", "User opened Reports"),
-    (
-        "Integrations",
-        "/settings/integrations",
-        "User opened the Integrations settings",
-    ),
-    ("Team", "/settings/team", "User opened the Team settings"),
-    ("Help Center", "/help", "User opened the Help Center"),
-];
-
 /// Sign-up (anonymous until it succeeds), then a wander through the product.
 fn newcomer(s: &mut Script, round: u32) {
     if round == 0 {
@@ -1250,7 +1260,12 @@ fn newcomer(s: &mut Script, round: u32) {
     let stops = s.rng.random_range(3..6);
     let mut seen = Vec::new();
     for _ in 0..stops {
-        let (name, path, description) = *s.pick(&EXPLORE);
+        let stop = s.pick(&words().explore);
+        let (name, path, description) = (
+            stop.name.as_str(),
+            stop.path.as_str(),
+            stop.description.as_str(),
+        );
         if seen.last() == Some(&name) {
             continue;
         }
@@ -1367,7 +1382,7 @@ fn unlinked(s: &mut Script) {
 }
 
 /// Mix seed parts into one RNG seed (splitmix64 finaliser).
-fn mix(seed: u64, a: u64, b: u64, stream: u64) -> u64 {
+pub(crate) fn mix(seed: u64, a: u64, b: u64, stream: u64) -> u64 {
     let mut z = seed
         ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
@@ -1401,6 +1416,19 @@ fn alphanumeric(rng: &mut StdRng, len: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_word_lists_parse_and_fit_the_scripts() {
+        let words = super::words();
+        for role in super::Role::ALL {
+            assert!(words.cast.contains_key(role.key()), "{}", role.key());
+        }
+        assert!(!words.consultants.is_empty() && !words.profile_tabs.is_empty());
+        assert!(!words.searches.is_empty() && !words.project_names.is_empty());
+        assert!(!words.templates.is_empty() && !words.decline_codes.is_empty());
+        assert!(words.explore.iter().any(|s| s.name == "Help Center"));
+        assert_eq!(words.link_path("Consultants"), Some("/consultants"));
+    }
+
     use super::*;
     use crate::session::activity::render_activity;
     use crate::session::model::{Session, SessionId, SessionLimits};

@@ -19,13 +19,13 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::api::ApiState;
-use crate::api::auth::{bearer_token, hmac_sha256};
-use crate::api::error::{ApiError, codes, read_body};
-use crate::api::limits::{self, OverRateLimit};
 use crate::clock;
 use crate::ingest::{Channel, Ingested, Source};
 use crate::sources::autoplay::payload;
 use crate::telemetry::OutcomeLabels;
+use crate::web::auth::{bearer_token, hmac_sha256};
+use crate::web::error::{ApiError, codes, read_body};
+use crate::web::limits::{self, OverRateLimit};
 
 /// Where the receiver listens.
 pub const PATH: &str = "/webhooks/autoplay";
@@ -122,7 +122,7 @@ pub async fn receive(
     if !authentic {
         if let Some(Extension(over)) = over_limit {
             outcome(&state, "rate_limited");
-            return limits::rate_limited(&state, PATH, over);
+            return limits::rate_limited(&state.limits, PATH, over);
         }
         outcome(&state, "bad_signature");
         tracing::warn!("refused a webhook delivery: missing or invalid signature");

@@ -15,9 +15,14 @@
 //! `livectx_redis_buffered` shows the queue length, `livectx_redis_replayed` what was replayed.
 //!
 //! Reads are not buffered: they go to the backend and fail fast (retrieval then answers empty).
+//!
+//! A buffered append's caller only learns "accepted" (nothing to summarise yet), so what the
+//! backend reports when the write is finally replayed goes to the replay listener
+//! ([`BufferedStore::on_replay`]): the app points it at the summarizer, which would otherwise
+//! never hear about sessions whose activity arrived during the outage.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,7 +34,7 @@ use crate::session::model::{
     SummaryJob,
 };
 use crate::session::store::{
-    Fence, SessionPage, SessionStore, StoreError, StoreStats, StoredBatch,
+    BackendHealth, Fence, SessionPage, SessionStore, StoreError, StoreStats, StoredBatch,
 };
 use crate::sync::lock;
 use crate::telemetry::{LogThrottle, Metrics};
@@ -131,6 +136,9 @@ impl PendingWrite {
     }
 }
 
+/// Hears what the backend reported for a buffered append once replay stored it.
+pub type ReplayListener = Box<dyn Fn(&SessionId, &StoredBatch) + Send + Sync>;
+
 /// A [`SessionStore`] that buffers ingestion writes through an outage of `inner`.
 pub struct BufferedStore {
     inner: Arc<dyn SessionStore>,
@@ -139,6 +147,7 @@ pub struct BufferedStore {
     queue: Mutex<VecDeque<PendingWrite>>,
     wake: Notify,
     drops: LogThrottle,
+    on_replay: OnceLock<ReplayListener>,
 }
 
 /// What a caller learns from a buffered append: stored later, nothing to summarise yet.
@@ -164,7 +173,18 @@ impl BufferedStore {
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
             drops: LogThrottle::new(DROP_LOG_INTERVAL),
+            on_replay: OnceLock::new(),
         }
+    }
+
+    /// Call `listener` with the result of every append stored by replay (set once; the store is
+    /// built before the summarizer that listens, hence not a constructor argument). Returns
+    /// `false` when a listener was already set.
+    pub fn on_replay(
+        &self,
+        listener: impl Fn(&SessionId, &StoredBatch) + Send + Sync + 'static,
+    ) -> bool {
+        self.on_replay.set(Box::new(listener)).is_ok()
     }
 
     /// Writes waiting for the backend.
@@ -195,7 +215,10 @@ impl BufferedStore {
                 continue;
             };
             match write.apply(self.inner.as_ref()).await {
-                Ok(_) => {
+                Ok(stored) => {
+                    if let (Some(stored), Some(listener)) = (&stored, self.on_replay.get()) {
+                        listener(write.session_id(), stored);
+                    }
                     self.pop_front();
                     self.metrics.redis_replayed.inc();
                     replayed_in_run += 1;
@@ -430,5 +453,9 @@ impl SessionStore for BufferedStore {
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         self.inner.stats().await
+    }
+
+    async fn health(&self) -> Result<Option<BackendHealth>, StoreError> {
+        self.inner.health().await
     }
 }

@@ -103,6 +103,14 @@ pub struct StoreStats {
     pub chunks: u64,
 }
 
+/// What `/readyz` shows about a backend beyond its counts (a cluster's own state).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackendHealth {
+    /// `false` makes the replica report not ready.
+    pub ok: bool,
+    pub details: serde_json::Value,
+}
+
 /// The storage contract.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
@@ -205,6 +213,12 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Counts for metrics.
     async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// The backend's own health, when it has more to say than whether it answers (a Redis
+    /// Cluster's state); `None` by default.
+    async fn health(&self) -> Result<Option<BackendHealth>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// Cursor format shared by backends: `<last_seen>:<session id>` of the last item returned.

@@ -118,3 +118,33 @@ impl BodyError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn privacy_allow_list_from_the_environment_value() {
+        assert_eq!(Privacy::default().keep_query_params, Vec::<String>::new());
+        let privacy = Privacy::from_list(" tab, ,utm_source ,");
+        assert_eq!(privacy.keep_query_params, vec!["tab", "utm_source"]);
+        assert!(privacy.keeps("TAB"));
+        assert!(!privacy.keeps("token"));
+        assert_eq!(Privacy::from_list(""), Privacy::default());
+    }
+
+    #[test]
+    fn body_errors_have_metric_labels_and_messages() {
+        let errors = [
+            BodyError::Malformed("EOF".into()),
+            BodyError::UnknownShape { expected: "thing" },
+            BodyError::TooManyEvents { count: 5000 },
+        ];
+        let reasons: Vec<&str> = errors.iter().map(BodyError::reason).collect();
+        assert_eq!(reasons, ["malformed", "unknown_shape", "too_many_events"]);
+        assert_eq!(
+            errors[2].to_string(),
+            "body holds 5000 events; at most 4000 are accepted per request"
+        );
+    }
+}

@@ -140,7 +140,7 @@ fn kept_query(query: Option<&str>, privacy: &Privacy) -> (String, String) {
     for pair in query.split('&').take(64) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let name = percent_decode(key);
-        if name.is_empty() || !privacy.keeps(&name) || !is_safe_url_text(key) {
+        if name.is_empty() || !privacy.keeps(&name) || !is_safe_url_text(&name) {
             continue;
         }
         let safe_value = if is_safe_url_text(value) { value } else { "" };
@@ -152,7 +152,7 @@ fn kept_query(query: Option<&str>, privacy: &Privacy) -> (String, String) {
         };
         for (out, value) in [(&mut canonical, canonical_value), (&mut raw, raw_value)] {
             out.push(if out.is_empty() { '?' } else { '&' });
-            out.push_str(key);
+            out.push_str(&name);
             out.push('=');
             out.push_str(value);
         }

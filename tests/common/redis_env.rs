@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use livectx::session::redis::connect;
-use redis::aio::ConnectionManager;
+use livectx::session::redis::{RedisConnection, RedisTarget, connect};
 
 /// The shared test Redis, or `None` (after printing why the test is skipped).
 pub fn test_redis_url(test: &str) -> Option<String> {
@@ -21,7 +20,21 @@ pub fn test_redis_url(test: &str) -> Option<String> {
     }
 }
 
-/// A unique key prefix on the test Redis; its keys are deleted when dropped.
+/// The test Redis Cluster (`LIVECTX_TEST_REDIS_CLUSTER_URL`, a `redis+cluster://` URL; `.ci/run`
+/// starts one with `.ci/redis-cluster.sh`), or `None` (after printing why the test is skipped).
+pub fn test_redis_cluster_url(test: &str) -> Option<String> {
+    match std::env::var("LIVECTX_TEST_REDIS_CLUSTER_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(url.trim().to_string()),
+        _ => {
+            eprintln!(
+                "skipped {test} on a Redis Cluster: LIVECTX_TEST_REDIS_CLUSTER_URL is not set (.ci/redis-cluster.sh start)"
+            );
+            None
+        }
+    }
+}
+
+/// A unique key prefix on the test Redis (one server or a cluster); its keys are deleted when dropped.
 pub struct RedisPrefix {
     pub url: String,
     pub prefix: String,
@@ -43,7 +56,7 @@ impl RedisPrefix {
     }
 
     /// A connection manager to the test Redis.
-    pub async fn connect(&self) -> ConnectionManager {
+    pub async fn connect(&self) -> RedisConnection {
         connect(&self.url).await.expect("test Redis reachable")
     }
 }
@@ -51,13 +64,17 @@ impl RedisPrefix {
 impl Drop for RedisPrefix {
     fn drop(&mut self) {
         // Synchronous on purpose: runs even when the test panicked.
+        let pattern = format!("{}*", self.prefix);
+        if let Ok(RedisTarget::Cluster(nodes)) = RedisTarget::parse(&self.url) {
+            delete_on_cluster(nodes, &pattern);
+            return;
+        }
         let Ok(client) = redis::Client::open(self.url.as_str()) else {
             return;
         };
         let Ok(mut connection) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
             return;
         };
-        let pattern = format!("{}*", self.prefix);
         let keys: Vec<String> = match redis::cmd("KEYS").arg(&pattern).query(&mut connection) {
             Ok(keys) => keys,
             Err(_) => return,
@@ -65,6 +82,28 @@ impl Drop for RedisPrefix {
         for chunk in keys.chunks(500) {
             let _: Result<i64, _> = redis::cmd("UNLINK").arg(chunk).query(&mut connection);
         }
+    }
+}
+
+/// Delete the keys matching `pattern` on every master of a cluster (KEYS goes to each master,
+/// UNLINK is split by slot by the cluster client).
+fn delete_on_cluster(nodes: Vec<String>, pattern: &str) {
+    let Ok(client) = redis::cluster::ClusterClientBuilder::new(nodes)
+        .connection_timeout(Duration::from_secs(2))
+        .response_timeout(Duration::from_secs(5))
+        .build()
+    else {
+        return;
+    };
+    let Ok(mut connection) = client.get_connection() else {
+        return;
+    };
+    let keys: Vec<String> = match redis::cmd("KEYS").arg(pattern).query(&mut connection) {
+        Ok(keys) => keys,
+        Err(_) => return,
+    };
+    for key in keys {
+        let _: Result<i64, _> = redis::cmd("UNLINK").arg(&key).query(&mut connection);
     }
 }
 
@@ -165,4 +204,131 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A private Redis Cluster of 3 masters and 3 replicas on free ports, started with
+/// `.ci/redis-cluster.sh` (the script developers and CI use) and stopped when dropped: for
+/// tests that kill nodes.
+pub struct PrivateCluster {
+    pub base: u16,
+    dir: PathBuf,
+}
+
+impl PrivateCluster {
+    pub fn start(node_timeout_ms: u64) -> Self {
+        let base = free_port_block();
+        let dir = std::env::temp_dir().join(format!(
+            "livectx-private-cluster-{base}-{:08x}",
+            rand::random::<u32>()
+        ));
+        let cluster = Self { base, dir };
+        let output = cluster
+            .script("start")
+            .env(
+                "LIVECTX_CLUSTER_NODE_TIMEOUT_MS",
+                node_timeout_ms.to_string(),
+            )
+            .output()
+            .expect("bash runs .ci/redis-cluster.sh");
+        assert!(
+            output.status.success(),
+            "the private cluster did not start: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        cluster
+    }
+
+    fn script(&self, action: &str) -> Command {
+        let mut command = Command::new("bash");
+        command
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/redis-cluster.sh"))
+            .arg(action)
+            .env("LIVECTX_CLUSTER_PORT_BASE", self.base.to_string())
+            .env("LIVECTX_CLUSTER_DIR", &self.dir);
+        command
+    }
+
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = (0..3)
+            .map(|i| format!("127.0.0.1:{}", self.base + i))
+            .collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        (0..6).map(|i| self.base + i).collect()
+    }
+
+    /// `CLUSTER NODES` as seen by the node on `port`: (port, flags, master id, node id).
+    pub fn nodes(&self, port: u16) -> Vec<ClusterNode> {
+        let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+            return Vec::new();
+        };
+        let Ok(mut connection) = client.get_connection_with_timeout(Duration::from_millis(500))
+        else {
+            return Vec::new();
+        };
+        let text: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query(&mut connection)
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let address = fields.get(1)?.split('@').next()?;
+                Some(ClusterNode {
+                    id: fields.first()?.to_string(),
+                    port: address.rsplit(':').next()?.parse().ok()?,
+                    master: fields.get(2)?.contains("master"),
+                    failed: fields.get(2)?.contains("fail"),
+                    master_id: fields.get(3)?.to_string(),
+                    slots: fields.get(8..).map(|s| s.join(" ")).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    /// Kill the node on `port` abruptly (SIGKILL), as a crash would.
+    pub fn kill(&self, port: u16) {
+        let pid = std::fs::read_to_string(self.dir.join(port.to_string()).join("redis.pid"))
+            .expect("the node's pid file");
+        let status = Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+}
+
+/// One line of `CLUSTER NODES`.
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    pub id: String,
+    pub port: u16,
+    pub master: bool,
+    pub failed: bool,
+    /// The master's id for a replica (`-` for a master).
+    pub master_id: String,
+    pub slots: String,
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = self.script("stop").output();
+    }
+}
+
+/// The first of six consecutive free ports whose cluster bus ports (+10000) are free too.
+fn free_port_block() -> u16 {
+    for _ in 0..200 {
+        let base = 20_000 + (rand::random::<u16>() % 4_000) * 2;
+        let free = (0..6).all(|i| {
+            TcpListener::bind(("127.0.0.1", base + i)).is_ok()
+                && TcpListener::bind(("127.0.0.1", base + i + 10_000)).is_ok()
+        });
+        if free {
+            return base;
+        }
+    }
+    panic!("no block of free ports for a private cluster");
 }

@@ -1,6 +1,7 @@
 //! Playing the journeys: the six personas on their own schedules, or load mode's synthetic
 //! sessions at a fixed rate, each emission sent to the stream, the pushers and the narration.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -13,17 +14,20 @@ use super::{LISTED_SESSIONS, Narration, Shared};
 use crate::clock;
 use crate::demo::config::SimulateConfig;
 use crate::demo::personas::{self, Emission, Journey, Persona, Timebase};
+use crate::demo::posthog::PosthogSession;
 
 /// Where each emission goes: the stream hub, the webhook pushers, the narration.
 pub(super) struct Sinks {
     pub(super) shared: Arc<Shared>,
     pub(super) pushers: Vec<mpsc::Sender<Bytes>>,
     pub(super) narration: Option<mpsc::Sender<Narration>>,
+    /// With `--push-format posthog`: what posthog-js remembers in each session's tab.
+    pub(super) posthog: Option<HashMap<usize, PosthogSession>>,
 }
 
 impl Sinks {
     /// Send one emission of `persona` (number `slot` on the board).
-    fn emit(&self, slot: usize, persona: &Persona, emission: &Emission, time: &Timebase) {
+    fn emit(&mut self, slot: usize, persona: &Persona, emission: &Emission, time: &Timebase) {
         let json = emission.to_json(time);
         let counters = &self.shared.counters;
         counters.emitted.fetch_add(1, Ordering::Relaxed);
@@ -35,14 +39,18 @@ impl Sinks {
             .publish(&Bytes::from(format!("data: {json}\n\n")));
         if !self.pushers.is_empty() {
             let worker = slot % self.pushers.len();
-            if self.pushers[worker].try_send(Bytes::from(json)).is_err() {
-                let dropped = counters.push_dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if dropped.is_power_of_two() {
-                    tracing::warn!(
-                        dropped,
-                        "webhook deliveries are falling behind: deliveries dropped"
-                    );
-                }
+            let bodies = match self.posthog.as_mut() {
+                None => vec![Bytes::from(json)],
+                Some(sessions) => sessions
+                    .entry(slot)
+                    .or_insert_with(|| PosthogSession::new(persona))
+                    .events(persona, emission, time)
+                    .iter()
+                    .map(|event| Bytes::from(event.to_string()))
+                    .collect(),
+            };
+            for body in bodies {
+                self.push(worker, body);
             }
         }
         let at = time.unix(emission.at);
@@ -66,12 +74,30 @@ impl Sinks {
             }
         }
     }
+
+    /// Queue one webhook delivery on `worker` (never waits: a full queue drops and counts).
+    fn push(&self, worker: usize, body: Bytes) {
+        if self.pushers[worker].try_send(body).is_err() {
+            let dropped = self
+                .shared
+                .counters
+                .push_dropped
+                .fetch_add(1, Ordering::Relaxed)
+                + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped,
+                    "webhook deliveries are falling behind: deliveries dropped"
+                );
+            }
+        }
+    }
 }
 
 /// Play the six personas in real time (scaled by the speed), each on its own schedule.
 pub(super) async fn drive_personas(
     config: &SimulateConfig,
-    sinks: Sinks,
+    mut sinks: Sinks,
     deadline: Option<tokio::time::Instant>,
     shutdown: &CancellationToken,
 ) {
@@ -112,7 +138,7 @@ pub(super) async fn drive_personas(
 /// Load mode: `sessions` synthetic sessions take turns, `rate` payloads a second in total.
 pub(super) async fn drive_load(
     config: &SimulateConfig,
-    sinks: Sinks,
+    mut sinks: Sinks,
     deadline: Option<tokio::time::Instant>,
     shutdown: &CancellationToken,
 ) {

@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::demo::config::SimulateConfig;
+use crate::demo::config::{PushFormat, SimulateConfig};
 use crate::demo::personas::{self, PageRef, Persona};
 use drive::{Sinks, drive_load, drive_personas, wait_until};
 pub use hub::{Hub, SubscriberStats};
@@ -216,6 +216,7 @@ impl Simulator {
             (Some(url), Some(secret)) => spawn_pushers(
                 url,
                 secret,
+                config.push_format,
                 config.push_concurrency as usize,
                 Arc::clone(&shared),
                 shutdown.clone(),
@@ -226,6 +227,7 @@ impl Simulator {
             shared: Arc::clone(&shared),
             pushers,
             narration,
+            posthog: (config.push_format == PushFormat::Posthog).then(Default::default),
         };
         let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
         // Nothing is lost at start-up: without a webhook to push to, the users' clocks start
@@ -290,11 +292,16 @@ pub async fn run_cli(config: SimulateConfig) -> anyhow::Result<()> {
     println!("livectx simulate: a stand-in Autoplay connector");
     println!("  stream    {stream_url}   (Authorization: Bearer {token_shown})");
     println!("  personas  http://{}/personas", simulator.local_addr());
-    if let Some(url) = &config.push_to {
-        println!(
+    match (&config.push_to, config.push_format) {
+        (Some(url), PushFormat::Autoplay) => println!(
             "  webhook   every payload is also POSTed to {url}, signed with --secret ({} in flight)",
             config.push_concurrency
-        );
+        ),
+        (Some(url), PushFormat::Posthog) => println!(
+            "  webhook   every posthog-js event is POSTed to {url} as PostHog's webhook body, with X-PostHog-Secret: --secret ({} in flight)",
+            config.push_concurrency
+        ),
+        (None, _) => {}
     }
     if config.sessions == 0 {
         println!(

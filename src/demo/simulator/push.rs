@@ -10,16 +10,21 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use crate::demo::config::PushFormat;
 use crate::ingest::webhook;
 
 /// Webhook deliveries waiting per push worker; beyond, deliveries are dropped and counted.
 const PUSH_QUEUE: usize = 1024;
+/// The header PostHog's webhook destination carries the shared secret in (set by `livectx
+/// connect posthog`).
+const POSTHOG_SECRET_HEADER: &str = "X-PostHog-Secret";
 /// Attempts per webhook delivery (the first and four retries).
 const PUSH_ATTEMPTS: u32 = 5;
 
 pub(super) fn spawn_pushers(
     url: &str,
     secret: &str,
+    format: PushFormat,
     concurrency: usize,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -44,6 +49,7 @@ pub(super) fn spawn_pushers(
             client: client.clone(),
             url: url.to_string(),
             secret: secret.to_string(),
+            format,
             shared: Arc::clone(&shared),
             shutdown: shutdown.clone(),
         };
@@ -61,28 +67,42 @@ struct Pusher {
     client: reqwest::Client,
     url: String,
     secret: String,
+    format: PushFormat,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 }
 
 impl Pusher {
     async fn deliver(&self, body: Bytes) {
-        let signature = webhook::sign(&self.secret, &body);
+        let signature = match self.format {
+            PushFormat::Autoplay => Some(webhook::sign(&self.secret, &body)),
+            PushFormat::Posthog => None,
+        };
         let mut delay = Duration::from_millis(500);
         for attempt in 1..=PUSH_ATTEMPTS {
-            let sent = self
+            let request = self
                 .client
                 .post(&self.url)
                 .header(header::CONTENT_TYPE, "application/json")
-                .header(webhook::SIGNATURE_HEADER, &signature)
-                .bearer_auth(&self.secret)
-                .body(body.clone())
-                .send()
-                .await;
+                .body(body.clone());
+            let request = match &signature {
+                Some(signature) => request
+                    .header(webhook::SIGNATURE_HEADER, signature)
+                    .bearer_auth(&self.secret),
+                None => request.header(POSTHOG_SECRET_HEADER, &self.secret),
+            };
+            let sent = request.send().await;
             let retryable = match sent {
                 Ok(response) if response.status().is_success() => {
                     self.shared.counters.pushed.fetch_add(1, Ordering::Relaxed);
                     return;
+                }
+                // PostHog retries these two; the connector retries no 4xx.
+                Ok(response)
+                    if self.format == PushFormat::Posthog
+                        && matches!(response.status().as_u16(), 408 | 429) =>
+                {
+                    format!("HTTP {}", response.status().as_u16())
                 }
                 Ok(response) if response.status().is_client_error() => {
                     self.fail(&format!(

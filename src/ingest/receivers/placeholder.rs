@@ -53,7 +53,13 @@ fn s(v: &Value, k: &str) -> Option<String> {
 }
 
 fn ts(raw: Option<String>) -> Option<f64> {
-    raw.and_then(|t| t.parse::<f64>().ok())
+    let raw = raw?;
+    raw.parse::<f64>().ok().or_else(|| {
+        humantime::parse_rfc3339_weak(raw.trim_end_matches('Z'))
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64())
+    })
 }
 
 fn strip(url: &str) -> String {
@@ -203,7 +209,7 @@ pub mod segment {
                 user_id: s(&item, "userId"),
                 email: item.get("traits").and_then(|t| s(t, "email")),
                 dedupe_key: s(&item, "messageId").unwrap_or_default(),
-                timestamp: None,
+                timestamp: ts(s(&item, "timestamp")),
                 action: act,
                 left_page: None,
             });

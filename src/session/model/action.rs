@@ -331,6 +331,11 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
+    /// PostHog, Amplitude and Segment: one event per request, named by livectx itself.
+    pub fn is_analytics(self) -> bool {
+        matches!(self, Self::PostHog | Self::Amplitude | Self::Segment)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PostHog => "posthog",

@@ -109,14 +109,14 @@ pub struct Session {
     pub summary_claim_until: f64,
     #[serde(default)]
     pub summary_claim_token: u64,
-    /// Set only on a snapshot answered while the upstream pull API could not be read (see
-    /// [`crate::session::pull`]): the activity is as of this time. Never stored.
-    #[serde(skip)]
-    pub stale_as_of: Option<f64>,
     /// The tool that last delivered activity for this session (`None` in data written before
     /// sources were recorded).
     #[serde(default)]
     pub source: Option<SourceKind>,
+    /// Set only on a snapshot answered while the upstream pull API could not be read (see
+    /// [`crate::session::pull`]): the activity is as of this time. Never stored.
+    #[serde(skip)]
+    pub stale_as_of: Option<f64>,
 }
 
 impl Session {
@@ -142,8 +142,8 @@ impl Session {
             version: 0,
             summary_claim_until: 0.0,
             summary_claim_token: 0,
-            stale_as_of: None,
             source: None,
+            stale_as_of: None,
         }
     }
 
@@ -166,8 +166,8 @@ impl Session {
         if batch.source.is_some() {
             self.source = batch.source;
         }
-        if batch.actions.is_empty() {
-            // An identity-only delivery (Segment `identify`): the person is indexed, no chunk.
+        if batch.actions.is_empty() && batch.source.is_some_and(SourceKind::is_analytics) {
+            // An identity-only event (Segment `identify`): the person is indexed, no chunk.
             self.last_seen = now;
             self.version += 1;
             return AppendOutcome {
@@ -247,28 +247,26 @@ impl Session {
             .map(|c| c.last_ts)
             .chain(self.current_page.as_ref().map(|p| p.since))
             .fold(f64::NEG_INFINITY, f64::max);
-        let late = actions
+        let mut previous = batch_start;
+        let incoming: Vec<(&Action, f64)> = actions
             .iter()
-            .any(|a| a.time().unwrap_or(batch_start) <= latest_held);
+            .map(|a| {
+                previous = a.time().unwrap_or(previous);
+                (a, previous)
+            })
+            .collect();
+        let late = incoming.iter().any(|(_, t)| *t <= latest_held);
         if !late {
-            let mut ordered: Vec<(&Action, f64)> =
-                actions.iter().map(|a| (a, batch_start)).collect();
-            ordered.sort_by(|x, y| action_order(x.0, x.1, y.0, y.1));
+            let mut ordered = incoming;
+            sort_by_time(&mut ordered);
             let current = self.current_page.take();
             self.current_page = walk_pages(current, ordered);
             return;
         }
-        let mut ordered: Vec<(&Action, f64)> = self
-            .recent_covered
-            .iter()
-            .chain(self.chunks.iter())
-            .flat_map(|c| c.actions.iter().map(|a| (a, c.first_ts)))
-            .chain(actions.iter().map(|a| (a, batch_start)))
-            .collect();
-        ordered.sort_by(|x, y| action_order(x.0, x.1, y.0, y.1));
-        let earliest = ordered
-            .first()
-            .map_or(f64::INFINITY, |(a, fallback)| a.time().unwrap_or(*fallback));
+        let mut ordered = timed_actions(self.recent_covered.iter().chain(self.chunks.iter()));
+        ordered.extend(incoming);
+        sort_by_time(&mut ordered);
+        let earliest = ordered.first().map_or(f64::INFINITY, |(_, t)| *t);
         // A page from history that was summarised away still holds where it began.
         let start = self.current_page.take().filter(|p| p.since < earliest);
         let recomputed = walk_pages(start.clone(), ordered);
@@ -484,13 +482,8 @@ impl Session {
     /// Actions for the activity view: recently summarised chunks and raw chunks, oldest first
     /// by action time (a late delivery is shown in its place, not at the end).
     pub fn recent_action_iter(&self) -> impl Iterator<Item = &Action> {
-        let mut held: Vec<(&Action, f64)> = self
-            .recent_covered
-            .iter()
-            .chain(self.chunks.iter())
-            .flat_map(|c| c.actions.iter().map(|a| (a, c.first_ts)))
-            .collect();
-        held.sort_by(|x, y| action_order(x.0, x.1, y.0, y.1));
+        let mut held = timed_actions(self.recent_covered.iter().chain(self.chunks.iter()));
+        sort_by_time(&mut held);
         held.into_iter().map(|(a, _)| a)
     }
 
@@ -515,33 +508,39 @@ impl Session {
     }
 }
 
-/// The order actions are shown and walked in: by time (an action without one at its chunk's
-/// time), page loads before other actions at the same time, then by kind, title and URL, so
-/// equal times order the same whatever the arrival.
-fn action_order(a: &Action, a_fallback: f64, b: &Action, b_fallback: f64) -> std::cmp::Ordering {
-    a.time()
-        .unwrap_or(a_fallback)
-        .total_cmp(&b.time().unwrap_or(b_fallback))
-        // At the same time a page load comes first: the user lands, then acts.
-        .then_with(|| b.is_pageview().cmp(&a.is_pageview()))
-        .then_with(|| a.kind().cmp(b.kind()))
-        .then_with(|| a.title().cmp(b.title()))
-        .then_with(|| a.canonical_url().cmp(b.canonical_url()))
+/// Actions of `chunks` with the time each is ordered by: its own, else that of the action
+/// before it in its chunk, else its chunk's first time (so an untimed action stays beside its
+/// neighbours).
+fn timed_actions<'a>(chunks: impl Iterator<Item = &'a Arc<Chunk>>) -> Vec<(&'a Action, f64)> {
+    let mut out = Vec::new();
+    for chunk in chunks {
+        let mut previous = chunk.first_ts;
+        for action in chunk.actions.iter() {
+            previous = action.time().unwrap_or(previous);
+            out.push((action, previous));
+        }
+    }
+    out
 }
 
-/// Walk actions (in time order, each with the time to use when it has none) from `current`:
-/// the page the last move lands on.
+/// Sort into time order; equal times keep their order (arrival order).
+fn sort_by_time(actions: &mut [(&Action, f64)]) {
+    actions.sort_by(|a, b| a.1.total_cmp(&b.1));
+}
+
+/// Walk actions (in time order, each with the time it is ordered by) from `current`: the
+/// page the last move lands on.
 fn walk_pages<'a>(
     mut current: Option<CurrentPage>,
     actions: impl IntoIterator<Item = (&'a Action, f64)>,
 ) -> Option<CurrentPage> {
-    for (action, fallback) in actions {
+    for (action, ordered_at) in actions {
         let here = current.as_ref().map(|p| (p.url.as_str(), p.label.as_str()));
         if let Some((url, label)) = action.arrives_at(here) {
             current = Some(CurrentPage {
                 label,
                 url,
-                since: action.time().unwrap_or(fallback),
+                since: action.time().unwrap_or(ordered_at),
             });
         }
     }

@@ -1,62 +1,81 @@
-//! The Redis store: replicas share sessions through one Redis (or Valkey).
+//! The Redis store: replicas share sessions through one Redis, or a Redis Cluster (or Valkey
+//! cluster), with one code path for both.
 //!
-//! # Layout in Redis (all under a configurable prefix, `livectx:` by default)
+//! # Layout in Redis (key format 2, all under a configurable prefix, `livectx:` by default)
 //!
-//! | key                  | type   | holds                                                         |
-//! |----------------------|--------|---------------------------------------------------------------|
-//! | `s:<session id>`     | hash   | `d`: the [`Session`] as JSON, `r`: its revision, `k`: its index keys; PX = idle TTL |
-//! | `recent`             | zset   | session id → last write time (least-recently-active eviction, expiry, listing) |
-//! | `chunks`, `chunks:total` | hash, string | chunk count per session and in total (for `/readyz`) |
-//! | `i:[<product>\x1f]email:<e>` / `…user:<u>` | string | the person's newest session; PX = idle TTL |
-//! | `products`           | set    | products ever stored (the knowledge-id check)                  |
-//! | `d:<sha256 hex>`     | string | a webhook body seen within the dedupe window (SET NX PX)      |
+//! Sessions are spread over [`keys::BUCKETS`] buckets; `{b…}` is a bucket's hash tag, so every
+//! key a session write touches lives in its bucket's slot (see [`keys`]):
+//!
+//! | key                        | type   | holds                                                 |
+//! |----------------------------|--------|-------------------------------------------------------|
+//! | `{b…}:s:<session id>`      | hash   | `d` the [`Session`] as JSON, `r` its revision, `n` its incarnation, `t` its last activity, `k` its index keys; PX = idle TTL |
+//! | `{b…}:recent`              | zset   | the bucket's session ids → last activity (eviction, expiry, listing) |
+//! | `{b…}:chunks`, `{b…}:chunks:total` | hash, string | chunk count per session and in the bucket (summed for `/readyz`) |
+//! | `{b…}:fences`              | hash   | stream lease → highest acquisition number seen (fencing) |
+//! | `i:{[<product>\x1f]email:<e>}` / `i:{…user:<u>}` | string | `<session id>\x1f<incarnation>`: the person's newest session; PX = idle TTL |
+//! | `p:{<product>}`            | string | a product has been stored (the knowledge-id check)    |
+//! | `d:{<sha256 hex>}`         | string | a webhook body seen within the dedupe window (SET NX PX) |
+//! | `format`                   | string | the key format version ([`keys::FORMAT_VERSION`])     |
+//!
+//! No key receives every write: a bucket's keys get 1/32 of them, the rest are per person,
+//! product or delivery. The stream leases' keys are described in [`keys::LeaseKeys`].
 //!
 //! # Writes
 //!
 //! Every write is read, change, compare-and-set: the session is read, changed with exactly the
 //! methods of [`crate::session::model`] the memory store uses (so both backends share every rule),
-//! and committed by one Lua script that checks the revision read is still the stored one (else
-//! the write starts over), checks the stream fence when there is one, and updates the session,
-//! its recency, chunk counts, identity index and products together, evicting the least recently
-//! active session beyond `max_sessions`. The revision is a random token rather than the
-//! session's `version`, so a session evicted and re-created meanwhile can never pass for the one
-//! that was read. A summary claim lives in the session itself, so the compare-and-set also makes
-//! it cluster-wide: at most one summary per session is in flight across all replicas.
+//! and committed by one Lua script in the session's slot that checks the revision read is still
+//! the stored one (else the write starts over), checks the stream fence when there is one, and
+//! updates the session, its bucket's recency and chunk counts together. The revision is a random
+//! token rather than the session's `version`, so a session evicted and re-created meanwhile can
+//! never pass for the one that was read. A summary claim lives in the session itself, so the
+//! compare-and-set also makes it cluster-wide: at most one summary per session is in flight.
+//!
+//! Beyond the bound, the least recently active session is evicted after a write that created a
+//! session: the buckets' sizes are summed and their oldest sessions compared (skipped while
+//! this replica's last count plus its creations since stay under the bound).
+//!
+//! # The identity index
+//!
+//! Index entries live in other slots than the session, so a write that carries an identity
+//! takes two steps: first point the entries at the session (`<id>\x1f<incarnation>`), then
+//! commit the session. A lookup reads the entry, then asks the session whether it agrees: the
+//! same incarnation (created or started over under the same id since means another session),
+//! listing that identity, still active. A crash between the steps leaves an entry the session
+//! does not confirm (it was never committed, or lacks the identity), so the lookup finds nobody
+//! rather than a wrong session. The incarnation rather than the per-write revision: every later
+//! write (a summary, a click without the email) changes the revision and would orphan the entry.
 //!
 //! # Reads
 //!
-//! One round trip each: `session` is one `HGET`, a person lookup one script (index, existence and
-//! last activity together). Redis errors map to [`StoreError::Unavailable`] (connection, timeout,
-//! loading, failover) or [`StoreError::Corrupt`] (what came back cannot be decoded).
+//! `session` is one `HGET`; a person lookup is a `GET` and an `HMGET` in the session's slot.
+//! Redis errors map to [`StoreError::Unavailable`] (connection, timeout, loading, failover) or
+//! [`StoreError::Corrupt`] (what came back cannot be decoded).
 
-use std::sync::Arc;
-use std::time::Duration;
+pub mod connection;
+pub mod keys;
+mod scripts;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+use futures_util::future::try_join_all;
+
+pub use connection::{ClusterInfo, RedisConnection, RedisTarget, UrlError, connect, store_error};
+use keys::{BUCKETS, BucketKeys, FORMAT_VERSION, Keys};
+use scripts::{CommitArgs, RemoveBound, remove_invocation};
 
 use crate::session::model::{
     ActionBatch, Gap, PersonKey, Session, SessionId, SummaryApplied, SummaryDraft, SummaryJob,
 };
 use crate::session::store::{
-    Fence, GAP_LOOKBACK_SECS, SessionInfo, SessionPage, SessionStore, StoreConfig, StoreError,
-    StoreStats, StoredBatch, decode_cursor, encode_cursor,
+    BackendHealth, Fence, GAP_LOOKBACK_SECS, SessionInfo, SessionPage, SessionStore, StoreConfig,
+    StoreError, StoreStats, StoredBatch, decode_cursor, encode_cursor,
 };
 
 /// Key prefix when none is configured.
 pub const DEFAULT_PREFIX: &str = "livectx:";
-
-/// How long one Redis command may take. Larger than the client's 500 ms default, which a busy
-/// server or a big session can exceed, yet short enough that an outage is noticed quickly.
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long connecting may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Reconnection attempts per command. Few, so that during an outage callers fail fast (and
-/// ingestion buffers) instead of waiting through a long backoff.
-pub const CONNECT_RETRIES: usize = 1;
 
 /// Compare-and-set attempts before a write gives up (only under extreme contention).
 const MAX_CAS_ATTEMPTS: u32 = 32;
@@ -67,197 +86,11 @@ const EXPIRY_BATCH: usize = 256;
 /// Sessions read per pipelined round trip when marking a stream gap.
 const GAP_READ_BATCH: usize = 200;
 
-/// The connection settings livectx uses (see the constants above).
-pub fn manager_config() -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
-        .set_number_of_retries(CONNECT_RETRIES)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_millis(500))
-}
+/// How long a count of all sessions may be reused to skip the bound check after a creation.
+const BOUND_VIEW_TTL: Duration = Duration::from_secs(1);
 
-/// Parse a Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for TLS is not built in).
-pub fn client(url: &str) -> Result<redis::Client, RedisError> {
-    redis::Client::open(url)
-}
-
-/// A connection manager that connects on first use and reconnects by itself, so a replica can
-/// start (and answer empty) while Redis is down.
-pub fn lazy_connection(client: redis::Client) -> Result<ConnectionManager, RedisError> {
-    ConnectionManager::new_lazy_with_config(client, manager_config())
-}
-
-/// Connect now (tests and tools): fails when Redis cannot be reached.
-pub async fn connect(url: &str) -> Result<ConnectionManager, RedisError> {
-    client(url)?
-        .get_connection_manager_with_config(manager_config())
-        .await
-}
-
-/// Map a Redis error to the store's two failure kinds: what may pass (connection, timeout,
-/// loading after a restart, failover, memory full) is `Unavailable`; what will not (a reply
-/// that cannot be decoded, a key of the wrong type, a script error) is `Corrupt`.
-pub fn store_error(error: RedisError) -> StoreError {
-    let permanent = match error.kind() {
-        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => true,
-        ErrorKind::Server(ServerErrorKind::ResponseError) => true,
-        ErrorKind::Extension => error.code() == Some("WRONGTYPE"),
-        _ => false,
-    };
-    if permanent {
-        StoreError::Corrupt(format!("redis: {error}"))
-    } else {
-        StoreError::Unavailable(format!("redis: {error}"))
-    }
-}
-
-/// Removes one session and every index entry that still points at it (eviction and expiry).
-const REMOVE_SESSION_LUA: &str = r"
-local function remove_session(prefix, recency, counts, total, id)
-  local skey = prefix .. 's:' .. id
-  local listed = redis.call('HGET', skey, 'k')
-  if listed then
-    local ok, index_keys = pcall(cjson.decode, listed)
-    if ok and type(index_keys) == 'table' then
-      for _, index_key in ipairs(index_keys) do
-        if redis.call('GET', index_key) == id then redis.call('DEL', index_key) end
-      end
-    end
-  end
-  redis.call('DEL', skey)
-  redis.call('ZREM', recency, id)
-  local chunks = redis.call('HGET', counts, id)
-  if chunks then
-    redis.call('DECRBY', total, chunks)
-    redis.call('HDEL', counts, id)
-  end
-end
-";
-
-/// The compare-and-set commit. Returns `{status, evicted}`: status 1 written, 0 the session
-/// changed since it was read (retry), -1 the fence is stale.
-///
-/// KEYS: 1 session, 2 recency, 3 chunk counts, 4 chunk total, 5 products, 6 lease,
-/// 7 lease's last holder, 8.. identity index keys to point at this session.
-/// ARGV: 1 revision read ('' = the session did not exist), 2 new revision, 3 session JSON,
-/// 4 TTL in ms ('' = keep the key's TTL), 5 last_seen, 6 session id, 7 chunk count,
-/// 8 product ('' = none), 9 fence token ('' = none), 10 the session's index keys as JSON,
-/// 11 max sessions, 12 key prefix.
-const COMMIT_LUA: &str = r"
-local current = redis.call('HGET', KEYS[1], 'r')
-if ARGV[1] == '' then
-  if current then return {0, 0} end
-elseif current ~= ARGV[1] then
-  return {0, 0}
-end
-if ARGV[9] ~= '' then
-  local holder = redis.call('GET', KEYS[6])
-  if holder ~= ARGV[9] then
-    -- No lease at all (Redis lost it, or it lapsed): the write may pass only if nobody else
-    -- has held the lease since this fence was handed out.
-    if holder then return {-1, 0} end
-    local last = redis.call('GET', KEYS[7])
-    if last and last ~= ARGV[9] then return {-1, 0} end
-  end
-end
-redis.call('HSET', KEYS[1], 'd', ARGV[3], 'r', ARGV[2], 'k', ARGV[10])
-if ARGV[4] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[6])
-local before = tonumber(redis.call('HGET', KEYS[3], ARGV[6]) or '0')
-local after = tonumber(ARGV[7])
-if before ~= after or ARGV[1] == '' then
-  redis.call('HSET', KEYS[3], ARGV[6], after)
-  redis.call('INCRBY', KEYS[4], after - before)
-end
-if ARGV[8] ~= '' then redis.call('SADD', KEYS[5], ARGV[8]) end
-for i = 8, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[6], 'PX', ARGV[4])
-end
-local evicted = 0
-local max = tonumber(ARGV[11])
-if ARGV[1] == '' and max > 0 then
-  while redis.call('ZCARD', KEYS[2]) > max do
-    local oldest = redis.call('ZRANGE', KEYS[2], 0, 1)
-    local victim = oldest[1]
-    if victim == ARGV[6] then victim = oldest[2] end
-    if not victim then break end
-    remove_session(ARGV[12], KEYS[2], KEYS[3], KEYS[4], victim)
-    evicted = evicted + 1
-  end
-end
-return {1, evicted}
-";
-
-/// A person's newest session, if it still exists: `{id, last_seen}` or nil.
-/// KEYS: 1 index key, 2 recency. ARGV: 1 prefix.
-const RESOLVE_LUA: &str = r"
-local id = redis.call('GET', KEYS[1])
-if not id then return false end
-if redis.call('EXISTS', ARGV[1] .. 's:' .. id) == 0 then return false end
-local seen = redis.call('ZSCORE', KEYS[2], id)
-if not seen then return false end
-return {id, seen}
-";
-
-/// Remove up to ARGV[2] sessions last active before ARGV[1]; returns how many.
-/// KEYS: 1 recency, 2 chunk counts, 3 chunk total. ARGV: 1 cutoff, 2 batch, 3 prefix.
-const EXPIRE_LUA: &str = r"
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, id in ipairs(ids) do remove_session(ARGV[3], KEYS[1], KEYS[2], KEYS[3], id) end
-return #ids
-";
-
-/// Key names under the prefix.
-#[derive(Debug, Clone)]
-struct Keys {
-    prefix: String,
-}
-
-impl Keys {
-    fn session(&self, id: &str) -> String {
-        format!("{}s:{id}", self.prefix)
-    }
-    fn recency(&self) -> String {
-        format!("{}recent", self.prefix)
-    }
-    fn chunk_counts(&self) -> String {
-        format!("{}chunks", self.prefix)
-    }
-    fn chunk_total(&self) -> String {
-        format!("{}chunks:total", self.prefix)
-    }
-    fn products(&self) -> String {
-        format!("{}products", self.prefix)
-    }
-    /// Same scoping as the memory store: `<product>\x1f<person key>` or `<person key>`.
-    fn person(&self, product_id: Option<&str>, key: &PersonKey) -> String {
-        match product_id {
-            Some(product) => format!("{}i:{product}\u{1f}{}", self.prefix, key.index_key()),
-            None => format!("{}i:{}", self.prefix, key.index_key()),
-        }
-    }
-    fn delivery(&self, body_hash: &[u8; 32]) -> String {
-        format!("{}d:{}", self.prefix, hex::encode(body_hash))
-    }
-    /// Every index key a session is listed under (global and product-scoped).
-    fn index_keys_of(&self, session: &Session) -> Vec<String> {
-        self.index_keys_for(session, &session.person_keys)
-    }
-
-    /// The index keys of `people` that `session` may be listed under (global and
-    /// product-scoped; identities beyond the session's cap are never indexed).
-    fn index_keys_for(&self, session: &Session, people: &[PersonKey]) -> Vec<String> {
-        let mut keys = Vec::with_capacity(people.len() * 2);
-        for key in people.iter().filter(|k| session.person_keys.contains(k)) {
-            keys.push(self.person(None, key));
-            if let Some(product) = session.product_id.as_deref() {
-                keys.push(self.person(Some(product), key));
-            }
-        }
-        keys
-    }
-}
+/// Separates a session id from its incarnation in an index entry.
+const ENTRY_SEPARATOR: char = '\u{1f}';
 
 /// How a write treats the session, mirroring the memory store's two paths.
 #[derive(Debug, Clone, Copy)]
@@ -283,51 +116,300 @@ struct Committed<R> {
 }
 
 enum CommitStatus {
-    Written { evicted: usize },
+    Written,
     Conflict,
     Fenced,
 }
 
+/// A session read and changed, ready for the index step and the commit.
+///
+/// Public (hidden) only so that property tests can run, interleave and crash the two steps of
+/// an identified write exactly as [`SessionStore::append_actions`] runs them.
+#[doc(hidden)]
+pub struct PreparedWrite {
+    key: String,
+    session: Session,
+    /// The revision read (`None`: the session did not exist).
+    expected: Option<String>,
+    incarnation: String,
+    created: bool,
+    /// The stored session had expired: the new one starts over.
+    fresh: bool,
+    /// Index entries to point at this session before the commit.
+    point: Vec<String>,
+    /// The product to mark as stored before the commit.
+    new_product: Option<String>,
+    ttl_ms: Option<u64>,
+    fence: Option<Fence>,
+}
+
+/// This replica's last count of all sessions, to skip the bound check when far below it.
+#[derive(Debug, Clone, Copy)]
+struct BoundView {
+    total: u64,
+    at: Instant,
+    created_since: u64,
+}
+
 /// The Redis [`SessionStore`].
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     keys: Keys,
     config: StoreConfig,
-    commit_script: Script,
-    resolve_script: Script,
-    expire_script: Script,
+    bound_view: Mutex<Option<BoundView>>,
+}
+
+/// Why this build cannot use what a Redis holds.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error(
+        "Redis holds livectx data in key format {found} under the prefix {prefix:?}, and this build reads format {FORMAT_VERSION}; see docs/scaling.md (Migration): start on a new LIVECTX_REDIS_PREFIX, or delete the old keys"
+    )]
+    Mismatch { found: String, prefix: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl RedisStore {
     /// A store on `connection` with every key under `prefix` (several deployments, or tests,
-    /// can share one Redis with different prefixes).
+    /// can share one Redis with different prefixes; see [`keys::check_prefix`]).
     pub fn new(
-        connection: ConnectionManager,
+        connection: impl Into<RedisConnection>,
         prefix: impl Into<String>,
         config: StoreConfig,
     ) -> Self {
         Self {
-            connection,
-            keys: Keys {
-                prefix: prefix.into(),
-            },
+            connection: connection.into(),
+            keys: Keys::new(prefix),
             config,
-            commit_script: Script::new(&format!("{REMOVE_SESSION_LUA}{COMMIT_LUA}")),
-            resolve_script: Script::new(RESOLVE_LUA),
-            expire_script: Script::new(&format!("{REMOVE_SESSION_LUA}{EXPIRE_LUA}")),
+            bound_view: Mutex::new(None),
         }
     }
 
-    /// The stored session JSON and its revision.
-    async fn load(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<String>), StoreError> {
+    /// The connection (shared with the stream leases).
+    pub fn connection(&self) -> &RedisConnection {
+        &self.connection
+    }
+
+    /// Check, at start, that Redis holds no data of another key format under this prefix, and
+    /// record this build's format when it holds none yet.
+    pub async fn check_format(&self) -> Result<(), FormatError> {
+        let mut connection = self.connection.clone();
+        let stored: Option<String> = redis::cmd("GET")
+            .arg(self.keys.format())
+            .query_async(&mut connection)
+            .await
+            .map_err(store_error)?;
+        let mismatch = |found: String| FormatError::Mismatch {
+            found,
+            prefix: self.keys.prefix().to_string(),
+        };
+        match stored {
+            Some(found) if found == FORMAT_VERSION.to_string() => Ok(()),
+            Some(found) => Err(mismatch(found)),
+            None => {
+                let legacy: bool = redis::cmd("EXISTS")
+                    .arg(self.keys.legacy_recency())
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(store_error)?;
+                if legacy {
+                    return Err(mismatch("1".to_string()));
+                }
+                redis::cmd("SET")
+                    .arg(self.keys.format())
+                    .arg(FORMAT_VERSION)
+                    .arg("NX")
+                    .query_async::<Option<String>>(&mut connection)
+                    .await
+                    .map_err(store_error)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The stored session JSON, its revision and its incarnation.
+    async fn load(
+        &self,
+        key: &str,
+    ) -> Result<(Option<Vec<u8>>, Option<String>, Option<String>), StoreError> {
         let mut connection = self.connection.clone();
         redis::cmd("HMGET")
             .arg(key)
             .arg("d")
             .arg("r")
+            .arg("n")
             .query_async(&mut connection)
             .await
             .map_err(store_error)
+    }
+
+    /// Read the session and apply `change`. `Ok(Err(result))`: nothing to write (the session
+    /// is missing or expired in [`Mode::Existing`], `None`; or the change changed nothing).
+    async fn prepare<R>(
+        &self,
+        id: &SessionId,
+        now: f64,
+        mode: Mode<'_>,
+        change: &mut impl FnMut(&mut Session) -> R,
+    ) -> Result<Result<(PreparedWrite, R), Option<R>>, StoreError> {
+        let ttl = self.config.ttl_secs();
+        let key = self.keys.session(id.as_str());
+        let (blob, revision, incarnation) = self.load(&key).await?;
+        let stored = match (&blob, &revision) {
+            (Some(blob), Some(_)) => Some(decode_session(blob)?),
+            _ => None,
+        };
+        let new_incarnation = || format!("{:016x}", rand::random::<u64>());
+        let (mut session, created, fresh, incarnation) = match (mode, stored) {
+            (Mode::Upsert { .. }, None) => (Session::new(id.clone(), now), true, false, None),
+            // An expired session is not resurrected: it starts over.
+            (Mode::Upsert { .. }, Some(s)) if s.is_expired(now, ttl) => {
+                (Session::new(id.clone(), now), false, true, None)
+            }
+            (Mode::Upsert { .. }, Some(s)) => (s, false, false, incarnation),
+            (Mode::Existing { .. }, None) => return Ok(Err(None)),
+            (Mode::Existing { expiry_now }, Some(s)) if s.is_expired(expiry_now, ttl) => {
+                return Ok(Err(None));
+            }
+            (Mode::Existing { .. }, Some(s)) => (s, false, false, incarnation),
+        };
+        let incarnation = incarnation.unwrap_or_else(new_incarnation);
+        let before = session.clone();
+        let result = change(&mut session);
+        if matches!(mode, Mode::Existing { .. }) && session == before {
+            // Nothing changed (a duplicate gap, a claim refused): no write needed.
+            return Ok(Err(Some(result)));
+        }
+        if session.version <= before.version {
+            session.version = before.version + 1;
+        }
+        let (point, new_product, ttl_ms, fence) = match mode {
+            Mode::Upsert { fence, point } => {
+                let remaining = session.last_seen + ttl - now;
+                let ttl_ms = (remaining * 1000.0).ceil().max(1.0) as u64;
+                let new_product = session
+                    .product_id
+                    .clone()
+                    .filter(|_| created || fresh || before.product_id.is_none());
+                (
+                    self.keys.index_keys_for(&session, point),
+                    new_product,
+                    Some(ttl_ms),
+                    fence.cloned(),
+                )
+            }
+            Mode::Existing { .. } => (Vec::new(), None, None, None),
+        };
+        let expected = if created { None } else { revision };
+        Ok(Ok((
+            PreparedWrite {
+                key,
+                session,
+                expected,
+                incarnation,
+                created,
+                fresh,
+                point,
+                new_product,
+                ttl_ms,
+                fence,
+            },
+            result,
+        )))
+    }
+
+    /// Step one of a write: mark its product as stored and point the identities it carries at
+    /// the session, before the session itself is committed (see the module doc).
+    #[doc(hidden)]
+    pub async fn point_index(&self, write: &PreparedWrite) -> Result<(), StoreError> {
+        let entry = format!(
+            "{}{ENTRY_SEPARATOR}{}",
+            write.session.id.as_str(),
+            write.incarnation
+        );
+        let ttl_ms = write.ttl_ms.unwrap_or(1);
+        let product = write.new_product.as_deref().map(|product| {
+            let mut connection = self.connection.clone();
+            let key = self.keys.product(product);
+            async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(1)
+                    .query_async::<()>(&mut connection)
+                    .await
+            }
+        });
+        let entries = write.point.iter().map(|index_key| {
+            let mut connection = self.connection.clone();
+            let entry = entry.clone();
+            async move {
+                redis::cmd("SET")
+                    .arg(index_key)
+                    .arg(entry)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async::<()>(&mut connection)
+                    .await
+            }
+        });
+        let writes: Vec<_> = product
+            .into_iter()
+            .map(futures_util::FutureExt::boxed)
+            .chain(entries.map(futures_util::FutureExt::boxed))
+            .collect();
+        try_join_all(writes).await.map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Step two: the compare-and-set commit.
+    async fn commit(&self, write: &PreparedWrite) -> Result<CommitStatus, StoreError> {
+        let session = &write.session;
+        let blob = serde_json::to_vec(session)
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode session: {e}")))?;
+        let index_json = serde_json::to_string(&self.keys.index_keys_of(session))
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode index keys: {e}")))?;
+        let new_revision = format!("{:016x}", rand::random::<u64>());
+        let bucket = self.keys.bucket_of_session(session.id.as_str());
+        let fence = match &write.fence {
+            Some(fence) => Some((
+                fence.lease_key.as_str(),
+                keys::fence_number(&fence.token).ok_or_else(|| {
+                    StoreError::Corrupt(format!("a stream fence is not numbered: {}", fence.token))
+                })?,
+            )),
+            None => None,
+        };
+        let last_seen = format_score(session.last_seen);
+        let args = CommitArgs {
+            session_key: &write.key,
+            bucket: &bucket,
+            expected_revision: write.expected.as_deref(),
+            new_revision: &new_revision,
+            incarnation: &write.incarnation,
+            session_json: &blob,
+            ttl_ms: write.ttl_ms,
+            last_seen: &last_seen,
+            session_id: session.id.as_str(),
+            chunk_count: session.chunks.len(),
+            fence,
+            index_keys_json: &index_json,
+            fresh: write.fresh,
+        };
+        let mut connection = self.connection.clone();
+        let reply: Vec<i64> = args
+            .invocation()
+            .invoke_async(&mut connection)
+            .await
+            .map_err(store_error)?;
+        match reply.as_slice() {
+            [1] => Ok(CommitStatus::Written),
+            [0] => Ok(CommitStatus::Conflict),
+            [-1] => Ok(CommitStatus::Fenced),
+            other => Err(StoreError::Corrupt(format!(
+                "unexpected reply from the commit script: {other:?}"
+            ))),
+        }
     }
 
     /// Read, change with `change`, compare-and-set; start over when another writer came first.
@@ -339,46 +421,29 @@ impl RedisStore {
         mode: Mode<'_>,
         mut change: impl FnMut(&mut Session) -> R,
     ) -> Result<Option<Committed<R>>, StoreError> {
-        let ttl = self.config.ttl_secs();
-        let key = self.keys.session(id.as_str());
         for attempt in 0..MAX_CAS_ATTEMPTS {
-            let (blob, revision) = self.load(&key).await?;
-            let stored = match (&blob, &revision) {
-                (Some(blob), Some(_)) => Some(decode_session(blob)?),
-                _ => None,
-            };
-            let (mut session, created) = match (mode, stored) {
-                (Mode::Upsert { .. }, None) => (Session::new(id.clone(), now), true),
-                // An expired session is not resurrected: it starts over.
-                (Mode::Upsert { .. }, Some(s)) if s.is_expired(now, ttl) => {
-                    (Session::new(id.clone(), now), false)
-                }
-                (Mode::Upsert { .. }, Some(s)) => (s, false),
-                (Mode::Existing { .. }, None) => return Ok(None),
-                (Mode::Existing { expiry_now }, Some(s)) if s.is_expired(expiry_now, ttl) => {
-                    return Ok(None);
-                }
-                (Mode::Existing { .. }, Some(s)) => (s, false),
-            };
-            let before = session.clone();
-            let result = change(&mut session);
-            if matches!(mode, Mode::Existing { .. }) && session == before {
-                // Nothing changed (a duplicate gap, a claim refused): no write needed.
-                return Ok(Some(Committed {
-                    result,
-                    created,
-                    evicted: 0,
-                }));
-            }
-            if session.version <= before.version {
-                session.version = before.version + 1;
-            }
-            let expected = if created { None } else { revision.as_deref() };
-            match self.commit(&key, &session, expected, mode, now).await? {
-                CommitStatus::Written { evicted } => {
+            let (write, result) = match self.prepare(id, now, mode, &mut change).await? {
+                Ok(prepared) => prepared,
+                Err(None) => return Ok(None),
+                Err(Some(result)) => {
                     return Ok(Some(Committed {
                         result,
-                        created,
+                        created: false,
+                        evicted: 0,
+                    }));
+                }
+            };
+            self.point_index(&write).await?;
+            match self.commit(&write).await? {
+                CommitStatus::Written => {
+                    let evicted = if write.created {
+                        self.enforce_bound(id.as_str()).await?
+                    } else {
+                        0
+                    };
+                    return Ok(Some(Committed {
+                        result,
+                        created: write.created,
                         evicted,
                     }));
                 }
@@ -391,78 +456,36 @@ impl RedisStore {
         )))
     }
 
-    async fn commit(
+    /// Read and change a session for an append, without writing anything yet (property tests).
+    #[doc(hidden)]
+    pub async fn prepare_append(
         &self,
-        key: &str,
-        session: &Session,
-        expected_revision: Option<&str>,
-        mode: Mode<'_>,
+        batch: ActionBatch,
         now: f64,
-    ) -> Result<CommitStatus, StoreError> {
-        let blob = serde_json::to_vec(session)
-            .map_err(|e| StoreError::Corrupt(format!("cannot encode session: {e}")))?;
-        let index_keys = self.keys.index_keys_of(session);
-        let index_json = serde_json::to_string(&index_keys)
-            .map_err(|e| StoreError::Corrupt(format!("cannot encode index keys: {e}")))?;
-        let new_revision = format!("{:016x}", rand::random::<u64>());
-        let mut invocation = self.commit_script.prepare_invoke();
-        invocation
-            .key(key)
-            .key(self.keys.recency())
-            .key(self.keys.chunk_counts())
-            .key(self.keys.chunk_total())
-            .key(self.keys.products());
-        let (fence_token, ttl_ms) = match mode {
-            Mode::Upsert { fence, point } => {
-                match fence {
-                    Some(fence) => {
-                        invocation.key(&fence.lease_key).key(
-                            crate::cluster::redis_lease::last_holder_key(&fence.lease_key),
-                        );
-                    }
-                    None => {
-                        invocation.key(key).key(key);
-                    }
-                }
-                for index_key in self.keys.index_keys_for(session, point) {
-                    invocation.key(index_key);
-                }
-                let remaining = session.last_seen + self.config.ttl_secs() - now;
-                let ttl_ms = (remaining * 1000.0).ceil().max(1.0) as u64;
-                (fence.map_or("", |f| f.token.as_str()), ttl_ms.to_string())
-            }
-            Mode::Existing { .. } => {
-                invocation.key(key).key(key);
-                ("", String::new())
-            }
+    ) -> Result<PreparedWrite, StoreError> {
+        let id = batch.session_id.clone();
+        let people = batch.person_keys();
+        let limits = self.config.limits;
+        let mode = Mode::Upsert {
+            fence: None,
+            point: &people,
         };
-        invocation
-            .arg(expected_revision.unwrap_or(""))
-            .arg(new_revision)
-            .arg(blob)
-            .arg(ttl_ms)
-            .arg(format_score(session.last_seen))
-            .arg(session.id.as_str())
-            .arg(session.chunks.len())
-            .arg(session.product_id.as_deref().unwrap_or(""))
-            .arg(fence_token)
-            .arg(index_json)
-            .arg(self.config.max_sessions.max(1))
-            .arg(&self.keys.prefix);
-        let mut connection = self.connection.clone();
-        let reply: Vec<i64> = invocation
-            .invoke_async(&mut connection)
-            .await
-            .map_err(store_error)?;
-        match reply.as_slice() {
-            [1, evicted] => Ok(CommitStatus::Written {
-                evicted: usize::try_from(*evicted).unwrap_or(0),
-            }),
-            [0, _] => Ok(CommitStatus::Conflict),
-            [-1, _] => Ok(CommitStatus::Fenced),
-            other => Err(StoreError::Corrupt(format!(
-                "unexpected reply from the commit script: {other:?}"
-            ))),
+        let mut change = |session: &mut Session| session.append(batch.clone(), now, limits);
+        match self.prepare(&id, now, mode, &mut change).await? {
+            Ok((write, _)) => Ok(write),
+            Err(_) => Err(StoreError::Corrupt(
+                "an append found nothing to write".into(),
+            )),
+        }
+    }
+
+    /// Commit a prepared write; `false` when the session changed since it was read.
+    #[doc(hidden)]
+    pub async fn commit_prepared(&self, write: &PreparedWrite) -> Result<bool, StoreError> {
+        match self.commit(write).await? {
+            CommitStatus::Written => Ok(true),
+            CommitStatus::Conflict => Ok(false),
+            CommitStatus::Fenced => Err(StoreError::Fenced),
         }
     }
 
@@ -480,69 +503,180 @@ impl RedisStore {
             .ok_or_else(|| StoreError::Corrupt("upsert found no session".into()))
     }
 
-    /// Sessions with `last_seen` in `[min, max]` (max exclusive when `max_open`), newest first,
-    /// at most `count`, with their scores.
-    async fn recent_ids(
-        &self,
-        max: f64,
-        max_open: bool,
-        min: f64,
-        count: usize,
-    ) -> Result<Vec<(String, f64)>, StoreError> {
-        let max_arg = if max.is_infinite() {
-            "+inf".to_string()
-        } else if max_open {
-            format!("({}", format_score(max))
-        } else {
-            format_score(max)
-        };
-        let mut connection = self.connection.clone();
-        let raw: Vec<(String, f64)> = redis::cmd("ZREVRANGEBYSCORE")
-            .arg(self.keys.recency())
-            .arg(max_arg)
-            .arg(format_score(min))
-            .arg("WITHSCORES")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(count)
-            .query_async(&mut connection)
-            .await
-            .map_err(store_error)?;
-        Ok(raw)
+    /// The same command on every bucket at once (each in its own slot).
+    async fn each_bucket<T, F>(&self, command: F) -> Result<Vec<T>, StoreError>
+    where
+        T: redis::FromRedisValue,
+        F: Fn(usize, &BucketKeys) -> redis::Pipeline,
+    {
+        let queries = (0..BUCKETS).map(|bucket| {
+            let pipe = command(bucket, &self.keys.bucket(bucket));
+            let mut connection = self.connection.clone();
+            async move { pipe.query_async::<T>(&mut connection).await }
+        });
+        try_join_all(queries).await.map_err(store_error)
     }
 
-    /// Every session id whose last activity equals `score`.
-    async fn ids_at(&self, score: f64) -> Result<Vec<String>, StoreError> {
-        let exact = format_score(score);
-        let mut connection = self.connection.clone();
-        redis::cmd("ZRANGEBYSCORE")
-            .arg(self.keys.recency())
-            .arg(&exact)
-            .arg(&exact)
-            .query_async(&mut connection)
-            .await
-            .map_err(store_error)
+    /// After a creation: evict the least recently active sessions beyond `max_sessions`
+    /// (never `keep`, the one just created). Returns how many were evicted.
+    async fn enforce_bound(&self, keep: &str) -> Result<usize, StoreError> {
+        let max = self.config.max_sessions.max(1) as u64;
+        {
+            let mut view = crate::sync::lock(&self.bound_view);
+            if let Some(view) = view.as_mut() {
+                view.created_since += 1;
+                if view.at.elapsed() < BOUND_VIEW_TTL && view.total + view.created_since <= max {
+                    return Ok(0);
+                }
+            }
+        }
+        let mut evicted = 0;
+        loop {
+            let counts: Vec<(u64,)> = self
+                .each_bucket(|_, bucket| {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("ZCARD").arg(&bucket.recency);
+                    pipe
+                })
+                .await?;
+            let total: u64 = counts.iter().map(|(count,)| count).sum();
+            *crate::sync::lock(&self.bound_view) = Some(BoundView {
+                total,
+                at: Instant::now(),
+                created_since: 0,
+            });
+            if total <= max {
+                return Ok(evicted);
+            }
+            let excess = usize::try_from(total - max)
+                .unwrap_or(usize::MAX)
+                .min(EXPIRY_BATCH);
+            // The `excess` oldest of each bucket (plus one, `keep` may be among them).
+            let oldest: Vec<(Vec<(String, f64)>,)> = self
+                .each_bucket(|_, bucket| {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("ZRANGE")
+                        .arg(&bucket.recency)
+                        .arg(0)
+                        .arg(excess)
+                        .arg("WITHSCORES");
+                    pipe
+                })
+                .await?;
+            let mut candidates: Vec<(f64, String, usize)> = oldest
+                .into_iter()
+                .enumerate()
+                .flat_map(|(bucket, (entries,))| {
+                    entries
+                        .into_iter()
+                        .map(move |(id, score)| (score, id, bucket))
+                })
+                .filter(|(_, id, _)| id != keep)
+                .collect();
+            candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+            candidates.truncate(excess);
+            if candidates.is_empty() {
+                return Ok(evicted);
+            }
+            let mut removed = 0;
+            for (score, id, bucket) in candidates {
+                let key = self.keys.session(&id);
+                let mut connection = self.connection.clone();
+                let count: usize = remove_invocation(
+                    &self.keys.bucket(bucket),
+                    &[(id, key)],
+                    RemoveBound::AtOrBefore(score),
+                )
+                .invoke_async(&mut connection)
+                .await
+                .map_err(store_error)?;
+                removed += count;
+            }
+            evicted += removed;
+            if removed == 0 {
+                // Every candidate was touched meanwhile: count again.
+                continue;
+            }
+        }
     }
 
-    /// Several sessions in one round trip (missing ones are `None`).
+    /// Several sessions by id, read with one pipeline per bucket (missing ones are `None`).
     async fn sessions_by_id(&self, ids: &[String]) -> Result<Vec<Option<Session>>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
+        let mut by_bucket: Vec<Vec<usize>> = vec![Vec::new(); BUCKETS];
+        for (i, id) in ids.iter().enumerate() {
+            by_bucket[keys::bucket_of(id)].push(i);
         }
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.cmd("HGET").arg(self.keys.session(id)).arg("d");
-        }
-        let mut connection = self.connection.clone();
-        let blobs: Vec<Option<Vec<u8>>> = pipe
-            .query_async(&mut connection)
-            .await
-            .map_err(store_error)?;
-        blobs
+        let reads = by_bucket
             .into_iter()
-            .map(|blob| blob.as_deref().map(decode_session).transpose())
-            .collect()
+            .filter(|positions| !positions.is_empty())
+            .map(|positions| {
+                let mut pipe = redis::pipe();
+                for &i in &positions {
+                    pipe.cmd("HGET").arg(self.keys.session(&ids[i])).arg("d");
+                }
+                let mut connection = self.connection.clone();
+                async move {
+                    let blobs: Vec<Option<Vec<u8>>> = pipe.query_async(&mut connection).await?;
+                    Ok::<_, redis::RedisError>(positions.into_iter().zip(blobs))
+                }
+            });
+        let mut found: Vec<Option<Session>> = vec![None; ids.len()];
+        for group in try_join_all(reads).await.map_err(store_error)? {
+            for (i, blob) in group {
+                found[i] = blob.as_deref().map(decode_session).transpose()?;
+            }
+        }
+        Ok(found)
     }
+
+    /// The bucket health of a cluster, for `/readyz`.
+    pub async fn cluster_info(&self) -> Result<Option<ClusterInfo>, StoreError> {
+        self.connection.cluster_info().await.map_err(store_error)
+    }
+}
+
+impl From<redis::aio::ConnectionManager> for RedisConnection {
+    fn from(connection: redis::aio::ConnectionManager) -> Self {
+        Self::Single(connection)
+    }
+}
+
+impl From<redis::cluster_async::ClusterConnection> for RedisConnection {
+    fn from(connection: redis::cluster_async::ClusterConnection) -> Self {
+        Self::Cluster(connection)
+    }
+}
+
+impl Keys {
+    /// Every index key a session is listed under (global and product-scoped).
+    fn index_keys_of(&self, session: &Session) -> Vec<String> {
+        self.index_keys_for(session, &session.person_keys)
+    }
+
+    /// The index keys of `people` that `session` may be listed under (global and
+    /// product-scoped; identities beyond the session's cap are never indexed).
+    fn index_keys_for(&self, session: &Session, people: &[PersonKey]) -> Vec<String> {
+        let mut keys = Vec::with_capacity(people.len() * 2);
+        for key in people.iter().filter(|k| session.person_keys.contains(k)) {
+            keys.push(self.person(None, key));
+            if let Some(product) = session.product_id.as_deref() {
+                keys.push(self.person(Some(product), key));
+            }
+        }
+        keys
+    }
+}
+
+/// The invocation that raises `bucket`'s fence mark for the lease `lease_key` to `number`
+/// (the stream leases call it on every bucket when a new leader takes over).
+pub fn raise_fence_invocation(
+    bucket: &BucketKeys,
+    lease_key: &str,
+    number: u64,
+) -> redis::ScriptInvocation<'static> {
+    let mut invocation = scripts::RAISE_FENCE.prepare_invoke();
+    invocation.key(&bucket.fences).arg(lease_key).arg(number);
+    invocation
 }
 
 /// Decode a stored session.
@@ -552,7 +686,7 @@ fn decode_session(blob: &[u8]) -> Result<Session, StoreError> {
 }
 
 /// A score as Redis reads it back to the same `f64` (shortest round-trip form, no exponent).
-fn format_score(value: f64) -> String {
+pub(crate) fn format_score(value: f64) -> String {
     format!("{value}")
 }
 
@@ -565,6 +699,13 @@ async fn conflict_pause(attempt: u32) {
         let micros = rand::random::<u64>() % max_micros;
         tokio::time::sleep(Duration::from_micros(micros)).await;
     }
+}
+
+/// One bucket's part of an active-sessions page.
+struct BucketSlice {
+    entries: Vec<(String, f64)>,
+    /// It returned all it was asked for: it may hold more, older ones.
+    full: bool,
 }
 
 #[async_trait]
@@ -637,34 +778,30 @@ impl SessionStore for RedisStore {
     async fn record_gap(&self, product_id: &str, gap: Gap, now: f64) -> Result<usize, StoreError> {
         let since = gap.from - GAP_LOOKBACK_SECS;
         let ttl = self.config.ttl_secs();
-        let mut connection = self.connection.clone();
-        let candidates: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(self.keys.recency())
-            .arg(format_score(since))
-            .arg("+inf")
-            .query_async(&mut connection)
-            .await
-            .map_err(store_error)?;
+        let per_bucket: Vec<(Vec<String>,)> = self
+            .each_bucket(|_, bucket| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("ZRANGEBYSCORE")
+                    .arg(&bucket.recency)
+                    .arg(format_score(since))
+                    .arg("+inf");
+                pipe
+            })
+            .await?;
+        let candidates: Vec<String> = per_bucket.into_iter().flat_map(|(ids,)| ids).collect();
         let applies = |s: &Session| {
             !s.is_expired(now, ttl)
                 && s.last_seen >= since
                 && s.product_id.as_deref().is_none_or(|p| p == product_id)
         };
         let mut marked = 0;
-        // Read in pipelined batches to find the sessions the gap concerns; mark those through
-        // the ordinary compare-and-set update (gaps are rare: one extra read each is fine).
+        // Read in batches to find the sessions the gap concerns; mark those through the
+        // ordinary compare-and-set update (gaps are rare: one extra read each is fine).
         for ids in candidates.chunks(GAP_READ_BATCH) {
-            let mut pipe = redis::pipe();
-            for id in ids {
-                pipe.cmd("HGET").arg(self.keys.session(id)).arg("d");
-            }
-            let blobs: Vec<Option<Vec<u8>>> = pipe
-                .query_async(&mut connection)
-                .await
-                .map_err(store_error)?;
-            for (raw_id, blob) in ids.iter().zip(blobs) {
-                let Some(blob) = blob else { continue };
-                if !applies(&decode_session(&blob)?) {
+            let sessions = self.sessions_by_id(ids).await?;
+            for (raw_id, session) in ids.iter().zip(sessions) {
+                let Some(session) = session else { continue };
+                if !applies(&session) {
                     continue;
                 }
                 let Ok(id) = SessionId::parse(raw_id) else {
@@ -707,31 +844,47 @@ impl SessionStore for RedisStore {
         product_id: Option<&str>,
         now: f64,
     ) -> Result<Option<SessionId>, StoreError> {
+        let index_key = self.keys.person(product_id, key);
         let mut connection = self.connection.clone();
-        let found: Option<(String, f64)> = self
-            .resolve_script
-            .key(self.keys.person(product_id, key))
-            .key(self.keys.recency())
-            .arg(&self.keys.prefix)
-            .invoke_async(&mut connection)
+        let entry: Option<String> = redis::cmd("GET")
+            .arg(&index_key)
+            .query_async(&mut connection)
             .await
             .map_err(store_error)?;
-        let Some((id, last_seen)) = found else {
+        let Some((id, incarnation)) = entry.as_deref().and_then(|e| e.split_once(ENTRY_SEPARATOR))
+        else {
             return Ok(None);
         };
-        if last_seen + self.config.ttl_secs() < now {
+        // Does the session agree? Same incarnation, lists this identity, still active.
+        let (stored_incarnation, last_seen, listed): (Option<String>, Option<f64>, Option<String>) =
+            redis::cmd("HMGET")
+                .arg(self.keys.session(id))
+                .arg("n")
+                .arg("t")
+                .arg("k")
+                .query_async(&mut connection)
+                .await
+                .map_err(store_error)?;
+        if stored_incarnation.as_deref() != Some(incarnation) {
             return Ok(None);
         }
-        SessionId::parse(&id)
+        let lists_identity = listed
+            .as_deref()
+            .and_then(|json| serde_json::from_str::<Vec<String>>(json).ok())
+            .is_some_and(|keys| keys.contains(&index_key));
+        let active = last_seen.is_some_and(|t| t + self.config.ttl_secs() >= now);
+        if !(lists_identity && active) {
+            return Ok(None);
+        }
+        SessionId::parse(id)
             .map(Some)
             .map_err(|e| StoreError::Corrupt(format!("identity index holds a bad id: {e}")))
     }
 
     async fn has_product(&self, product_id: &str) -> Result<bool, StoreError> {
         let mut connection = self.connection.clone();
-        redis::cmd("SISMEMBER")
-            .arg(self.keys.products())
-            .arg(product_id)
+        redis::cmd("EXISTS")
+            .arg(self.keys.product(product_id))
             .query_async(&mut connection)
             .await
             .map_err(store_error)
@@ -793,41 +946,81 @@ impl SessionStore for RedisStore {
         limit: usize,
         now: f64,
     ) -> Result<SessionPage, StoreError> {
-        let after = cursor.and_then(decode_cursor);
         let limit = limit.max(1);
-        let batch = (limit * 2).max(64);
         let ttl = self.config.ttl_secs();
+        let mut after = cursor.and_then(decode_cursor);
         let mut sessions = Vec::with_capacity(limit);
         let mut next_cursor = None;
-        let mut upper = after.as_ref().map_or(f64::INFINITY, |(ts, _)| *ts);
-        let mut upper_open = false;
         'pages: loop {
-            let mut page = self.recent_ids(upper, upper_open, since, batch).await?;
-            let Some(&(_, lowest)) = page.last() else {
-                break;
-            };
-            let exhausted = page.len() < batch;
-            if !exhausted {
-                // The page may have cut a group of equal times: take that group whole, so the
-                // order inside it (by id) is the same as the memory store's.
-                page.retain(|(_, score)| *score != lowest);
-                page.extend(
-                    self.ids_at(lowest)
-                        .await?
-                        .into_iter()
-                        .map(|id| (id, lowest)),
-                );
-            }
-            page.retain(|(id, score)| match &after {
-                Some((ts, after_id)) => {
-                    *score < *ts || (*score == *ts && id.as_str() > after_id.as_str())
+            // From each bucket: the sessions at the cursor's time (ties, ordered by id here)
+            // plus `limit` older ones.
+            let upper = after
+                .as_ref()
+                .map_or("+inf".to_string(), |(ts, _)| format_score(*ts));
+            let ties: Vec<(u64,)> = match &after {
+                Some((ts, _)) => {
+                    let exact = format_score(*ts);
+                    self.each_bucket(|_, bucket| {
+                        let mut pipe = redis::pipe();
+                        pipe.cmd("ZCOUNT")
+                            .arg(&bucket.recency)
+                            .arg(&exact)
+                            .arg(&exact);
+                        pipe
+                    })
+                    .await?
                 }
-                None => true,
-            });
+                None => vec![(0,); BUCKETS],
+            };
+            let fetched: Vec<(Vec<(String, f64)>,)> = self
+                .each_bucket(|b, bucket| {
+                    let want = limit as u64 + ties.get(b).map_or(0, |(t,)| *t);
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("ZREVRANGEBYSCORE")
+                        .arg(&bucket.recency)
+                        .arg(&upper)
+                        .arg(format_score(since))
+                        .arg("WITHSCORES")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(want);
+                    pipe
+                })
+                .await?;
+            let slices: Vec<BucketSlice> = fetched
+                .into_iter()
+                .zip(&ties)
+                .map(|((entries,), (tie,))| BucketSlice {
+                    full: entries.len() as u64 >= limit as u64 + tie,
+                    entries,
+                })
+                .collect();
+            // Entries at or below the highest "last fetched" time of a full bucket may have
+            // unseen neighbours in that bucket: only those above it are safe to list now.
+            let horizon = slices
+                .iter()
+                .filter(|s| s.full)
+                .filter_map(|s| s.entries.last().map(|(_, score)| *score))
+                .fold(f64::NEG_INFINITY, f64::max);
+            let mut page: Vec<(String, f64)> = slices
+                .into_iter()
+                .flat_map(|s| s.entries)
+                .filter(|(id, score)| match &after {
+                    Some((ts, after_id)) => {
+                        *score < *ts || (*score == *ts && id.as_str() > after_id.as_str())
+                    }
+                    None => true,
+                })
+                .collect();
             page.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-            let ids: Vec<String> = page.iter().map(|(id, _)| id.clone()).collect();
+            let more = horizon > f64::NEG_INFINITY;
+            let safe: Vec<(String, f64)> = page
+                .into_iter()
+                .filter(|(_, score)| !more || *score > horizon)
+                .collect();
+            let ids: Vec<String> = safe.iter().map(|(id, _)| id.clone()).collect();
             let found = self.sessions_by_id(&ids).await?;
-            for ((id, score), session) in page.iter().zip(found) {
+            for ((id, score), session) in safe.iter().zip(found) {
                 if sessions.len() == limit {
                     break 'pages;
                 }
@@ -836,11 +1029,12 @@ impl SessionStore for RedisStore {
                     next_cursor = Some(encode_cursor(*score, id));
                 }
             }
-            if exhausted {
+            if !more || sessions.len() == limit {
                 break;
             }
-            upper = lowest;
-            upper_open = true;
+            // Continue with the whole group at the horizon (every bucket's ties at that time
+            // are fetched next round).
+            after = Some((horizon, String::new()));
         }
         if sessions.len() < limit {
             next_cursor = None;
@@ -853,25 +1047,8 @@ impl SessionStore for RedisStore {
 
     async fn expire_idle(&self, now: f64) -> Result<usize, StoreError> {
         let cutoff = now - self.config.ttl_secs();
-        let mut expired = 0;
-        loop {
-            let mut connection = self.connection.clone();
-            let removed: usize = self
-                .expire_script
-                .key(self.keys.recency())
-                .key(self.keys.chunk_counts())
-                .key(self.keys.chunk_total())
-                .arg(format_score(cutoff))
-                .arg(EXPIRY_BATCH)
-                .arg(&self.keys.prefix)
-                .invoke_async(&mut connection)
-                .await
-                .map_err(store_error)?;
-            expired += removed;
-            if removed < EXPIRY_BATCH {
-                return Ok(expired);
-            }
-        }
+        let buckets = (0..BUCKETS).map(|bucket| self.expire_bucket(bucket, cutoff));
+        Ok(try_join_all(buckets).await?.into_iter().sum())
     }
 
     async fn first_delivery(
@@ -905,19 +1082,71 @@ impl SessionStore for RedisStore {
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
-        let mut connection = self.connection.clone();
-        let (sessions, chunks): (u64, Option<i64>) = redis::pipe()
-            .cmd("ZCARD")
-            .arg(self.keys.recency())
-            .cmd("GET")
-            .arg(self.keys.chunk_total())
-            .query_async(&mut connection)
-            .await
-            .map_err(store_error)?;
+        let per_bucket: Vec<(u64, Option<i64>)> = self
+            .each_bucket(|_, bucket| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("ZCARD")
+                    .arg(&bucket.recency)
+                    .cmd("GET")
+                    .arg(&bucket.chunk_total);
+                pipe
+            })
+            .await?;
+        let sessions = per_bucket.iter().map(|(sessions, _)| sessions).sum();
+        let chunks: i64 = per_bucket
+            .iter()
+            .map(|(_, chunks)| chunks.unwrap_or(0))
+            .sum();
         Ok(StoreStats {
             sessions,
-            chunks: u64::try_from(chunks.unwrap_or(0)).unwrap_or(0),
+            chunks: u64::try_from(chunks).unwrap_or(0),
         })
+    }
+
+    async fn health(&self) -> Result<Option<BackendHealth>, StoreError> {
+        let Some(info) = self.cluster_info().await? else {
+            return Ok(None);
+        };
+        Ok(Some(BackendHealth {
+            ok: info.is_ok(),
+            details: serde_json::json!({ "mode": "cluster", "cluster": info }),
+        }))
+    }
+}
+
+impl RedisStore {
+    /// Expire one bucket's idle sessions, a batch per script call.
+    async fn expire_bucket(&self, bucket: usize, cutoff: f64) -> Result<usize, StoreError> {
+        let keys = self.keys.bucket(bucket);
+        let mut expired = 0;
+        loop {
+            let mut connection = self.connection.clone();
+            let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(&keys.recency)
+                .arg("-inf")
+                .arg(format!("({}", format_score(cutoff)))
+                .arg("LIMIT")
+                .arg(0)
+                .arg(EXPIRY_BATCH)
+                .query_async(&mut connection)
+                .await
+                .map_err(store_error)?;
+            if ids.is_empty() {
+                return Ok(expired);
+            }
+            let sessions: Vec<(String, String)> = ids
+                .iter()
+                .map(|id| (id.clone(), self.keys.session(id)))
+                .collect();
+            let removed: usize = remove_invocation(&keys, &sessions, RemoveBound::Before(cutoff))
+                .invoke_async(&mut connection)
+                .await
+                .map_err(store_error)?;
+            expired += removed;
+            if ids.len() < EXPIRY_BATCH {
+                return Ok(expired);
+            }
+        }
     }
 }
 
@@ -926,35 +1155,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn errors_that_may_pass_are_unavailable() {
-        let io = RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "refused",
-        ));
-        assert!(matches!(store_error(io), StoreError::Unavailable(_)));
-        let parse = RedisError::from((ErrorKind::UnexpectedReturnType, "not a number"));
-        assert!(matches!(store_error(parse), StoreError::Corrupt(_)));
-    }
-
-    #[test]
     fn scores_round_trip_without_exponents() {
         for value in [1_700_000_000.123_456_7, 0.1, 1e-7, 42.0] {
             let text = format_score(value);
             assert!(!text.contains('e'), "{text}");
             assert_eq!(text.parse::<f64>().unwrap(), value);
         }
-    }
-
-    #[test]
-    fn index_keys_match_the_memory_store_scoping() {
-        let keys = Keys {
-            prefix: "p:".into(),
-        };
-        let email = PersonKey::email("A@X.com").unwrap();
-        assert_eq!(keys.person(None, &email), "p:i:email:a@x.com");
-        assert_eq!(
-            keys.person(Some("acme"), &email),
-            "p:i:acme\u{1f}email:a@x.com"
-        );
     }
 }

@@ -111,7 +111,7 @@ pub fn unauthorized(reason: KeyError, accepted: &str) -> Response {
         ),
     };
     let body =
-        json!({ "error_code": crate::api::error::codes::UNAUTHORIZED, "error_msg": message });
+        json!({ "error_code": crate::web::error::codes::UNAUTHORIZED, "error_msg": message });
     let mut response = (StatusCode::UNAUTHORIZED, Json(body)).into_response();
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,

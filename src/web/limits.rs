@@ -11,7 +11,7 @@
 //! `docs/security.md`).
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -20,17 +20,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use lru::LruCache;
 
-use crate::api::ApiState;
-use crate::api::error::{ApiError, codes};
-use crate::ingest::webhook;
-use crate::telemetry::{LogThrottle, RouteLabels};
+use crate::telemetry::{LogThrottle, Metrics, RouteLabels};
+use crate::web::error::{ApiError, codes};
 
 /// Most client addresses tracked at once (~64 bytes each: ~4 MiB). Beyond, the least recently
 /// seen address is forgotten, which only ever gives that client a fresh bucket.
 pub const MAX_TRACKED_CLIENTS: usize = 65_536;
-
-/// Operator routes, never rate limited: probes and scrapers must always get through.
-pub const UNLIMITED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// At most one "rate limited" log line per this interval (the metric counts every refusal).
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -58,6 +53,38 @@ impl RateLimitConfig {
 struct Bucket {
     tokens: f64,
     updated: Instant,
+}
+
+/// What the two limit middlewares need, and nothing else, so that any router (the APIs, the
+/// ingest receivers) can mount them without sharing a larger state.
+pub struct RequestLimits {
+    /// The per-IP rate limit (`None`: off).
+    pub rate_limiter: Option<RateLimiter>,
+    /// Longest a request may take to produce its response head.
+    pub request_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+    /// Never rate limited: probes and scrapers must always get through.
+    pub exempt_paths: Vec<&'static str>,
+    /// Requests over the rate on these paths are not refused but marked with
+    /// [`OverRateLimit`], for receivers whose senders never retry a 4xx (see [`rate_limit`]).
+    pub marked_paths: Vec<&'static str>,
+}
+
+impl RequestLimits {
+    /// Limits with no exempt or marked paths.
+    pub fn new(
+        rate_limiter: Option<RateLimiter>,
+        request_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            rate_limiter,
+            request_timeout,
+            metrics,
+            exempt_paths: Vec::new(),
+            marked_paths: Vec::new(),
+        }
+    }
 }
 
 /// Token buckets keyed by client address, with bounded memory.
@@ -172,8 +199,8 @@ fn route_of(request: &Request) -> String {
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string())
 }
 
-/// Marks a webhook request that arrived over its sender's rate: the receiver refuses it only if
-/// it is not authentic (see [`rate_limit`]).
+/// Marks a request to a receiver that arrived over its sender's rate: the receiver refuses it
+/// only if it is not authentic (see [`rate_limit`]).
 #[derive(Debug, Clone, Copy)]
 pub struct OverRateLimit {
     pub client: IpAddr,
@@ -181,21 +208,21 @@ pub struct OverRateLimit {
     pub wait: Duration,
 }
 
-/// Middleware: refuse requests over the per-IP rate with `429` (operator routes exempt).
+/// Middleware: refuse requests over the per-IP rate with `429` (exempt paths pass).
 ///
-/// The webhook receiver is the exception: the connector never retries a 4xx, so refusing a
-/// genuine delivery would lose it. A webhook request over the rate is marked with
+/// Marked paths are the exception: a sender that never retries a 4xx (the Autoplay connector)
+/// would lose a refused genuine delivery. A request over the rate there is marked with
 /// [`OverRateLimit`] and refused by the receiver only when its signature fails, so floods of
-/// forged deliveries are limited and the connector's own never are.
+/// forged deliveries are limited and the sender's own never are.
 pub async fn rate_limit(
-    State(state): State<ApiState>,
+    State(state): State<Arc<RequestLimits>>,
     mut request: Request,
     next: Next,
 ) -> Response {
     let Some(limiter) = state.rate_limiter.as_ref() else {
         return next.run(request).await;
     };
-    if UNLIMITED_PATHS.contains(&request.uri().path()) {
+    if state.exempt_paths.contains(&request.uri().path()) {
         return next.run(request).await;
     }
     let peer = request
@@ -209,7 +236,7 @@ pub async fn rate_limit(
     let Err(wait) = limiter.check(client, Instant::now()) else {
         return next.run(request).await;
     };
-    if request.uri().path() == webhook::PATH {
+    if state.marked_paths.contains(&request.uri().path()) {
         request
             .extensions_mut()
             .insert(OverRateLimit { client, wait });
@@ -220,7 +247,7 @@ pub async fn rate_limit(
 }
 
 /// The `429` answer to a request over the rate: counted, logged (at most once per 10 s).
-pub fn rate_limited(state: &ApiState, route: &str, over: OverRateLimit) -> Response {
+pub fn rate_limited(state: &RequestLimits, route: &str, over: OverRateLimit) -> Response {
     match state.rate_limiter.as_ref() {
         Some(limiter) => refuse(state, limiter, route, over),
         None => ApiError::new(
@@ -232,7 +259,12 @@ pub fn rate_limited(state: &ApiState, route: &str, over: OverRateLimit) -> Respo
     }
 }
 
-fn refuse(state: &ApiState, limiter: &RateLimiter, route: &str, over: OverRateLimit) -> Response {
+fn refuse(
+    state: &RequestLimits,
+    limiter: &RateLimiter,
+    route: &str,
+    over: OverRateLimit,
+) -> Response {
     state
         .metrics
         .rate_limited
@@ -269,7 +301,7 @@ fn refuse(state: &ApiState, limiter: &RateLimiter, route: &str, over: OverRateLi
 /// to produce its response head. Covers reading the body, so a client that trickles its body
 /// cannot hold a handler forever; a streamed response body (SSE) is not cut.
 pub async fn request_timeout(
-    State(state): State<ApiState>,
+    State(state): State<Arc<RequestLimits>>,
     request: Request,
     next: Next,
 ) -> Response {
