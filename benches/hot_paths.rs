@@ -6,10 +6,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use livectx::api::records::session_records;
 use livectx::bench::workload::{self, Identity, Walker};
 use livectx::ingest::sse::SseParser;
-use livectx::session::activity::render_activity;
+use livectx::render::activity::render_activity;
+use livectx::render::records::session_records;
 use livectx::session::model::{Session, SessionId, SessionLimits};
 use livectx::session::summarizer::builtin;
 use livectx::sources::autoplay::payload::decode;

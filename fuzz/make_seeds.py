@@ -11,6 +11,7 @@ import shutil
 ROOT = pathlib.Path(__file__).resolve().parent
 SAMPLES = ROOT.parent / "tests" / "fixtures" / "samples"
 SEEDS = ROOT / "seeds"
+SOURCE_FIXTURES = ROOT.parent / "tests" / "fixtures" / "sources"
 
 
 def write(target, name, data):
@@ -158,6 +159,33 @@ def main():
         bearer = b"Bearer " + secret
         write("webhook_verify", f"{stem}_bearer", bytes([len(secret), 9]) + secret + bytes([len(bearer)]) + bearer + body)
     write("webhook_verify", "empty_secret", bytes([0, 0, 9]) + b"Bearer  x" + b"{}")
+
+    # elements_chain: the chains of the source fixtures, PostHog's own examples, edge cases.
+    chains = {
+        "posthog_example_classes": 'a.test-class.test-class2:attr__class="test-class test-class2"attr__href="http://test.com"href="http://test.com"nth-child="1"nth-of-type="1";span:nth-child="1"nth-of-type="1"',
+        "posthog_example_escaped": 'a.small:data-attr="something \\" that; could mess up"href="/a-url"nth-child="1"nth-of-type="0"text="bla bla";button.btn.btn-primary:nth-child="0"nth-of-type="0"',
+        "empty_text": 'button.btn:attr__aria-label="Notifications"nth-child="2"nth-of-type="1"text="";nav;body',
+        "masked": 'span:text="*****";div:attr__data-amp-mask="";button:attr__title="Profile"',
+        "unterminated": 'a:text="unterminated;b:text="x',
+        "trailing_escape": 'a:text="ends with \\',
+    }
+    for fixture in sorted(SOURCE_FIXTURES.glob("posthog_*.json")):
+        body = json.loads(fixture.read_text())
+        event = body.get("event")
+        chain = event.get("elements_chain") if isinstance(event, dict) else body.get("elements_chain")
+        if chain:
+            chains[fixture.stem] = chain
+    for name, chain in chains.items():
+        write("elements_chain", name, chain)
+
+    # source_decode: [privacy byte][body]; every source fixture, and the token ones with the
+    # allow-list on.
+    for fixture in sorted(SOURCE_FIXTURES.glob("*.json")):
+        body = fixture.read_bytes()
+        write("source_decode", fixture.stem, bytes([0]) + body)
+        if "token" in fixture.stem:
+            write("source_decode", f"{fixture.stem}_allow_list", bytes([1]) + body)
+    write("source_decode", "array_of_shapes", bytes([0]) + b'[{"event":"$pageview"},{"event":{"event":"$exception"}},{"event_type":"x","session_id":-1},{"type":"track","event":"a"},7]')
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ use crate::ingest::idle_sessions::{IdleSessions, MemoryIdleSessions, RedisIdleSe
 use crate::ingest::pull::AutoplayPuller;
 use crate::ingest::receivers::{self, ReceiverSettings, Receivers};
 use crate::ingest::sse::{StreamConfig, StreamConsumer, StreamHandle};
-use crate::ingest::webhook::{self, WebhookSettings};
+use crate::ingest::webhook::{self, WebhookSettings, WebhookState};
 use crate::session::buffered::BufferedStore;
 use crate::session::memory::MemoryStore;
 use crate::session::model::SessionLimits;
@@ -70,8 +70,10 @@ pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     state: ApiState,
-    /// The analytics receivers, when `LIVECTX_INGEST_SECRET` is set.
+    /// The receivers of pushed activity, mounted beside the API: the analytics tools' (with
+    /// `LIVECTX_INGEST_SECRET`) and the Autoplay webhook (with `AUTOPLAY_WEBHOOK_SECRET`).
     receivers: Option<Arc<Receivers>>,
+    webhook: Option<Arc<WebhookState>>,
     shutdown: CancellationToken,
     streams: Vec<StreamHandle>,
     background: Vec<JoinHandle<()>>,
@@ -176,7 +178,7 @@ impl Application {
             Receivers::new(
                 ReceiverSettings {
                     secret,
-                    privacy: receivers::Privacy {
+                    privacy: crate::sources::Privacy {
                         keep_query_params: config.keep_query_params(),
                     },
                 },
@@ -269,6 +271,13 @@ impl Application {
             diagnostics,
             puller,
         });
+        let webhook = state.webhook.clone().map(|settings| {
+            Arc::new(WebhookState {
+                settings,
+                ingestor: Arc::clone(&state.ingestor),
+                limits: Arc::clone(&state.limits),
+            })
+        });
         if let Some(limiter) = &state.limits.rate_limiter {
             let limit = limiter.config();
             tracing::info!(
@@ -305,6 +314,7 @@ impl Application {
             addr,
             state,
             receivers,
+            webhook,
             shutdown,
             streams,
             background,
@@ -347,6 +357,7 @@ impl Application {
             listener,
             state,
             receivers,
+            webhook,
             shutdown,
             streams,
             background,
@@ -356,7 +367,10 @@ impl Application {
             console,
             ..
         } = self;
-        let sources = receivers.map_or_else(axum::Router::new, receivers::routes);
+        let mut sources = receivers.map_or_else(axum::Router::new, receivers::routes);
+        if let Some(webhook) = webhook {
+            sources = sources.merge(webhook::routes(webhook));
+        }
         let mut router = api::router_with(Arc::clone(&state), sources);
         if let Some(settings) = console {
             router = router.merge(console::router(Arc::clone(&state), settings));
@@ -447,7 +461,7 @@ struct Storage {
     snapshotter: Option<Snapshotter>,
     /// The Redis connection, in Redis mode (the analytics receivers keep their dedupe keys
     /// and idle-session state there).
-    redis: Option<redis::aio::ConnectionManager>,
+    redis: Option<crate::session::redis::RedisConnection>,
 }
 
 async fn build_storage(

@@ -43,6 +43,10 @@ pub enum Command {
     /// The benchmarks' /retrieval load generator (run as a child process by `bench`).
     #[command(hide = true)]
     BenchLoadgen(crate::bench::loadgen::LoadgenArgs),
+    /// The PostHog ingest benchmark's load generator (run by `bench ingest --source posthog`).
+    #[cfg(feature = "tools")]
+    #[command(hide = true)]
+    BenchIngestLoadgen(crate::bench::ingest_posthog::IngestLoadgenArgs),
     #[cfg(feature = "tools")]
     /// The memory benchmark's measuring child (run by `bench memory`).
     #[command(hide = true)]
@@ -79,6 +83,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => crate::bench::run(args).await,
         #[cfg(feature = "tools")]
         Command::BenchLoadgen(args) => crate::bench::loadgen::run(args).await,
+        #[cfg(feature = "tools")]
+        Command::BenchIngestLoadgen(args) => crate::bench::ingest_posthog::loadgen(args).await,
         #[cfg(feature = "tools")]
         Command::BenchMemory(args) => crate::bench::memory::child(args).await,
     }

@@ -49,12 +49,13 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
-pub mod console;
 pub mod connect;
+pub mod console;
 #[cfg(feature = "tools")]
 pub mod demo;
 pub mod diagnostics;
 pub mod ingest;
+pub mod render;
 pub mod session;
 pub mod shutdown;
 pub mod sources;

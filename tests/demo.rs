@@ -203,6 +203,17 @@ async fn activity_names_current_page(
     content.starts_with("Current User Activity\n") && content.contains(&expected)
 }
 
+/// Does the printed activity list a click on the element `label` (named from the event's
+/// element chain, not the raw event name)?
+fn names_a_clicked_element(output: &str, label: &str) -> bool {
+    output.lines().any(|line| {
+        line.trim_start()
+            .strip_prefix("- clicked")
+            .and_then(|rest| rest.split(" on ").next())
+            .is_some_and(|what| what.contains(label) && !what.contains('$'))
+    })
+}
+
 /// The `curl` commands the demo printed, each joined into one line.
 fn printed_curl_commands(output: &str) -> Vec<String> {
     let mut commands = Vec::new();
@@ -295,19 +306,58 @@ async fn demo_answers_for_a_live_persona_as_dify_would_and_stops_on_ctrl_c() {
         eprintln!("skipped running the printed commands: curl is not installed");
     }
 
-    // Every few seconds it shows what priya's chatbot receives.
+    // Every few seconds it shows what priya's chatbot receives, named from PostHog's events.
     until(&[&demo], "the demo shows priya's context", || {
         let output = demo.output();
         async move {
             output.contains("what priya's chatbot receives now")
                 && output.contains("  Current User Activity")
+                && names_a_clicked_element(&output, "Consultants")
         }
     })
     .await;
+    assert!(
+        demo.output().contains("PostHog events    POST "),
+        "{}",
+        demo.output()
+    );
 
     let (status, output) = demo.interrupt().await;
     assert!(status.success(), "{status}\n{output}");
     assert!(output.contains("Demo stopped cleanly"), "{output}");
+}
+
+#[tokio::test]
+async fn demo_source_autoplay_plays_the_simulated_stream() {
+    let (addr, simulator_addr) = (free_addr(), free_addr());
+    let (livectx, simulator) = (format!("http://{addr}"), format!("http://{simulator_addr}"));
+    let demo = Livectx::spawn(
+        &[
+            "demo",
+            "--source",
+            "autoplay",
+            "--listen",
+            &addr.to_string(),
+            "--simulator-listen",
+            &simulator_addr.to_string(),
+            "--speed",
+            "10",
+            "--every",
+            "0s",
+        ],
+        &[],
+    );
+    let http = reqwest::Client::new();
+    wait_healthy(&http, &livectx).await;
+    until(
+        &[&demo],
+        "priya's activity names their current page",
+        || activity_names_current_page(&http, &livectx, &simulator, "demo-key", "priya"),
+    )
+    .await;
+    let (status, output) = demo.interrupt().await;
+    assert!(status.success(), "{status}\n{output}");
+    assert!(output.contains("Autoplay stream   http://"), "{output}");
 }
 
 #[tokio::test]
@@ -468,7 +518,7 @@ async fn the_stream_checks_the_token_and_product_and_fans_out_with_heartbeats() 
             .filter(|(e, d)| e == "heartbeat" && d.is_empty())
             .count()
     };
-    let enough = |events: &[(String, String)]| data_count(events) >= 12 && heartbeats(events) >= 2;
+    let enough = |events: &[(String, String)]| data_count(events) >= 24 && heartbeats(events) >= 2;
     let (a, b) = tokio::join!(read_stream(first, enough), read_stream(second, enough));
     assert_eq!(
         a[0],
@@ -480,12 +530,23 @@ async fn the_stream_checks_the_token_and_product_and_fans_out_with_heartbeats() 
             .iter()
             .filter(|(e, _)| e == "message")
             .map(|(_, d)| d.clone())
-            .take(12)
+            .take(24)
             .collect()
     };
+    // The users start with the first subscriber, so the second may join an event or two later:
+    // from its first event on, it gets exactly what the first one got.
+    let (a_data, b_data) = (data(&a), data(&b));
+    let offset = a_data
+        .iter()
+        .position(|json| *json == b_data[0])
+        .expect("the second subscriber's first event reached the first one too");
+    assert!(
+        offset <= a_data.len() / 2,
+        "the second subscriber joined {offset} events late"
+    );
     assert_eq!(
-        data(&a),
-        data(&b),
+        a_data[offset..],
+        b_data[..a_data.len() - offset],
         "every subscriber gets every event, in order"
     );
     for json in data(&a) {

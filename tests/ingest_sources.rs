@@ -700,3 +700,122 @@ async fn on_redis_replicas_share_deduplication_and_idle_sessions() {
     one.stop().await;
     two.stop().await;
 }
+
+#[tokio::test]
+async fn a_debounced_webhook_delivery_answers_after_its_write_and_a_failure_is_retried() {
+    use livectx::ingest::webhook::sign;
+    const WEBHOOK_SECRET: &str = "webhook-secret-3b5d7f9a1c";
+    let mut config = config();
+    config.webhook_secret = Some(WEBHOOK_SECRET.into());
+    config.debounce_ms = 50;
+    let store = FaultyStore::healthy(store_config(&config));
+    let app = TestApp::spawn_with(
+        config,
+        Overrides {
+            store: Some(store.clone()),
+            ..Overrides::default()
+        },
+    )
+    .await;
+    let body = serde_json::to_vec(&common::actions_payload(
+        Some("wh-s1"),
+        None,
+        &["Save"],
+        now() - 5.0,
+    ))
+    .unwrap();
+    let push = || {
+        app.http
+            .post(app.url("/webhooks/autoplay"))
+            .header("x-connector-signature", sign(WEBHOOK_SECRET, &body))
+            .body(body.clone())
+            .send()
+    };
+    // The write fails after the debounce window: the delivery must not have been answered 200.
+    store.set_down(true);
+    let response = push().await.unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    store.set_down(false);
+    let response = push().await.unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        200,
+        "the retry is not a duplicate"
+    );
+    // Answered only after the debounced write: stored now, no waiting.
+    let stored = session(&app, "wh-s1")
+        .await
+        .expect("stored before the answer");
+    assert_eq!(stored.recent_action_iter().count(), 1);
+    assert_eq!(stored.source, Some(SourceKind::AutoplayWebhook));
+    app.stop().await;
+}
+
+/// What a reader sees of a session: actions in order, the current page, the identity.
+fn as_read(s: &livectx::session::model::Session) -> Value {
+    let actions: Vec<Value> = s
+        .recent_action_iter()
+        .map(|a| json!([a.kind(), a.title(), a.canonical_url(), a.time()]))
+        .collect();
+    let page = s
+        .current_page
+        .as_ref()
+        .map(|p| json!([p.url, p.label, p.since]));
+    json!({"actions": actions, "page": page, "email": s.email, "user_id": s.user_id,
+           "people": s.person_keys.len(), "source": s.source})
+}
+
+#[test]
+fn delivery_order_and_duplicates_do_not_change_the_stored_session() {
+    use proptest::prelude::*;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let app = runtime.block_on(app());
+    let t = now() - 100.0;
+    let plan: Vec<(&str, &str, f64)> = vec![
+        ("$pageview", "https://app.acme.io/dashboard", t),
+        ("Report Exported", "https://app.acme.io/dashboard", t + 2.0),
+        ("$pageview", "https://app.acme.io/projects", t + 4.0),
+        ("Project Created", "https://app.acme.io/projects", t + 6.0),
+        ("$pageview", "https://app.acme.io/settings/billing", t + 8.0),
+        (
+            "Plan Changed",
+            "https://app.acme.io/settings/billing",
+            t + 9.0,
+        ),
+    ];
+    let events_for = |session: &str| -> Vec<Value> {
+        plan.iter()
+            .enumerate()
+            .map(|(i, (event, url, ts))| {
+                posthog_event(&format!("{session}-{i}"), event, Some(session), url, *ts)
+            })
+            .collect()
+    };
+    let deliver = |events: Vec<Value>| {
+        runtime.block_on(async {
+            for event in events {
+                let (status, reply) = posthog(&app, &event).await;
+                assert_eq!(status, StatusCode::OK, "{reply}");
+            }
+        })
+    };
+    deliver(events_for("in-order"));
+    let expected = as_read(&runtime.block_on(session(&app, "in-order")).unwrap());
+    assert_eq!(expected["actions"].as_array().unwrap().len(), plan.len());
+    let case = std::sync::atomic::AtomicUsize::new(0);
+    let order = Just((0..plan.len()).collect::<Vec<_>>()).prop_shuffle();
+    let repeats = proptest::collection::vec(0..plan.len(), 0..4);
+    proptest!(ProptestConfig::with_cases(24), |(order in order, repeats in repeats)| {
+        let id = format!("case-{}", case.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let events = events_for(&id);
+        let mut delivery: Vec<Value> = order.iter().map(|i| events[*i].clone()).collect();
+        for (n, i) in repeats.iter().enumerate() {
+            // A retry of an event, anywhere in the delivery.
+            delivery.insert((n * 3) % (delivery.len() + 1), events[*i].clone());
+        }
+        deliver(delivery);
+        let got = as_read(&runtime.block_on(session(&app, &id)).unwrap());
+        prop_assert_eq!(&got, &expected);
+    });
+    runtime.block_on(app.stop());
+}

@@ -7,9 +7,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use livectx::api::records::session_records;
+use livectx::render::records::session_records;
 use livectx::ingest::pull::new_actions;
-use livectx::session::activity::render_activity;
+use livectx::render::activity::render_activity;
 use livectx::session::model::{Session, SessionLimits};
 use livectx::sources::autoplay_api::{MAX_ACTIONS, decode};
 

@@ -7,9 +7,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use livectx::api::records::session_records;
+use livectx::render::records::session_records;
 use livectx::sources::autoplay::payload::{Payload, decode};
-use livectx::session::activity::render_activity;
+use livectx::render::activity::render_activity;
 use livectx::session::model::{Session, SessionId, SessionLimits};
 use livectx::session::summarizer::{DEFAULT_PROMPT, builtin, llm::build_prompt};
 

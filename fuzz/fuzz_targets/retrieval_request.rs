@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 use livectx::web::error::codes;
 use livectx::api::filter::{Condition, MetadataCondition};
 use livectx::api::identity::IdentitySigner;
-use livectx::api::records::session_records;
+use livectx::render::records::session_records;
 use livectx::api::retrieval::{
     MAX_TOP_K, ParsedRequest, QueryIdentity, parse_request, split_query,
 };

@@ -15,8 +15,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::web::auth::hmac_sha256;
 use crate::diagnostics::LookupMiss;
+use crate::web::auth::hmac_sha256;
 
 use crate::session::model::{PersonKey, Session, SessionId, normalize_email};
 use crate::session::pull::{ActivityPuller, PullOutcome, mark_stale};

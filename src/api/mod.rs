@@ -7,7 +7,6 @@ pub mod filter;
 pub mod identity;
 pub mod mcp;
 pub mod openapi;
-pub mod records;
 pub mod rest;
 pub mod retrieval;
 
@@ -24,7 +23,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::diagnostics::Diagnostics;
 use crate::ingest::Ingestor;
 use crate::ingest::sse::StreamStatus;
-use crate::ingest::webhook::{self, WebhookSettings};
+use crate::ingest::webhook::WebhookSettings;
 use crate::session::pull::ActivityPuller;
 use crate::session::store::SessionStore;
 use crate::telemetry::Metrics;
@@ -79,7 +78,7 @@ pub fn router(state: ApiState) -> Router {
 /// [`router`], plus routes the application mounts beside the API's (the analytics receivers
 /// of [`crate::ingest::receivers`], which carry their own state), under the same layers.
 pub fn router_with(state: ApiState, sources: Router) -> Router {
-    let mut app = Router::new()
+    let app = Router::new()
         .route("/retrieval", post(retrieval::retrieve))
         .route("//retrieval", post(retrieval::retrieve))
         .route("/retrieval/retrieval", post(retrieval::retrieve))
@@ -90,9 +89,6 @@ pub fn router_with(state: ApiState, sources: Router) -> Router {
         .route(rest::CONTEXT_PATH, get(rest::context))
         .route(openapi::PATH, get(openapi::openapi_json))
         .merge(mcp::routes(&state));
-    if state.webhook.is_some() {
-        app = app.route(webhook::PATH, post(webhook::receive));
-    }
     app.with_state(Arc::clone(&state))
         .merge(sources)
         .fallback(not_found)

@@ -19,9 +19,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::api::ApiState;
-use crate::api::records::Record;
 use crate::api::rest::{ContextResponse, LiveAction, LiveActivityResponse};
 use crate::ingest::webhook;
+use crate::render::records::Record;
 use crate::web::error::ApiError;
 
 /// Where the document is served.

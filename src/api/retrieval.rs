@@ -25,9 +25,9 @@ use crate::api::filter::{Condition, MetadataCondition};
 use crate::api::identity::{
     Claim, ClaimKind, ClaimOutcome, IdentityResolver, SignatureError, Via, looks_signed,
 };
-use crate::api::records::{Record, select, session_records};
 use crate::clock;
 use crate::diagnostics::{LookupChannel, LookupEntry, LookupMiss, clip};
+use crate::render::records::{Record, select, session_records};
 use crate::session::model::{MAX_ID_LEN, Session};
 use crate::session::store::StoreError;
 use crate::web::auth::KeyError;

@@ -4,9 +4,18 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use crate::clock::parse_duration;
+
+/// The sources `bench ingest` can measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IngestSource {
+    /// Autoplay's SSE stream.
+    Autoplay,
+    /// PostHog's HTTP Webhook destination, one event per request.
+    Posthog,
+}
 
 /// Settings of `livectx bench`. Scenario-specific defaults are noted per option.
 #[derive(Debug, Clone, Args)]
@@ -44,6 +53,12 @@ pub struct BenchArgs {
     /// SSE frames the ingest scenario sends.
     #[arg(long, default_value_t = 200_000)]
     pub events: u64,
+
+    /// Where the ingest scenario's events come from: `autoplay`, SSE frames from a local
+    /// stream, or `posthog`, single-event HTTP POSTs of PostHog's webhook body to
+    /// /ingest/{product_id} (32 connections unless --connections is given).
+    #[arg(long, value_enum, default_value = "autoplay")]
+    pub source: IngestSource,
 
     /// Actions in each ingest frame.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]

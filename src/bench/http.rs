@@ -50,6 +50,26 @@ impl HttpConn {
         let body = response.into_body().collect().await?.to_bytes();
         Ok((status, body))
     }
+
+    /// POST a JSON body with one extra header (a receiver's secret).
+    pub async fn post_json_with(
+        &mut self,
+        path: &str,
+        body: Bytes,
+        header: &'static str,
+        value: &str,
+    ) -> anyhow::Result<(u16, Bytes)> {
+        self.sender.ready().await?;
+        let request = Request::post(path)
+            .header(HOST, self.host.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(header, HeaderValue::from_str(value)?)
+            .body(Full::new(body))?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
 }
 
 /// GET `path` on a fresh connection; the status and body (operator routes, rarely called).

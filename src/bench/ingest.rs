@@ -91,6 +91,9 @@ fn render(events: u64, actions_per_frame: usize) -> Stream {
 }
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
+    if args.source == crate::bench::IngestSource::Posthog {
+        return super::ingest_posthog::run(args).await;
+    }
     let per_frame = args.actions_per_frame as usize;
     eprintln!(
         "ingest: rendering {} frames of {per_frame} action(s)…",

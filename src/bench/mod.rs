@@ -12,6 +12,7 @@ pub mod connector;
 pub mod freshness;
 pub mod http;
 pub mod ingest;
+pub mod ingest_posthog;
 pub mod llm;
 pub mod loadgen;
 pub mod memory;
@@ -34,7 +35,7 @@ use serde_json::{Value, json};
 
 use crate::clock;
 use crate::config::ServeConfig;
-pub use args::BenchArgs;
+pub use args::{BenchArgs, IngestSource};
 use stats::Machine;
 
 /// The benchmark scenarios.

@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 
-use crate::web::auth::ApiKeys;
 use crate::sync::lock;
+use crate::web::auth::ApiKeys;
 
 /// The login cookie.
 pub const SESSION_COOKIE: &str = "livectx_console";

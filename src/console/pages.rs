@@ -252,7 +252,7 @@ pub struct ChatbotAnswer<'a> {
     pub request_json: String,
     pub resolved_to: Option<String>,
     pub miss: Option<(&'static str, &'static str)>,
-    pub records: Vec<crate::api::records::Record>,
+    pub records: Vec<crate::render::records::Record>,
 }
 
 /// One session: its facts, the chatbot panel, the summary and the timeline.

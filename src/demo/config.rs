@@ -173,6 +173,26 @@ pub struct DemoConfig {
     /// Do not narrate what each persona does; show only the context.
     #[arg(long, env = "LIVECTX_DEMO_QUIET")]
     pub quiet: bool,
+
+    /// Where the activity comes from: `posthog`, the personas as posthog-js events POSTed to
+    /// livectx's /ingest/<product_id> (PostHog's HTTP Webhook destination), or `autoplay`, a
+    /// simulated Autoplay connector's SSE stream.
+    #[arg(
+        long,
+        env = "LIVECTX_DEMO_SOURCE",
+        value_enum,
+        default_value = "posthog"
+    )]
+    pub source: DemoSource,
+}
+
+/// The activity source `livectx demo` plays the personas through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DemoSource {
+    /// posthog-js events, PostHog webhook deliveries to /ingest/<product_id>.
+    Posthog,
+    /// The simulated Autoplay connector's SSE stream.
+    Autoplay,
 }
 
 impl Default for DemoConfig {
@@ -187,6 +207,7 @@ impl Default for DemoConfig {
             every: Duration::from_secs(5),
             api_key: "demo-key".to_string(),
             quiet: false,
+            source: DemoSource::Posthog,
         }
     }
 }

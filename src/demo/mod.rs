@@ -15,4 +15,4 @@ pub mod posthog;
 pub mod runner;
 pub mod simulator;
 
-pub use config::{DemoConfig, SimulateConfig};
+pub use config::{DemoConfig, DemoSource, PushFormat, SimulateConfig};

@@ -1430,7 +1430,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::session::activity::render_activity;
+    use crate::render::activity::render_activity;
     use crate::session::model::{Session, SessionId, SessionLimits};
     use crate::sources::autoplay::payload::{self, Payload};
     use serde_json::Value;

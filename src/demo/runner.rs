@@ -1,12 +1,15 @@
 //! `livectx demo`: the whole loop on one machine, with nothing to configure.
 //!
 //! It starts the real server ([`Application`]: in-memory store, built-in summarizer, no LLM
-//! key) and, on another loopback port, the simulated connector playing the personas. livectx
-//! is pointed at the simulator's stream URL, so events travel the same path as in production:
-//! SSE over a socket, the stream consumer, the ingestor, the store. The demo then narrates what
-//! the personas do, prints `curl` commands that ask for a persona the way Dify does (all three
-//! identity routes), and every few seconds shows the context that persona's chatbot would get,
-//! fetched over HTTP from `/retrieval` like Dify would.
+//! key) and the simulated users. By default they are posthog-js users: each event is one POST
+//! of PostHog's HTTP Webhook body to livectx's `/ingest/<product_id>` with the
+//! `X-PostHog-Secret` the demo sets as livectx's ingest secret, so events travel the path a
+//! PostHog destination takes in production (the receiver, the PostHog decoder and its naming,
+//! the store). With `--source autoplay`, a simulated Autoplay connector streams them over SSE
+//! instead. The demo then narrates what the personas do, prints `curl` commands that ask for a
+//! persona the way Dify does (all three identity routes), and every few seconds shows the
+//! context that persona's chatbot would get, fetched over HTTP from `/retrieval` like Dify
+//! would.
 
 use std::time::{Duration, Instant};
 
@@ -17,15 +20,15 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{Application, StartupError};
 use crate::clock;
 use crate::config::ServeConfig;
-use crate::demo::config::{DemoConfig, SimulateConfig};
-use crate::demo::personas::{Persona, Role};
+use crate::demo::config::{DemoConfig, DemoSource, PushFormat, SimulateConfig};
+use crate::demo::personas::{self, Persona, Role};
 use crate::demo::simulator::{Narration, Simulator};
-use crate::session::activity::ACTIVITY_HEADER;
+use crate::render::activity::ACTIVITY_HEADER;
 
 /// The token between livectx and the in-process simulator (both ends are this process).
 const STREAM_TOKEN: &str = "demo-stream-token";
-/// The operator console's key in the demo (printed with its URL).
-const DEMO_CONSOLE_KEY: &str = "demo-console-key-0000";
+/// The demo's LIVECTX_INGEST_SECRET, shared by livectx and the simulated PostHog destination.
+const INGEST_SECRET: &str = "demo-ingest-secret";
 
 /// One way Dify can name the user, as a ready-to-send `/retrieval` body.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,40 +119,56 @@ fn pick_persona(personas: &[Persona], name: &str) -> anyhow::Result<Persona> {
 pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
     let started = Instant::now();
     init_tracing();
-    let mut simulator = Simulator::bind(SimulateConfig {
+    let simulate = SimulateConfig {
         listen: config.simulator_listen,
         token: STREAM_TOKEN.to_string(),
         seed: config.seed,
         speed: config.speed,
         ..SimulateConfig::default()
-    })
-    .await
-    .with_context(|| {
-        format!(
-            "the simulated connector cannot listen on {} (choose another with --simulator-listen)",
-            config.simulator_listen
-        )
-    })?;
-    let mut narration = simulator.narrate();
-    let personas = simulator.personas();
-    let watched = pick_persona(&personas, &config.watch)?;
-    let stream_url = simulator.stream_url();
-
+    };
     let serve = ServeConfig {
         listen: config.listen,
         api_keys: vec![config.api_key.clone()],
-        stream_urls: vec![stream_url.clone()],
-        api_token: Some(STREAM_TOKEN.to_string()),
-        console_key: Some(DEMO_CONSOLE_KEY.to_string()),
         ..ServeConfig::default()
     };
-    let app = match Application::build(serve).await {
-        Ok(app) => app,
-        Err(StartupError::Bind { addr, source }) => anyhow::bail!(
-            "livectx cannot listen on {addr}: {source} (is another livectx running? choose another address with --listen 127.0.0.1:8001)"
-        ),
-        Err(error) => return Err(error).context("livectx could not start"),
+    // PostHog: livectx first (the simulator posts to its address), with the ingest secret the
+    // demo makes up. Autoplay: the simulator first (livectx subscribes to its stream).
+    let (app, mut simulator, feed) = match config.source {
+        DemoSource::Posthog => {
+            let app = build_app(ServeConfig {
+                ingest_secret: Some(INGEST_SECRET.to_string()),
+                ..serve
+            })
+            .await?;
+            let ingest_url = format!(
+                "http://{}/ingest/{}",
+                app.local_addr(),
+                personas::DEFAULT_PRODUCT
+            );
+            let simulator = bind_simulator(SimulateConfig {
+                push_to: Some(ingest_url.clone()),
+                secret: Some(INGEST_SECRET.to_string()),
+                push_format: PushFormat::Posthog,
+                ..simulate
+            })
+            .await?;
+            (app, simulator, Feed::Posthog(ingest_url))
+        }
+        DemoSource::Autoplay => {
+            let simulator = bind_simulator(simulate).await?;
+            let stream_url = simulator.stream_url();
+            let app = build_app(ServeConfig {
+                stream_urls: vec![stream_url.clone()],
+                api_token: Some(STREAM_TOKEN.to_string()),
+                ..serve
+            })
+            .await?;
+            (app, simulator, Feed::Autoplay(stream_url))
+        }
     };
+    let mut narration = simulator.narrate();
+    let personas = simulator.personas();
+    let watched = pick_persona(&personas, &config.watch)?;
     let base_url = format!("http://{}", app.local_addr());
     let app_stop = app.shutdown_token();
     let app_task = tokio::spawn(app.run_until_stopped());
@@ -163,14 +182,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
     wait_until_healthy(&http, &base_url).await;
     let ready_in = started.elapsed();
 
-    print_banner(
-        &config,
-        &base_url,
-        &stream_url,
-        &personas,
-        &watched,
-        ready_in,
-    );
+    print_banner(&config, &base_url, &feed, &personas, &watched, ready_in);
 
     let session_id = watched.session_id.clone().unwrap_or_default();
     let question = question_of(watched.role);
@@ -198,7 +210,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
             }
         }
     }
-    println!("\nStopping: livectx first (it closes its stream), then the simulated connector.");
+    println!("\nStopping: livectx first (it closes its stream), then the simulated users.");
     app_stop.cancel();
     match tokio::time::timeout(Duration::from_secs(15), app_task).await {
         Ok(Ok(Ok(()))) => {}
@@ -218,6 +230,33 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
         _ => println!("Demo stopped (the simulator did not report)."),
     }
     Ok(())
+}
+
+/// Where livectx's activity comes from in this run, for the banner.
+enum Feed {
+    /// The ingest URL the simulated PostHog destination posts to.
+    Posthog(String),
+    /// The simulated connector's stream URL.
+    Autoplay(String),
+}
+
+async fn bind_simulator(config: SimulateConfig) -> anyhow::Result<Simulator> {
+    let listen = config.listen;
+    Simulator::bind(config).await.with_context(|| {
+        format!(
+            "the simulated users cannot listen on {listen} (choose another with --simulator-listen)"
+        )
+    })
+}
+
+async fn build_app(serve: ServeConfig) -> anyhow::Result<Application> {
+    match Application::build(serve).await {
+        Ok(app) => Ok(app),
+        Err(StartupError::Bind { addr, source }) => anyhow::bail!(
+            "livectx cannot listen on {addr}: {source} (is another livectx running? choose another address with --listen 127.0.0.1:8001)"
+        ),
+        Err(error) => Err(error).context("livectx could not start"),
+    }
 }
 
 /// The demo's own output is on stdout; logs go to stderr, warnings and errors only unless
@@ -257,7 +296,7 @@ async fn wait_until_healthy(http: &reqwest::Client, base_url: &str) {
 fn print_banner(
     config: &DemoConfig,
     base_url: &str,
-    stream_url: &str,
+    feed: &Feed,
     personas: &[Persona],
     watched: &Persona,
     ready_in: Duration,
@@ -269,12 +308,14 @@ fn print_banner(
     println!(
         "  livectx           {base_url}   (the real server: in-memory store, built-in summarizer, API key \"{key}\")"
     );
-    println!(
-        "  Autoplay stream   {stream_url}   (simulated connector; livectx consumes it over SSE)"
-    );
-    println!(
-        "  operator console  {base_url}/console   (log in with the key \"{DEMO_CONSOLE_KEY}\")"
-    );
+    match feed {
+        Feed::Posthog(url) => println!(
+            "  PostHog events    POST {url}   (simulated posthog-js users, one webhook delivery per event, X-PostHog-Secret)"
+        ),
+        Feed::Autoplay(url) => println!(
+            "  Autoplay stream   {url}   (simulated connector; livectx consumes it over SSE)"
+        ),
+    }
     println!("  ready in          {} ms\n", ready_in.as_millis());
     println!(
         "Simulated users ({}x speed, seed {}):",

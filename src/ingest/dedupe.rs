@@ -10,9 +10,9 @@ use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::session::redis::RedisConnection;
 use async_trait::async_trait;
 use lru::LruCache;
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 
 use crate::session::model::SourceKind;
@@ -97,14 +97,14 @@ impl DeliveryLog for MemoryDeliveryLog {
 
 /// Keys in Redis, shared by every replica: `SET <prefix>ingest:d:<hash> 1 NX PX <window>`.
 pub struct RedisDeliveryLog {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     prefix: String,
     window_ms: u64,
 }
 
 impl RedisDeliveryLog {
     /// `prefix` is `LIVECTX_REDIS_PREFIX`; the keys live under `<prefix>ingest:d:`.
-    pub fn new(connection: ConnectionManager, prefix: &str, window: Duration) -> Self {
+    pub fn new(connection: RedisConnection, prefix: &str, window: Duration) -> Self {
         Self {
             connection,
             prefix: format!("{prefix}ingest:d:"),

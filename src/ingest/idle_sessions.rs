@@ -17,10 +17,10 @@ use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::session::redis::RedisConnection;
 use async_trait::async_trait;
 use lru::LruCache;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 
 use crate::session::store::StoreError;
@@ -126,7 +126,7 @@ impl IdleSessions for MemoryIdleSessions {
 
 /// The same rule, atomically in Redis (one script call per event).
 pub struct RedisIdleSessions {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     prefix: String,
     script: Script,
 }
@@ -151,7 +151,7 @@ return id
 
 impl RedisIdleSessions {
     /// `prefix` is `LIVECTX_REDIS_PREFIX`; the state lives under `<prefix>ingest:seg:`.
-    pub fn new(connection: ConnectionManager, prefix: &str) -> Self {
+    pub fn new(connection: RedisConnection, prefix: &str) -> Self {
         Self {
             connection,
             prefix: format!("{prefix}ingest:seg:"),

@@ -6,26 +6,27 @@
 //! connector retries on 5xx and timeouts, so deliveries are deduplicated by body hash, and a
 //! storage failure answers 503 (and forgets the hash) so the retry is not lost.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
 use hmac::Mac;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::api::ApiState;
 use crate::clock;
-use crate::ingest::{Channel, Ingested, Source};
+use crate::ingest::{Channel, Ingested, Ingestor, Source};
 use crate::sources::autoplay::payload;
 use crate::telemetry::OutcomeLabels;
 use crate::web::auth::{bearer_token, hmac_sha256};
 use crate::web::error::{ApiError, codes, read_body};
-use crate::web::limits::{self, OverRateLimit};
+use crate::web::limits::{self, OverRateLimit, RequestLimits};
 
 /// Where the receiver listens.
 pub const PATH: &str = "/webhooks/autoplay";
@@ -83,9 +84,23 @@ pub fn bearer_valid(secret: &str, header: Option<&str>) -> bool {
     presented.ct_eq(&expected).into()
 }
 
-fn outcome(state: &ApiState, outcome: &'static str) {
+/// What the receiver needs, and nothing of the API's: it sits below it.
+pub struct WebhookState {
+    pub settings: WebhookSettings,
+    pub ingestor: Arc<Ingestor>,
+    /// For the `429` of a forged delivery over the rate.
+    pub limits: Arc<RequestLimits>,
+}
+
+/// The route, ready to merge into the application's router (mounted only with a secret).
+pub fn routes(state: Arc<WebhookState>) -> Router {
+    Router::new().route(PATH, post(receive)).with_state(state)
+}
+
+fn outcome(state: &WebhookState, outcome: &'static str) {
     state
-        .metrics
+        .ingestor
+        .metrics()
         .webhook_deliveries
         .get_or_create(&OutcomeLabels { outcome })
         .inc();
@@ -94,22 +109,19 @@ fn outcome(state: &ApiState, outcome: &'static str) {
 /// The webhook handler. A delivery over its sender's rate limit ([`OverRateLimit`]) is refused
 /// with `429` only if it is not authentic: the connector never retries a 4xx.
 pub async fn receive(
-    State(state): State<ApiState>,
+    State(state): State<Arc<WebhookState>>,
     over_limit: Option<Extension<OverRateLimit>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(settings) = state.webhook.as_ref() else {
-        return ApiError::not_found(
-            "the webhook receiver is off until AUTOPLAY_WEBHOOK_SECRET is set",
-        )
-        .into_response();
-    };
+    let settings = &state.settings;
+    let store = state.ingestor.store();
+    let metrics = state.ingestor.metrics();
     let bytes = match read_body(body, BODY_LIMIT).await {
         Ok(bytes) => bytes,
         Err(error) => {
             outcome(&state, "too_large");
-            state.metrics.refuse("webhook", "oversize");
+            metrics.refuse("webhook", "oversize");
             return error.into_response();
         }
     };
@@ -137,15 +149,14 @@ pub async fn receive(
         Ok(decoded) => decoded,
         Err(error) => {
             outcome(&state, "malformed");
-            state.metrics.refuse("webhook", error.reason());
+            metrics.refuse("webhook", error.reason());
             tracing::warn!(%error, "refused a webhook delivery");
             return ApiError::bad_request(error.to_string()).into_response();
         }
     };
     let hash: [u8; 32] = Sha256::digest(&bytes).into();
     let now = clock::now();
-    match state
-        .store
+    match store
         .first_delivery(hash, now, settings.dedupe_window)
         .await
     {
@@ -157,7 +168,7 @@ pub async fn receive(
         }
         Err(error) => {
             // Better to risk a duplicate than to lose the delivery.
-            state.metrics.store_error("first_delivery");
+            metrics.store_error("first_delivery");
             tracing::warn!(%error, "could not check webhook deduplication; storing anyway");
         }
     }
@@ -180,7 +191,7 @@ pub async fn receive(
         }
         Ingested::Failed => {
             outcome(&state, "failed");
-            if let Err(error) = state.store.forget_delivery(hash).await {
+            if let Err(error) = store.forget_delivery(hash).await {
                 tracing::warn!(%error, "could not forget a failed delivery's hash; its retry may be ignored");
             }
             ApiError::new(

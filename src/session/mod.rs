@@ -1,7 +1,6 @@
-//! Per-session activity: the data model, the storage backends, the activity view and the
-//! background summarizer.
+//! Per-session activity: the data model, the storage backends and the background summarizer
+//! (the views of a session are in `render`).
 
-pub mod activity;
 pub mod buffered;
 pub mod memory;
 pub mod model;

@@ -17,8 +17,9 @@
 //!
 //! Actions keep the connector's vocabulary in `title` ("Click Invoices link", "Page Load:
 //! Billing settings") so summaries built for the Autoplay stream read them unchanged, and put
-//! the person's phrase in `description`. A description that starts with a lower-case verb is
-//! such a phrase ([`is_phrase`]); the activity view prints it as is.
+//! the person's phrase in `description`. A description that opens with one of the model's
+//! [`PHRASE_OPENINGS`](crate::session::model::PHRASE_OPENINGS) is such a phrase
+//! ([`is_phrase`]); the activity view prints it as is.
 
 use super::Privacy;
 use super::elements_chain::Element;
@@ -37,12 +38,8 @@ const MAX_INPUT_BYTES: usize = 16 * 1024;
 /// Longest title or description an action gets (every part above is bounded, so this holds).
 pub const MAX_ACTION_TEXT_CHARS: usize = 400;
 
-/// Whether an action's description is a person's phrase written by this module
-/// ("clicked the link \"Invoices\""): it starts with a lower-case letter, while the Autoplay
-/// connector writes sentences ("User clicked ...").
-pub fn is_phrase(description: &str) -> bool {
-    description.chars().next().is_some_and(|c| c.is_lowercase())
-}
+/// Whether a description is a phrase this module wrote (the model owns the rule).
+pub use crate::session::model::is_phrase;
 
 // ---------------------------------------------------------------------------------------------
 // URLs

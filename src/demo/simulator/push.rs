@@ -105,8 +105,12 @@ impl Pusher {
                     format!("HTTP {}", response.status().as_u16())
                 }
                 Ok(response) if response.status().is_client_error() => {
+                    let who = match self.format {
+                        PushFormat::Autoplay => "as the connector does",
+                        PushFormat::Posthog => "as PostHog does",
+                    };
                     self.fail(&format!(
-                        "the webhook refused a delivery with HTTP {}; 4xx is never retried (as the connector does)",
+                        "the webhook refused a delivery with HTTP {}; it is not retried ({who})",
                         response.status().as_u16()
                     ));
                     return;

@@ -291,6 +291,12 @@ impl Inner {
     /// Decide under the locks: a cached answer, a request to join, or a new request.
     fn begin(self: &Arc<Self>, user: &str, now: Instant, asked: bool) -> Begin {
         let m = &self.metrics.autoplay_pull;
+        // The background refresh is not a lookup: it is not counted as one.
+        let hit = |cache: &'static str| {
+            if asked {
+                m.cache_hit(cache);
+            }
+        };
         let mut users = lock(&self.users);
         let state = users.get_or_insert_mut(user.to_string(), || UserState::new(now));
         if asked {
@@ -300,23 +306,25 @@ impl Inner {
             .fetched_at
             .is_some_and(|at| now.saturating_duration_since(at) < self.settings.freshness)
         {
-            m.cache_hit("fresh");
+            hit("fresh");
             return Begin::Done(PullOutcome::Fresh);
         }
         if state.unknown_until.is_some_and(|until| now < until) {
-            m.cache_hit("negative");
+            hit("negative");
             return Begin::Done(PullOutcome::Unknown);
         }
         let as_of = state.fetched_wall;
         if let Some(flight) = &state.flight {
-            m.cache_hit("joined");
+            hit("joined");
             return Begin::Wait {
                 flight: flight.clone(),
                 as_of,
             };
         }
         let stale = |reason: &'static str| {
-            m.skip(reason);
+            if asked {
+                m.skip(reason);
+            }
             Begin::Done(PullOutcome::Stale { as_of, reason })
         };
         let mut gate = lock(&self.gate);

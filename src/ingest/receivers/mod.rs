@@ -16,8 +16,6 @@
 //!
 //! Receivers see only [`Receivers`], never the API's state: data flows from here down.
 
-mod placeholder;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,10 +37,10 @@ use crate::ingest::dedupe::{DeliveryKey, DeliveryLog};
 use crate::ingest::idle_sessions::IdleSessions;
 use crate::ingest::{Ingested, Ingestor};
 use crate::session::model::{ActionBatch, MAX_ID_LEN, SessionId, SourceKind};
-use crate::sources::{Decoded, SourceEvent};
+use crate::sources::{self, BodyError, Decoded, Privacy, SourceEvent};
 use crate::telemetry::SourceEventLabels;
-
-pub use placeholder::{BodyError, Privacy};
+use crate::web::auth::bearer_token;
+use crate::web::error::{ApiError, codes};
 
 /// PostHog's route (and Autoplay's `ingest_url`, so an Autoplay destination needs one URL
 /// changed).
@@ -63,14 +61,8 @@ pub const POSTHOG_SECRET_HEADER: &str = "x-posthog-secret";
 /// Segment's Webhooks (Actions) signature header.
 pub const SEGMENT_SIGNATURE_HEADER: &str = "x-signature";
 
-/// Error codes of the JSON error body (`{"error_code", "error_msg"}`, as on every route).
-pub mod codes {
-    pub const INVALID_REQUEST: u32 = 4000;
-    pub const INVALID_SECRET: u32 = 4010;
-    pub const PAYLOAD_TOO_LARGE: u32 = 4130;
-    pub const NO_SESSION: u32 = 4220;
-    pub const UNAVAILABLE: u32 = 5030;
-}
+/// Error code of a body none of whose events has a usable session id (`422`).
+pub const NO_SESSION_CODE: u32 = 4220;
 
 /// What the receivers are configured with.
 #[derive(Clone)]
@@ -168,11 +160,7 @@ async fn segment(
 
 /// A refusal as the JSON error every route answers with.
 fn error(status: StatusCode, code: u32, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(json!({ "error_code": code, "error_msg": message.into() })),
-    )
-        .into_response()
+    ApiError::new(status, code, message).into_response()
 }
 
 fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -181,10 +169,7 @@ fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 
 /// The token of `Authorization: Bearer <token>`.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = header_text(headers, header::AUTHORIZATION.as_str())?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    header_text(headers, header::AUTHORIZATION.as_str()).and_then(bearer_token)
 }
 
 /// `hex(HMAC-SHA1(secret, body))`, as Segment's Webhooks destination signs.
@@ -274,9 +259,9 @@ fn decode(
 ) -> Result<Decoded, BodyError> {
     let privacy = &receivers.settings.privacy;
     match source {
-        SourceKind::Amplitude => placeholder::amplitude::decode(body, product_id, privacy),
-        SourceKind::Segment => placeholder::segment::decode(body, product_id, privacy),
-        _ => placeholder::posthog::decode(body, product_id, privacy),
+        SourceKind::Amplitude => sources::amplitude::decode(body, product_id, privacy),
+        SourceKind::Segment => sources::segment::decode(body, product_id, privacy),
+        _ => sources::posthog::decode(body, product_id, privacy),
     }
 }
 
@@ -349,7 +334,7 @@ async fn receive(
         };
         return error(
             StatusCode::UNAUTHORIZED,
-            codes::INVALID_SECRET,
+            codes::INVALID_SIGNATURE,
             format!("{what}: {}", credentials_hint(source)),
         );
     }
@@ -485,7 +470,7 @@ async fn receive(
             .iter()
             .all(|r| matches!(r.reason, "no_session" | "invalid_session"));
         let (status, code) = if no_session {
-            (StatusCode::UNPROCESSABLE_ENTITY, codes::NO_SESSION)
+            (StatusCode::UNPROCESSABLE_ENTITY, NO_SESSION_CODE)
         } else {
             (StatusCode::BAD_REQUEST, codes::INVALID_REQUEST)
         };

@@ -232,6 +232,17 @@ impl Action {
         matches!(self.kind(), "click" | "submit")
     }
 
+    /// The person's phrase an analytics source named this action with
+    /// (`clicked the link "Invoices"`), if it did; see [`is_phrase`].
+    pub fn phrase(&self) -> Option<&str> {
+        Some(self.description()).filter(|d| is_phrase(d))
+    }
+
+    /// Rage clicks, dead clicks and errors: signs that the user is stuck.
+    pub fn is_frustration(&self) -> bool {
+        matches!(self.kind(), "rageclick" | "dead_click" | "error")
+    }
+
     /// One line for prompts and records:
     /// `14:00:02 UTC click "Click Projects link": User clicked ... (https://app/dashboard)`.
     pub fn describe(&self) -> String {
@@ -259,6 +270,11 @@ impl Action {
     /// reload of the current page is not a move.
     pub fn arrives_at(&self, current: Option<(&str, &str)>) -> Option<(String, String)> {
         let url = self.canonical_url();
+        // A source's event without a page (an Amplitude custom event) happened wherever the
+        // user already was.
+        if url.is_empty() && !self.is_pageview() && self.phrase().is_some() {
+            return None;
+        }
         let moved = match current {
             None => true,
             Some((current_url, current_label)) => {
@@ -283,6 +299,26 @@ impl Action {
         }
         url_path_label(self.canonical_url())
     }
+}
+
+/// How the descriptions written by analytics sources (`sources::naming`) begin. The Autoplay
+/// connector writes sentences ("User clicked the Projects link"), so a description opening
+/// with one of these is a person's phrase, which the activity view shows as it is.
+pub const PHRASE_OPENINGS: [&str; 7] = [
+    "viewed ",
+    "clicked ",
+    "changed ",
+    "started filling in ",
+    "submitted ",
+    "saw an error",
+    "did ",
+];
+
+/// Whether a description is a person's phrase (`clicked the link "Invoices"`).
+pub fn is_phrase(description: &str) -> bool {
+    PHRASE_OPENINGS
+        .iter()
+        .any(|opening| description.starts_with(opening))
 }
 
 /// A short label from a URL: its path (`https://h/a/b?x` → `/a/b`).

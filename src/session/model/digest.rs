@@ -96,25 +96,34 @@ impl Digest {
             .current_page
             .as_ref()
             .map_or_else(String::new, |(label, _)| label.clone());
+        // What an analytics source named reads as its phrase (`clicked the link "Invoices"`).
+        let phrase = action.phrase().map(|phrase| format!("{phrase} on {page}"));
         match action.kind() {
-            "click" => self.push_key_action(format!(
-                "clicked \"{}\" on {page}",
-                object_of(action.title())
-            )),
+            "click" => {
+                self.push_key_action(phrase.unwrap_or_else(|| {
+                    format!("clicked \"{}\" on {page}", object_of(action.title()))
+                }))
+            }
             "submit" => {
-                self.push_key_action(format!(
-                    "submitted \"{}\" on {page}",
-                    object_of(action.title())
-                ));
+                self.push_key_action(phrase.unwrap_or_else(|| {
+                    format!("submitted \"{}\" on {page}", object_of(action.title()))
+                }));
                 self.open_form = None;
                 push_capped(&mut self.forms_submitted, page);
             }
             "type" | "input" | "change" => {
                 let field = object_of(action.title());
                 if self.open_form.is_none() {
-                    self.push_key_action(format!("typed in \"{field}\" on {page}"));
+                    self.push_key_action(
+                        phrase.unwrap_or_else(|| format!("typed in \"{field}\" on {page}")),
+                    );
                 }
                 self.open_form = Some((page, field));
+            }
+            "rageclick" | "dead_click" | "error" | "custom" => {
+                if let Some(phrase) = phrase {
+                    self.push_key_action(phrase);
+                }
             }
             _ => {}
         }
@@ -255,7 +264,9 @@ fn push_capped(list: &mut Vec<String>, item: String) {
 /// `Click Add Project button` → `Add Project button`.
 fn object_of(title: &str) -> String {
     let title = title.trim();
-    for prefix in ["Click ", "Submit ", "Type in ", "Type ", "Focus ", "Blur "] {
+    for prefix in [
+        "Click ", "Submit ", "Type in ", "Type ", "Focus ", "Blur ", "Change ", "Start ",
+    ] {
         if let Some(rest) = title.strip_prefix(prefix) {
             return rest.trim().to_string();
         }
@@ -315,6 +326,41 @@ mod tests {
         );
         assert!(
             text.contains("Last seen on: Projects (/projects)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn source_named_actions_are_summarised_by_their_phrases() {
+        use crate::sources::naming::{Happened, Target, clean_url};
+        let at = |path: &str| clean_url(&format!("https://app.acme.io{path}"), &Default::default());
+        let field = Target {
+            label: Some("Project name".into()),
+            noun: Some("field"),
+        };
+        let chunks = vec![chunk(
+            1,
+            vec![
+                Happened::PageView {
+                    page: "New project".into(),
+                }
+                .action(at("/projects/new").as_ref(), Some(1.0)),
+                Happened::Change(field).action(at("/projects/new").as_ref(), Some(2.0)),
+                Happened::Error(Some("TypeError: x is undefined".into()))
+                    .action(at("/projects/new").as_ref(), Some(3.0)),
+                Happened::PageView {
+                    page: "Projects".into(),
+                }
+                .action(at("/projects").as_ref(), Some(4.0)),
+            ],
+        )];
+        let text = summarize(None, &chunks).text;
+        assert!(
+            text.contains("Key actions (latest last): changed the field \"Project name\" on New project; saw an error: \"TypeError: x is undefined\" on New project."),
+            "{text}"
+        );
+        assert!(
+            text.contains("left without submitting: \"Project name field\" on New project"),
             "{text}"
         );
     }

@@ -13,8 +13,11 @@ use crate::session::model::{Action, Session};
 /// First line of the activity record; the README's system prompt refers to it by name.
 pub const ACTIVITY_HEADER: &str = "Current User Activity";
 
-/// Clicks and submits listed at most.
+/// Key actions (clicks, submits, and what analytics sources name) listed at most.
 const MAX_LISTED_ACTIONS: usize = 10;
+
+/// Frustration signals quoted in the pattern line at most (the latest ones).
+const MAX_QUOTED_FRUSTRATIONS: usize = 3;
 
 /// Render the activity view of `session` at server time `now`, looking back `window_secs`.
 pub fn render_activity(session: &Session, now: f64, window_secs: f64) -> String {
@@ -73,9 +76,12 @@ pub fn render_activity(session: &Session, now: f64, window_secs: f64) -> String 
         ));
     }
     if !walk.key_actions.is_empty() {
-        out.push_str(&format!(
-            "Clicks and submits in {window_name} (latest last):\n"
-        ));
+        let listed = if walk.only_clicks_and_submits {
+            "Clicks and submits"
+        } else {
+            "What they did"
+        };
+        out.push_str(&format!("{listed} in {window_name} (latest last):\n"));
         let skip = walk.key_actions.len().saturating_sub(MAX_LISTED_ACTIONS);
         for line in walk.key_actions.iter().skip(skip) {
             out.push_str("- ");
@@ -84,6 +90,10 @@ pub fn render_activity(session: &Session, now: f64, window_secs: f64) -> String 
         }
     } else if recent.is_empty() && !idle {
         out.push_str("No clicks or page changes in the recent window.\n");
+    }
+    if let Some(pattern) = walk.frustration_note() {
+        out.push_str(&pattern);
+        out.push('\n');
     }
     if let Some(pattern) = walk.searching_note() {
         out.push_str(&pattern);
@@ -125,6 +135,10 @@ struct PageWalk {
     arrivals: HashMap<(String, String), u32>,
     page_changes: u32,
     submits: u32,
+    /// Whether every key action is a click or a submit (the Autoplay stream's vocabulary).
+    only_clicks_and_submits: bool,
+    /// Rage clicks, dead clicks and errors, as "what, on which page".
+    frustrations: Vec<String>,
 }
 
 impl PageWalk {
@@ -135,6 +149,8 @@ impl PageWalk {
             arrivals: HashMap::new(),
             page_changes: 0,
             submits: 0,
+            only_clicks_and_submits: true,
+            frustrations: Vec::new(),
         };
         let mut current: Option<(String, String)> = None;
         for action in actions {
@@ -153,27 +169,62 @@ impl PageWalk {
                 current = Some((url, label));
             }
             let current_label = current.as_ref().map_or("", |(_, label)| label.as_str());
-            if action.is_click_or_submit() {
-                if action.kind() == "submit" {
-                    walk.submits += 1;
-                }
-                let verb = if action.kind() == "submit" {
-                    "submitted"
-                } else {
-                    "clicked"
-                };
-                let when = action
-                    .time()
-                    .map(format_utc_time)
-                    .map(|t| format!("{t} UTC "))
-                    .unwrap_or_default();
-                walk.key_actions.push(format!(
-                    "{when}{verb} \"{}\" on {current_label}",
-                    action.title().trim()
-                ));
+            // A source's named action reads as its phrase (`clicked the link "Invoices"`); the
+            // stream's clicks and submits as before.
+            let phrase = action.phrase().filter(|_| !action.is_pageview());
+            if !action.is_click_or_submit() && phrase.is_none() {
+                continue;
             }
+            if action.kind() == "submit" {
+                walk.submits += 1;
+            }
+            walk.only_clicks_and_submits &= action.is_click_or_submit();
+            let what = match phrase {
+                Some(phrase) => phrase.to_string(),
+                None if action.kind() == "submit" => {
+                    format!("submitted \"{}\"", action.title().trim())
+                }
+                None => format!("clicked \"{}\"", action.title().trim()),
+            };
+            let on_page = if current_label.is_empty() {
+                String::new()
+            } else {
+                format!(" on {current_label}")
+            };
+            if action.is_frustration() {
+                walk.frustrations.push(format!("{what}{on_page}"));
+            }
+            let when = action
+                .time()
+                .map(format_utc_time)
+                .map(|t| format!("{t} UTC "))
+                .unwrap_or_default();
+            walk.key_actions.push(format!("{when}{what}{on_page}"));
         }
         walk
+    }
+
+    /// "Looks like frustration": rage clicks, dead clicks or errors, the latest quoted.
+    fn frustration_note(&self) -> Option<String> {
+        let count = self.frustrations.len();
+        if count == 0 {
+            return None;
+        }
+        let skip = count.saturating_sub(MAX_QUOTED_FRUSTRATIONS);
+        let quoted: Vec<&str> = self.frustrations[skip..]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let signs = if count == 1 {
+            "a sign".to_string()
+        } else {
+            format!("{count} signs")
+        };
+        let latest = if skip > 0 { " (latest)" } else { "" };
+        Some(format!(
+            "Pattern: this looks like frustration — {signs} of it{latest}: they {}.",
+            quoted.join("; ")
+        ))
     }
 
     /// "Looks like searching": pages revisited, or many page changes without a form submit.
@@ -365,5 +416,98 @@ mod tests {
         let text = render_activity(&s, 950.0, 120.0);
         assert!(text.contains("may be missing"), "{text}");
         assert!(text.contains("A product tour (\"flow_retry\")"), "{text}");
+    }
+
+    /// Actions named by an analytics source (`sources::naming`) at `url`, `secs` after 10:38.
+    fn named(happened: crate::sources::naming::Happened, url: &str, secs: f64) -> Action {
+        let url = crate::sources::naming::clean_url(url, &Default::default()).unwrap();
+        happened.action(Some(&url), Some(1_796_121_480.0 + secs))
+    }
+
+    #[test]
+    fn source_named_actions_read_as_phrases_with_frustration_signals() {
+        use crate::sources::naming::{Happened, Target};
+        let target = |label: &str, noun: &'static str| Target {
+            label: Some(label.to_string()),
+            noun: Some(noun),
+        };
+        let s = session_with(vec![
+            named(
+                Happened::PageView {
+                    page: "Billing settings".into(),
+                },
+                "https://app.acme.io/settings/billing",
+                0.0,
+            ),
+            named(
+                Happened::Click(target("Invoices", "link")),
+                "https://app.acme.io/settings/billing",
+                8.0,
+            ),
+            named(
+                Happened::PageView {
+                    page: "Checkout".into(),
+                },
+                "https://app.acme.io/checkout?coupon=WINTER",
+                20.0,
+            ),
+            named(
+                Happened::Change(target("Coupon code", "field")),
+                "https://app.acme.io/checkout",
+                25.0,
+            ),
+            named(
+                Happened::RageClick(target("Apply", "button")),
+                "https://app.acme.io/checkout",
+                30.0,
+            ),
+            named(
+                Happened::Error(Some("TypeError: x is undefined".into())),
+                "https://app.acme.io/checkout",
+                31.0,
+            ),
+            // No page: it happened where the user already was.
+            Happened::Custom("Coupon rejected".into()).action(None, Some(1_796_121_480.0 + 32.0)),
+        ]);
+        let text = render_activity(&s, 1_796_121_480.0 + 40.0, 120.0);
+        let expected = "\
+Now on: \"Checkout\" (https://app.acme.io/checkout) for 20 s.
+Pages in the last 2 min, in order: Billing settings → Checkout.
+What they did in the last 2 min (latest last):
+- 10:38:08 UTC clicked the link \"Invoices\" on Billing settings
+- 10:38:25 UTC changed the field \"Coupon code\" on Checkout
+- 10:38:30 UTC clicked \"Apply\" repeatedly on Checkout
+- 10:38:31 UTC saw an error: \"TypeError: x is undefined\" on Checkout
+- 10:38:32 UTC did \"Coupon rejected\" on Checkout
+Pattern: this looks like frustration — 2 signs of it: they clicked \"Apply\" repeatedly on Checkout; saw an error: \"TypeError: x is undefined\" on Checkout.";
+        let body = text
+            .split_once(").\n")
+            .map_or(text.as_str(), |(_, rest)| rest);
+        assert_eq!(body, expected, "{text}");
+    }
+
+    #[test]
+    fn frustration_quotes_the_latest_three() {
+        use crate::sources::naming::{Happened, Target};
+        let url = "https://app.acme.io/reports";
+        let mut actions = vec![named(
+            Happened::PageView {
+                page: "Reports".into(),
+            },
+            url,
+            0.0,
+        )];
+        for (i, label) in ["A", "B", "C", "D"].iter().enumerate() {
+            let target = Target {
+                label: Some(label.to_string()),
+                noun: Some("button"),
+            };
+            actions.push(named(Happened::DeadClick(target), url, 1.0 + i as f64));
+        }
+        let text = render_activity(&session_with(actions), 1_796_121_480.0 + 10.0, 120.0);
+        assert!(
+            text.contains("Pattern: this looks like frustration — 4 signs of it (latest): they clicked \"B\" and nothing happened on Reports; clicked \"C\" and nothing happened on Reports; clicked \"D\" and nothing happened on Reports."),
+            "{text}"
+        );
     }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::clock::{format_rfc3339, format_utc, format_utc_time};
-use crate::session::activity::{ACTIVITY_HEADER, render_activity};
+use crate::render::activity::{ACTIVITY_HEADER, render_activity};
 use crate::session::model::{Chunk, Session, Summary};
 
 /// Score of the activity record: it always ranks first and survives any threshold.

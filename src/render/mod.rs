@@ -1,0 +1,6 @@
+//! Renderers: a session turned into the text and records chatbots read. Pure functions of the
+//! model (and the clock), below every API, so `/retrieval`, MCP, REST and the console all show
+//! the same words.
+
+pub mod activity;
+pub mod records;
