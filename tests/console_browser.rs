@@ -324,12 +324,7 @@ async fn an_operator_uses_the_console_in_chromium() {
         .click()
         .await
         .unwrap();
-    let count = client
-        .wait()
-        .for_element(Locator::Id("record-count"))
-        .await
-        .unwrap();
-    let count = count.text().await.unwrap();
+    let count = text_of(&client, "record-count").await;
     assert!(!count.starts_with('0'), "{count}");
     let panel = client
         .find(Locator::Id("chatbot"))
@@ -430,4 +425,21 @@ async fn an_operator_uses_the_console_in_chromium() {
     client.close().await.unwrap();
     app.stop().await;
     drop(driver);
+}
+
+/// The text of the element with this id, read again when a live update replaced the element
+/// between finding and reading it (the pages refresh themselves every few seconds).
+async fn text_of(client: &fantoccini::Client, id: &str) -> String {
+    let mut last_error = None;
+    for _ in 0..50 {
+        match client.wait().for_element(Locator::Id(id)).await {
+            Ok(element) => match element.text().await {
+                Ok(text) => return text,
+                Err(error) => last_error = Some(error.to_string()),
+            },
+            Err(error) => last_error = Some(error.to_string()),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("could not read #{id}: {last_error:?}");
 }

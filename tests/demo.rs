@@ -207,8 +207,13 @@ async fn activity_names_current_page(
 /// element chain, not the raw event name)?
 fn names_a_clicked_element(output: &str, label: &str) -> bool {
     output.lines().any(|line| {
-        line.trim_start()
-            .strip_prefix("- clicked")
+        let item = line.trim_start().strip_prefix("- ").unwrap_or("");
+        // The activity view puts the time first when the action has one: "09:28:18 UTC clicked …".
+        let item = match item.split_once(" UTC ") {
+            Some((time, rest)) if time.len() == 8 && time.as_bytes()[2] == b':' => rest,
+            _ => item,
+        };
+        item.strip_prefix("clicked")
             .and_then(|rest| rest.split(" on ").next())
             .is_some_and(|what| what.contains(label) && !what.contains('$'))
     })
