@@ -10,9 +10,9 @@ use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::session::redis::RedisConnection;
 use async_trait::async_trait;
 use lru::LruCache;
-use crate::session::redis::RedisConnection;
 use sha2::{Digest, Sha256};
 
 use crate::session::model::SourceKind;

@@ -17,10 +17,10 @@ use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::session::redis::RedisConnection;
 use async_trait::async_trait;
 use lru::LruCache;
 use redis::Script;
-use crate::session::redis::RedisConnection;
 use sha2::{Digest, Sha256};
 
 use crate::session::store::StoreError;
