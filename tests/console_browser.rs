@@ -280,13 +280,7 @@ async fn an_operator_uses_the_console_in_chromium() {
         .await
         .unwrap();
     wait_until("the table to show only devon", || async {
-        let text = client
-            .find(Locator::Id("session-rows"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = text_of(&client, "session-rows").await;
         text.contains("ps_devon_91c2") && !text.contains("ps_priya_7f3a")
     })
     .await;
@@ -326,13 +320,7 @@ async fn an_operator_uses_the_console_in_chromium() {
         .unwrap();
     let count = text_of(&client, "record-count").await;
     assert!(!count.starts_with('0'), "{count}");
-    let panel = client
-        .find(Locator::Id("chatbot"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let panel = text_of(&client, "chatbot").await;
     assert!(panel.contains("Current User Activity"), "{panel}");
     assert!(panel.contains("Notifications bell"), "{panel}");
     let timeline = client
@@ -357,13 +345,7 @@ async fn an_operator_uses_the_console_in_chromium() {
         .goto(&format!("{base}/console/lookups"))
         .await
         .unwrap();
-    let lookups = client
-        .find(Locator::Id("lookup-rows"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let lookups = text_of(&client, "lookup-rows").await;
     assert!(lookups.contains("unfilled {{variable}}"), "{lookups}");
     assert!(lookups.contains("{{session_id}}"), "{lookups}");
 
@@ -387,13 +369,7 @@ async fn an_operator_uses_the_console_in_chromium() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(3500)).await; // one live refresh of the table
-    let rows = client
-        .find(Locator::Id("session-rows"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let rows = text_of(&client, "session-rows").await;
     assert!(rows.contains(IMG_XSS), "{rows}");
     assert!(client.get_alert_text().await.is_err(), "no alert dialog");
     let ran = client
