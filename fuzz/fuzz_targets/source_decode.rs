@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use livectx::session::activity::render_activity;
+use livectx::render::activity::render_activity;
 use livectx::session::model::{
     ActionBatch, MAX_ID_LEN, Session, SessionId, SessionLimits, SourceKind,
 };
