@@ -70,7 +70,7 @@ fn section(command: &Command, path: &str, out: &mut String) {
     if !settings.is_empty() {
         out.push_str(&format!("## `{path}`\n\n"));
         if let Some(about) = command.get_long_about().or(command.get_about()) {
-            out.push_str(&format!("{}\n\n", one_line(&about.to_string())));
+            out.push_str(&format!("{}\n\n", escape(&sentence(&about.to_string()))));
         }
         out.push_str("| Flag | Environment variable | Default | What it does |\n");
         out.push_str("|---|---|---|---|\n");
@@ -121,7 +121,7 @@ fn row(arg: &Arg) -> String {
     let mut help = arg
         .get_long_help()
         .or(arg.get_help())
-        .map(|h| one_line(&h.to_string()))
+        .map(|h| sentence(&h.to_string()))
         .unwrap_or_default();
     let values: Vec<String> = arg
         .get_possible_values()
@@ -138,18 +138,28 @@ fn row(arg: &Arg) -> String {
     format!("| {flag} | {env} | {default} | {} |\n", escape(help.trim()))
 }
 
-/// Help text on one table line: paragraphs joined.
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+/// Help text on one line, paragraphs joined, ending with a full stop (clap drops the one of
+/// a one-line help).
+fn sentence(text: &str) -> String {
+    let mut line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if !line.is_empty() && !line.ends_with('.') {
+        line.push('.');
+    }
+    line
 }
 
-/// Characters that would change a table cell's meaning on GitHub: `|` ends the cell, `<key>`
-/// would be read as an HTML tag, `*` as emphasis.
+/// Characters that would change a table cell's meaning on GitHub: `|` ends the cell (also in
+/// a code span), and outside code spans `<key>` would be read as an HTML tag and `*` as
+/// emphasis. Inside a code span a backslash would show, so `<` and `*` stay as they are there.
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
+    let mut in_code = false;
     for c in text.chars() {
-        if matches!(c, '|' | '<' | '*') {
-            out.push('\\');
+        match c {
+            '`' => in_code = !in_code,
+            '|' => out.push('\\'),
+            '<' | '*' if !in_code => out.push('\\'),
+            _ => {}
         }
         out.push(c);
     }
@@ -160,8 +170,9 @@ fn escape(text: &str) -> String {
 fn the_generator_covers_every_kind_of_setting() {
     let command = Command::new("tool")
         .about("A tool.")
-        .arg(Arg::new("listen").long("listen").env("T_LISTEN").default_value("127.0.0.1:1").help("Where | to <listen>."))
-        .arg(Arg::new("key").long("key").env("T_KEY").value_delimiter(',').help("Keys."))
+        .arg(Arg::new("listen").long("listen").env("T_LISTEN").default_value("127.0.0.1:1").help("Where | to <listen> (`<addr>`)"))
+        .arg(Arg::new("key").long("key").env("T_KEY").value_delimiter(',').help("Keys"))
+        .arg(Arg::new("format").long("format").value_parser(["text", "json"]).default_value("text").help("Format"))
         .arg(Arg::new("on").long("on").action(ArgAction::SetTrue).help("A switch."))
         .arg(Arg::new("id").required(true).help("Positional."))
         .arg(Arg::new("secret").long("secret").hide(true))
@@ -171,8 +182,9 @@ fn the_generator_covers_every_kind_of_setting() {
         markdown(&command),
         "## `tool`\n\nA tool.\n\n\
          | Flag | Environment variable | Default | What it does |\n|---|---|---|---|\n\
-         | `--listen` | `T_LISTEN` | `127.0.0.1:1` | Where \\| to \\<listen>. |\n\
+         | `--listen` | `T_LISTEN` | `127.0.0.1:1` | Where \\| to \\<listen> (`<addr>`). |\n\
          | `--key` | `T_KEY` | — | Keys. Comma-separated. |\n\
+         | `--format` | — | `text` | Format. One of `text`, `json`. |\n\
          | `--on` | — | off | A switch. |\n\
          | `<id>` (positional) | — | required | Positional. |\n\n\
          ## `tool child`\n\n\
