@@ -11,7 +11,8 @@
 use clap::{Arg, ArgAction, Command, CommandFactory};
 use livectx::cli::Cli;
 
-const BEGIN: &str = "<!-- generated from the command line by tests/config_doc.rs: do not edit by hand -->";
+const BEGIN: &str =
+    "<!-- generated from the command line by tests/config_doc.rs: do not edit by hand -->";
 const END: &str = "<!-- end of the generated part -->";
 
 fn path() -> std::path::PathBuf {
@@ -98,9 +99,10 @@ fn row(arg: &Arg) -> String {
             format!("`<{name}>` (positional)")
         }
     };
-    let env = arg
-        .get_env()
-        .map_or_else(|| "—".to_string(), |env| format!("`{}`", env.to_string_lossy()));
+    let env = arg.get_env().map_or_else(
+        || "—".to_string(),
+        |env| format!("`{}`", env.to_string_lossy()),
+    );
     let is_switch = matches!(arg.get_action(), ArgAction::SetTrue);
     let defaults: Vec<String> = arg
         .get_default_values()
@@ -170,10 +172,33 @@ fn escape(text: &str) -> String {
 fn the_generator_covers_every_kind_of_setting() {
     let command = Command::new("tool")
         .about("A tool.")
-        .arg(Arg::new("listen").long("listen").env("T_LISTEN").default_value("127.0.0.1:1").help("Where | to <listen> (`<addr>`)"))
-        .arg(Arg::new("key").long("key").env("T_KEY").value_delimiter(',').help("Keys"))
-        .arg(Arg::new("format").long("format").value_parser(["text", "json"]).default_value("text").help("Format"))
-        .arg(Arg::new("on").long("on").action(ArgAction::SetTrue).help("A switch."))
+        .arg(
+            Arg::new("listen")
+                .long("listen")
+                .env("T_LISTEN")
+                .default_value("127.0.0.1:1")
+                .help("Where | to <listen> (`<addr>`)"),
+        )
+        .arg(
+            Arg::new("key")
+                .long("key")
+                .env("T_KEY")
+                .value_delimiter(',')
+                .help("Keys"),
+        )
+        .arg(
+            Arg::new("format")
+                .long("format")
+                .value_parser(["text", "json"])
+                .default_value("text")
+                .help("Format"),
+        )
+        .arg(
+            Arg::new("on")
+                .long("on")
+                .action(ArgAction::SetTrue)
+                .help("A switch."),
+        )
         .arg(Arg::new("id").required(true).help("Positional."))
         .arg(Arg::new("secret").long("secret").hide(true))
         .subcommand(Command::new("child").arg(Arg::new("n").long("n").help("Count.")))
@@ -196,12 +221,22 @@ fn the_generator_covers_every_kind_of_setting() {
 #[test]
 fn every_command_with_settings_has_a_section() {
     let generated = markdown(&Cli::command());
-    for command in ["serve", "sign", "healthcheck", "connect posthog", "demo", "simulate"] {
+    for command in [
+        "serve",
+        "sign",
+        "healthcheck",
+        "connect posthog",
+        "demo",
+        "simulate",
+    ] {
         assert!(
             generated.contains(&format!("## `livectx {command}`")),
             "no section for livectx {command}"
         );
     }
     assert!(generated.contains("| `--ingest-secret` | `LIVECTX_INGEST_SECRET` |"));
-    assert!(!generated.contains("bench-loadgen"), "hidden commands stay out");
+    assert!(
+        !generated.contains("bench-loadgen"),
+        "hidden commands stay out"
+    );
 }

@@ -25,11 +25,7 @@ fn every_relative_link_and_anchor_resolves() {
     assert!(files.len() > 10, "found the docs: {files:?}");
     let mut links = 0;
     let broken = broken_links(root, &files, &mut links);
-    assert!(
-        broken.is_empty(),
-        "broken links:\n{}",
-        broken.join("\n")
-    );
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
     assert!(links > 50, "checked {links} relative links");
 }
 
@@ -39,7 +35,11 @@ fn broken_links(root: &Path, files: &[PathBuf], checked: &mut usize) -> Vec<Stri
     let mut broken = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(file).expect("readable Markdown");
-        let shown = file.strip_prefix(root).unwrap_or(file).display().to_string();
+        let shown = file
+            .strip_prefix(root)
+            .unwrap_or(file)
+            .display()
+            .to_string();
         for target in link_targets(&text) {
             if is_external(&target) {
                 continue;
@@ -251,9 +251,15 @@ fn slugs_follow_github() {
         slug(" Summaries: built-in or an LLM"),
         "summaries-built-in-or-an-llm"
     );
-    assert_eq!(slug(" 1. Run a livectx that Dify can reach"), "1-run-a-livectx-that-dify-can-reach");
+    assert_eq!(
+        slug(" 1. Run a livectx that Dify can reach"),
+        "1-run-a-livectx-that-dify-can-reach"
+    );
     assert_eq!(slug(" See [the code](src/lib.rs) now"), "see-the-code-now");
-    assert_eq!(slug(" LIVECTX_API_KEY / --api-key"), "livectx_api_key----api-key");
+    assert_eq!(
+        slug(" LIVECTX_API_KEY / --api-key"),
+        "livectx_api_key----api-key"
+    );
     let anchors = anchors("# A\n## A\n```sh\n# A\n```\n<a id=\"x\"></a>\n## B\n#not-a-heading\n");
     let expected: HashSet<String> = ["a", "a-1", "x", "b"].map(String::from).into();
     assert_eq!(anchors, expected);
@@ -281,10 +287,17 @@ fn the_checker_reports_missing_files_and_anchors() {
          [bad](docs/missing.md) [bad](docs/a.md#nowhere) [bad](#top-1) [bad](../outside.md)\n",
     )
     .unwrap();
-    std::fs::write(docs.join("a.md"), "## Section\n[ok](../README.md#top) [bad](a.md#L3x)\n")
-        .unwrap();
+    std::fs::write(
+        docs.join("a.md"),
+        "## Section\n[ok](../README.md#top) [bad](a.md#L3x)\n",
+    )
+    .unwrap();
     let mut checked = 0;
-    let broken = broken_links(&root, &[root.join("README.md"), docs.join("a.md")], &mut checked);
+    let broken = broken_links(
+        &root,
+        &[root.join("README.md"), docs.join("a.md")],
+        &mut checked,
+    );
     std::fs::remove_dir_all(&root).unwrap();
     assert_eq!(checked, 9);
     let targets: Vec<&str> = broken

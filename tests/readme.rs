@@ -67,7 +67,10 @@ fn docs() -> Vec<String> {
 #[test]
 fn the_readme_is_short() {
     let lines = readme().lines().count();
-    assert!(lines <= 200, "the README has {lines} lines; move detail to docs/");
+    assert!(
+        lines <= 200,
+        "the README has {lines} lines; move detail to docs/"
+    );
 }
 
 #[test]
@@ -306,7 +309,9 @@ fn every_variable_the_docs_name_exists() {
             for name in names_with_prefix(&text, prefix) {
                 checked += 1;
                 let exists = if name.ends_with('_') {
-                    known.iter().any(|k| k.starts_with(&name) && k.len() > name.len())
+                    known
+                        .iter()
+                        .any(|k| k.starts_with(&name) && k.len() > name.len())
                 } else {
                     known.contains(&name)
                 };
