@@ -333,3 +333,30 @@ fn names_are_found_whole() {
         .into();
     assert_eq!(names, expected);
 }
+
+/// Every `cargo test --test <name>` the docs show runs a test target that exists
+/// (`tests/<name>.rs` or `tests/<name>/main.rs`), so a moved test cannot leave a dead command.
+#[test]
+fn every_test_target_the_docs_name_exists() {
+    let mut files = vec!["README.md".to_string()];
+    files.extend(docs().into_iter().map(|name| format!("docs/{name}")));
+    let mut checked = 0;
+    for file in files {
+        let text = read(&file);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        for pair in words.windows(2) {
+            if pair[0] != "--test" {
+                continue;
+            }
+            let name = pair[1].trim_end_matches(['`', ')', '.', ',']);
+            let exists = root().join(format!("tests/{name}.rs")).exists()
+                || root().join(format!("tests/{name}/main.rs")).exists();
+            assert!(
+                exists,
+                "{file} runs `cargo test --test {name}`: no such test target"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "checked {checked} test commands");
+}
