@@ -173,9 +173,10 @@ pub struct ServeConfig {
     #[arg(long, env = "LIVECTX_INGEST_DEDUPE_WINDOW", default_value = "10m", value_parser = parse_duration)]
     pub ingest_dedupe_window: Duration,
 
-    /// Analytics events of one session arriving within this window are written as one chunk;
-    /// each request is answered once its chunk is stored (0: every event alone). At most 1s.
-    #[arg(long, env = "LIVECTX_INGEST_BATCH_WINDOW", default_value = "5ms", value_parser = parse_duration)]
+    /// How long a quiet session's first analytics event waits for others to share its chunk
+    /// (0: written at once; events arriving during a write still share the next chunk). Each
+    /// request is answered once its chunk is stored. At most 1s.
+    #[arg(long, env = "LIVECTX_INGEST_BATCH_WINDOW", default_value = "0ms", value_parser = parse_duration)]
     pub ingest_batch_window: Duration,
 
     /// Merge a session's batches arriving within this many milliseconds into one chunk (0: off).
@@ -331,7 +332,7 @@ impl Default for ServeConfig {
             ingest_secret: None,
             keep_query_params: Vec::new(),
             ingest_dedupe_window: Duration::from_secs(600),
-            ingest_batch_window: Duration::from_millis(5),
+            ingest_batch_window: Duration::ZERO,
             debounce_ms: 0,
             summary_threshold: 20,
             llm_concurrency: 8,

@@ -538,6 +538,57 @@ async fn email_follows_the_person_across_a_session_rotation_and_sessions_stay_ap
 }
 
 #[tokio::test]
+async fn a_page_leave_ends_time_on_the_page_even_when_it_arrives_first() {
+    let app = app().await;
+    let t = now();
+    let url = "https://app.acme.io/checkout";
+    // PostHog reorders: the leave arrives before the page view it ends.
+    for (uuid, event, ts) in [
+        ("l1", "$pageleave", t - 30.0),
+        ("v1", "$pageview", t - 90.0),
+    ] {
+        let (status, answer) =
+            posthog(&app, &posthog_event(uuid, event, Some("s-l"), url, ts)).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let (_, answer) = app.retrieve(None, "s-l", "where is the user").await;
+    let text = answer.to_string();
+    assert!(
+        text.contains(
+            r#"Left \"checkout page\" (https://app.acme.io/checkout) 30 s ago, after 1 min there."#
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("Now on:"), "{text}");
+    let s = session(&app, "s-l").await.unwrap();
+    assert_eq!(
+        s.recent_action_iter().count(),
+        1,
+        "the leave is not an action"
+    );
+
+    // Back on a page: the leave no longer applies.
+    let (status, _) = posthog(
+        &app,
+        &posthog_event(
+            "v2",
+            "$pageview",
+            Some("s-l"),
+            "https://app.acme.io/invoices",
+            t - 5.0,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, answer) = app.retrieve(None, "s-l", "where is the user").await;
+    assert!(
+        answer.to_string().contains(r#"Now on: \"invoices page\""#),
+        "{answer}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn query_string_secrets_never_reach_an_output() {
     let app = app().await;
     let url = format!("https://app.acme.io/reset?token={URL_SECRET}#{URL_SECRET}");

@@ -31,6 +31,10 @@ const URL_PASSWORD: &str = "url-password-2e4f6a8c0b";
 const WEBHOOK_SECRET: &str = "webhook-secret-1a3c5e7b9d";
 const LLM_KEY: &str = "sk-llm-key-6b8d0f2a4c";
 const IDENTITY_SECRET: &str = "identity-secret-8e0a2c4b6d";
+const INGEST_SECRET: &str = "ingest-secret-3b5d7f9a1c";
+/// A password-reset token in a page URL's query string, as browsers send it to PostHog.
+const PAGE_TOKEN: &str = "reset-token-0c2e4a6b8d";
+const PRIYA_EMAIL: &str = "priya.shah@example.org";
 const MARIA_EMAIL: &str = "maria.lopez@example.com";
 const DEVON_EMAIL: &str = "devon.price@northwind.test";
 const MARIA: &str = "01983f2a-6b1c-7d40-9e2f-5a7b3c9d1e84";
@@ -131,6 +135,7 @@ fn logs_contain_no_secrets_and_no_unmasked_emails() {
         "summary failed",
         "identifier resolved",
         "m***@example.com",
+        "refused a delivery with a missing or wrong secret",
     ] {
         assert!(
             logs.contains(expected),
@@ -145,8 +150,11 @@ fn logs_contain_no_secrets_and_no_unmasked_emails() {
         WEBHOOK_SECRET,
         LLM_KEY,
         IDENTITY_SECRET,
+        INGEST_SECRET,
+        PAGE_TOKEN,
         MARIA_EMAIL,
         DEVON_EMAIL,
+        PRIYA_EMAIL,
     ] {
         if let Some(line) = logs.lines().find(|l| l.contains(secret)) {
             panic!("{secret:?} appears in the logs: {line}");
@@ -170,6 +178,7 @@ async fn exercise_everything() {
     config.openai_api_key = Some(LLM_KEY.into());
     config.summary_threshold = 1;
     config.identity_secret = Some(IDENTITY_SECRET.into());
+    config.ingest_secret = Some(INGEST_SECRET.into());
     let app = TestApp::spawn(config).await;
 
     // The stream delivers Maria's activity.
@@ -216,12 +225,54 @@ async fn exercise_everything() {
         assert_eq!(response.status(), 401);
     }
 
+    // PostHog: Priya's page view with a reset token in its URL, a wrong secret, and an
+    // event without a session id (refused, and logged).
+    let page = |session: Option<&str>| {
+        let mut properties = json!({
+            "$current_url": format!("https://app.acme.io/reset?token={PAGE_TOKEN}#{PAGE_TOKEN}"),
+            "$pathname": "/reset", "title": "Reset password",
+        });
+        if let Some(session) = session {
+            properties["$session_id"] = json!(session);
+        }
+        json!({
+            "event": {"uuid": format!("0193a1f2-0000-7000-8000-{:012}", u8::from(session.is_some())),
+                      "event": "$pageview", "distinct_id": PRIYA_EMAIL,
+                      "timestamp": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                      "properties": properties},
+            "person": {"properties": {"email": PRIYA_EMAIL}},
+        })
+    };
+    for (secret, body, expected) in [
+        (
+            INGEST_SECRET,
+            page(Some("0193a1f2-9d01-7e2b-8c3d-4f5a6b7c8d9e")),
+            200,
+        ),
+        (
+            "ingest-secret-3b5d7f9a1",
+            page(Some("0193a1f2-9d01-7e2b-8c3d-4f5a6b7c8d9e")),
+            401,
+        ),
+        (INGEST_SECRET, page(None), 422),
+    ] {
+        let response = app
+            .http
+            .post(app.url("/ingest/acme_prod"))
+            .header("x-posthog-secret", secret)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected);
+    }
+
     eventually(
         Duration::from_secs(10),
-        "both sessions are stored",
+        "the three sessions are stored",
         || async {
             let metrics = app.metrics().await;
-            metric(&metrics, "livectx_sessions") >= 2.0
+            metric(&metrics, "livectx_sessions") >= 3.0
         },
     )
     .await;

@@ -60,6 +60,11 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "autoplay")]
     pub source: IngestSource,
 
+    /// `ingest --source posthog`: the group-commit windows (`LIVECTX_INGEST_BATCH_WINDOW`) to
+    /// compare, measured alternately in one run (e.g. `0ms,5ms`).
+    #[arg(long, value_delimiter = ',', default_value = "0ms", value_parser = parse_duration)]
+    pub batch_windows: Vec<Duration>,
+
     /// Actions in each ingest frame.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
     pub actions_per_frame: u64,

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::http::HttpConn;
+use super::redis_nodes::RedisNodes;
 use super::server::InProcessServer;
 use super::stats::{Latency, median, saturating_nanos};
 use super::workload::Rng;
@@ -30,6 +31,7 @@ use crate::app::Overrides;
 use crate::bench::BenchArgs;
 use crate::clock::{self, parse_duration};
 use crate::config::ServeConfig;
+use crate::telemetry::SourceEventLabels;
 
 const SECRET: &str = "bench-ingest-secret";
 const PRODUCT: &str = "bench_prod";
@@ -245,12 +247,25 @@ pub async fn spawn(args: &IngestLoadgenArgs) -> anyhow::Result<IngestLoadgenRepo
     super::child_report(&output, "the ingest load generator")
 }
 
-/// The server the events go to: the receivers on, everything else at its defaults.
-fn server() -> ServeConfig {
-    ServeConfig {
+/// The server the events go to: the receivers on, with this group-commit window, on memory
+/// or on the Redis at `redis` (keys under `prefix`).
+fn server(window: Duration, redis: Option<(&str, &str)>) -> ServeConfig {
+    let mut config = ServeConfig {
         ingest_secret: Some(SECRET.to_string()),
+        ingest_batch_window: window,
         ..server_config()
+    };
+    if let Some((url, prefix)) = redis {
+        config.redis_url = Some(url.to_string());
+        config.redis_prefix = prefix.to_string();
     }
+    config
+}
+
+/// One measured run, as the table and the JSON report it.
+struct Run {
+    report: IngestLoadgenReport,
+    server_cpu: f64,
 }
 
 /// `bench ingest --source posthog`.
@@ -264,11 +279,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
     let window = args.duration.unwrap_or(Duration::from_secs(10));
     let mut table = Table::new(
         format!(
-            "ingest --source posthog: single-event POSTs of PostHog's webhook body to /ingest/{{product_id}}, {} sessions, {} s per run",
+            "ingest --source posthog: single-event POSTs of PostHog's webhook body to /ingest/{{product_id}}, {} sessions, {} s per run, windows measured alternately",
             int(sessions),
             window.as_secs_f64()
         ),
         &[
+            "backend",
+            "batch window",
             "connections",
             "run",
             "events/s",
@@ -276,77 +293,126 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
             "p99 ms",
             "p99.9 ms",
             "errors",
+            "chunks/event",
             "server CPU s/s",
             "loadgen CPU s/s",
         ],
     );
+    let mut backends: Vec<(&str, Option<&str>)> = vec![("memory", None)];
+    if let Some(url) = args.redis_url.as_deref() {
+        backends.push(("redis", Some(url)));
+    }
     let mut results = Vec::new();
     let mut notes = Vec::new();
-    for &connections in &connections {
-        let mut runs = Vec::new();
-        for repeat in 0..args.repeat {
-            let server = InProcessServer::start(server(), Overrides::default()).await?;
-            let cpu_before = server.cpu_ns();
-            let wall = Instant::now();
-            let report = spawn(&IngestLoadgenArgs {
-                addr: server.addr,
-                connections,
-                warmup: args.warmup,
-                duration: window,
-                sessions,
-                secret: SECRET.to_string(),
-                product: PRODUCT.to_string(),
-                seed: connections as u64 * 10 + u64::from(repeat),
-            })
-            .await?;
-            let wall = wall.elapsed().as_secs_f64();
-            let server_cpu = server.cpu_ns().saturating_sub(cpu_before) as f64 / 1e9 / wall;
-            server.stop().await;
-            if let Some(error) = &report.first_error {
-                notes.push(format!(
-                    "{connections} connections, run {}: {} errors, the first: {error}",
-                    repeat + 1,
-                    report.errors
-                ));
+    for (backend, url) in backends {
+        for &connections in &connections {
+            // runs[w] holds the repeats of window w, measured alternately.
+            let mut runs: Vec<Vec<Run>> = args.batch_windows.iter().map(|_| Vec::new()).collect();
+            for repeat in 0..args.repeat {
+                for (w, &batch_window) in args.batch_windows.iter().enumerate() {
+                    let prefix = format!(
+                        "livectx-bench-ingest-posthog-{}-{}-{repeat}-{w}:",
+                        std::process::id(),
+                        clock::now() as u64
+                    );
+                    let nodes = match url {
+                        Some(url) => Some(RedisNodes::discover(url).await?),
+                        None => None,
+                    };
+                    let config = server(batch_window, url.map(|u| (u, prefix.as_str())));
+                    let server = InProcessServer::start(config, Overrides::default()).await?;
+                    let chunks_before = server.state.metrics.chunks_stored.get();
+                    let cpu_before = server.cpu_ns();
+                    let wall = Instant::now();
+                    let report = spawn(&IngestLoadgenArgs {
+                        addr: server.addr,
+                        connections,
+                        warmup: args.warmup,
+                        duration: window,
+                        sessions,
+                        secret: SECRET.to_string(),
+                        product: PRODUCT.to_string(),
+                        seed: connections as u64 * 10 + u64::from(repeat),
+                    })
+                    .await?;
+                    let wall = wall.elapsed().as_secs_f64();
+                    let server_cpu = server.cpu_ns().saturating_sub(cpu_before) as f64 / 1e9 / wall;
+                    let chunks = server
+                        .state
+                        .metrics
+                        .chunks_stored
+                        .get()
+                        .saturating_sub(chunks_before);
+                    let events = server
+                        .state
+                        .metrics
+                        .source_events
+                        .get_or_create(&SourceEventLabels {
+                            source: "posthog",
+                            outcome: "stored",
+                        })
+                        .get();
+                    server.stop().await;
+                    if let Some(nodes) = &nodes {
+                        nodes.delete_under(&prefix).await?;
+                    }
+                    if let Some(error) = &report.first_error {
+                        notes.push(format!(
+                            "{backend}, window {}, {connections} connections, run {}: {} errors, the first: {error}",
+                            humantime::format_duration(batch_window),
+                            repeat + 1,
+                            report.errors
+                        ));
+                    }
+                    table.row(vec![
+                        backend.to_string(),
+                        humantime::format_duration(batch_window).to_string(),
+                        connections.to_string(),
+                        (repeat + 1).to_string(),
+                        int(report.events_per_sec.round() as u64),
+                        ms(report.latency.p50_us),
+                        ms(report.latency.p99_us),
+                        ms(report.latency.p999_us),
+                        int(report.errors),
+                        format!("{:.2}", chunks as f64 / events.max(1) as f64),
+                        format!("{server_cpu:.2}"),
+                        format!("{:.2}", report.cpu_secs / wall),
+                    ]);
+                    runs[w].push(Run { report, server_cpu });
+                }
             }
-            table.row(vec![
-                connections.to_string(),
-                (repeat + 1).to_string(),
-                int(report.events_per_sec.round() as u64),
-                ms(report.latency.p50_us),
-                ms(report.latency.p99_us),
-                ms(report.latency.p999_us),
-                int(report.errors),
-                format!("{server_cpu:.2}"),
-                format!("{:.2}", report.cpu_secs / wall),
-            ]);
-            runs.push((report, server_cpu));
+            for (w, runs) in runs.iter().enumerate() {
+                let batch_window = args.batch_windows[w];
+                let rates: Vec<f64> = runs.iter().map(|r| r.report.events_per_sec).collect();
+                let p99s: Vec<f64> = runs.iter().map(|r| r.report.latency.p99_us).collect();
+                let median_rate = median(&rates);
+                let median_p99 = median(&p99s);
+                if runs.len() > 1 {
+                    let mut row = vec![
+                        backend.to_string(),
+                        humantime::format_duration(batch_window).to_string(),
+                        connections.to_string(),
+                        "median".to_string(),
+                        int(median_rate.round() as u64),
+                        "".to_string(),
+                        ms(median_p99),
+                    ];
+                    row.resize(12, String::new());
+                    table.row(row);
+                }
+                results.push(json!({
+                    "backend": backend,
+                    "batch_window_ms": batch_window.as_secs_f64() * 1e3,
+                    "connections": connections,
+                    "median_events_per_sec": round(median_rate, 0),
+                    "median_p99_us": round(median_p99, 1),
+                    "runs": runs.iter().map(|r| json!({"report": r.report, "server_cpu_per_sec": round(r.server_cpu, 3)})).collect::<Vec<_>>(),
+                }));
+            }
         }
-        let rates: Vec<f64> = runs.iter().map(|(r, _)| r.events_per_sec).collect();
-        let p99s: Vec<f64> = runs.iter().map(|(r, _)| r.latency.p99_us).collect();
-        let median_rate = median(&rates);
-        let median_p99 = median(&p99s);
-        if runs.len() > 1 {
-            table.row(vec![
-                connections.to_string(),
-                "median".to_string(),
-                int(median_rate.round() as u64),
-                "".to_string(),
-                ms(median_p99),
-                "".to_string(),
-                "".to_string(),
-                "".to_string(),
-                "".to_string(),
-            ]);
-        }
-        results.push(json!({
-            "connections": connections,
-            "median_events_per_sec": round(median_rate, 0),
-            "median_p99_us": round(median_p99, 1),
-            "runs": runs.iter().map(|(r, cpu)| json!({"report": r, "server_cpu_per_sec": round(*cpu, 3)})).collect::<Vec<_>>(),
-        }));
     }
     notes.push("each request is one PostHog event (4 clicks in 5, else a page view) with a fresh uuid, over keep-alive HTTP/1.1; a 2xx means the event is stored (group commit); goal ≥ 20 000 events/s with p99 < 10 ms at 32 connections".to_string());
+    notes.push("chunks/event: chunks written per stored event, warm-up included (below 1: events of a session that arrived during its write shared the next chunk)".to_string());
     notes.push("server CPU = the server runtime's threads; the load generator is a child process on the same machine, its CPU shown beside".to_string());
     Ok(Outcome {
         results: json!({ "source": "posthog", "sessions": sessions, "window_secs": window.as_secs_f64(), "levels": results }),

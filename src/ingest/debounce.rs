@@ -167,7 +167,7 @@ impl Pending {
 
 /// Later envelope values win; actions are kept in time order (stable: equal or absent times
 /// keep arrival order), since analytics tools deliver out of order.
-fn merge(into: &mut ActionBatch, next: ActionBatch) {
+pub(crate) fn merge(into: &mut ActionBatch, next: ActionBatch) {
     into.actions.extend(next.actions);
     if into
         .actions

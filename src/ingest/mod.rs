@@ -3,6 +3,7 @@
 
 pub mod debounce;
 pub mod dedupe;
+pub mod group_commit;
 pub mod idle_sessions;
 pub mod pull;
 pub mod receivers;
@@ -22,6 +23,7 @@ use crate::session::summarizer::Summarizer;
 use crate::sources::autoplay::payload::{self, Payload};
 use crate::telemetry::{LogThrottle, Metrics, PayloadLabels};
 use debounce::{Debouncer, Flush};
+use group_commit::GroupCommit;
 
 /// Where a payload came from (a metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +79,7 @@ pub struct Ingestor {
     summarizer: Option<Summarizer>,
     debouncer: Option<Debouncer>,
     /// Group commit of the analytics receivers: one event per request, merged per session.
-    group_commit: Option<Debouncer>,
+    group_commit: GroupCommit,
     /// One throttle per refusal reason (and one for any other), so a flood of one kind does
     /// not hide another.
     refusal_logs: [LogThrottle; REFUSAL_REASONS.len() + 1],
@@ -115,7 +117,7 @@ impl Ingestor {
             metrics,
             summarizer,
             debouncer,
-            group_commit: None,
+            group_commit: GroupCommit::new(Duration::ZERO),
             refusal_logs: std::array::from_fn(|_| LogThrottle::new(REFUSAL_LOG_INTERVAL)),
             diagnostics: Arc::default(),
         }
@@ -128,11 +130,11 @@ impl Ingestor {
         self
     }
 
-    /// Merge analytics events of one session that arrive within `window` into one chunk,
-    /// each request waiting for the write of its merged batch (zero: every event is written
-    /// alone).
+    /// Wait `window` before a quiet session's first analytics write, so more of its events
+    /// share one chunk (zero: write at once; events that arrive during a write still share
+    /// the next one). See [`group_commit`].
     pub fn with_group_commit(mut self, window: Duration) -> Self {
-        self.group_commit = (!window.is_zero()).then(|| Debouncer::with_max_wait(window, window));
+        self.group_commit = GroupCommit::new(window);
         self
     }
 
@@ -348,27 +350,27 @@ impl Ingestor {
         }
     }
 
-    /// Store an analytics batch with the group commit: merged with the session's other events
-    /// of the window, answered once the merged batch is written (so `Stored` means stored).
+    /// Store an analytics batch with the group commit: written by its session's writer,
+    /// merged with whatever else of the session arrives during the write before it, and
+    /// answered once written (so `Stored` means stored).
     pub async fn commit(self: &Arc<Self>, batch: ActionBatch) -> Ingested {
-        let Some(group) = &self.group_commit else {
-            return self.append(batch, None).await;
-        };
         let id = batch.session_id.clone();
         let (tx, rx) = oneshot::channel();
-        if group.add(batch, None, Some(tx)) {
-            self.metrics.debounce_merged.inc();
-        } else {
-            // The first event of a window schedules its flush, in a task of its own so that a
-            // client hanging up cannot strand the others waiting on it.
+        if self.group_commit.join(batch, tx) {
+            // The session's writer runs in a task of its own, so that a client hanging up
+            // cannot strand the others waiting on it.
             let ingestor = Arc::clone(self);
-            let window = group.window();
             tokio::spawn(async move {
-                tokio::time::sleep(window).await;
-                if let Some(flush) = ingestor.group_commit.as_ref().and_then(|g| g.take(&id)) {
+                let window = ingestor.group_commit.window();
+                if !window.is_zero() {
+                    tokio::time::sleep(window).await;
+                }
+                while let Some(flush) = ingestor.group_commit.next(&id) {
                     ingestor.write(flush).await;
                 }
             });
+        } else {
+            self.metrics.debounce_merged.inc();
         }
         stored_if(rx.await)
     }
@@ -455,8 +457,8 @@ impl Ingestor {
         if let Some(debouncer) = &self.debouncer {
             due.extend(debouncer.take_due(now, all));
         }
-        if all && let Some(group) = &self.group_commit {
-            due.extend(group.take_due(now, true));
+        if all {
+            due.extend(self.group_commit.take_all());
         }
         let n = due.len();
         for flush in due {

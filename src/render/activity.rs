@@ -35,8 +35,17 @@ pub fn render_activity(session: &Session, now: f64, window_secs: f64) -> String 
         format_utc(now)
     ));
 
-    match &session.current_page {
-        Some(page) if idle => {
+    match (&session.current_page, session.left_page()) {
+        (Some(page), Some(left)) => {
+            out.push_str(&format!(
+                "Left \"{}\" ({}) {} ago, after {} there.\n",
+                page.label,
+                page.url,
+                format_duration((now - left).max(0.0)),
+                format_duration((left - page.since).max(0.0))
+            ));
+        }
+        (Some(page), None) if idle => {
             out.push_str(&format!(
                 "Last active {} ago on \"{}\" ({}); nothing since.\n",
                 format_duration(idle_for),
@@ -44,7 +53,7 @@ pub fn render_activity(session: &Session, now: f64, window_secs: f64) -> String 
                 page.url
             ));
         }
-        Some(page) => {
+        (Some(page), None) => {
             out.push_str(&format!(
                 "Now on: \"{}\" ({}) for {}.\n",
                 page.label,
@@ -52,10 +61,10 @@ pub fn render_activity(session: &Session, now: f64, window_secs: f64) -> String 
                 format_duration(now - page.since)
             ));
         }
-        None if idle => {
+        (None, _) if idle => {
             out.push_str(&format!("Last active {} ago.\n", format_duration(idle_for)));
         }
-        None => {}
+        (None, _) => {}
     }
 
     let recent: Vec<&Action> = session
@@ -314,6 +323,32 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("Pattern:"), "{text}");
+    }
+
+    #[test]
+    fn a_left_page_says_when_and_after_how_long() {
+        let s = session_with(vec![
+            action(
+                "pageview",
+                "Page Load: Billing",
+                "https://app/billing",
+                900.0,
+            ),
+            action("click", "Upgrade", "https://app/billing", 910.0),
+            action(
+                crate::session::model::PAGE_LEAVE_KIND,
+                "Page Leave",
+                "https://app/billing",
+                930.0,
+            ),
+        ]);
+        let text = render_activity(&s, 950.0, 120.0);
+        assert!(
+            text.contains("Left \"Billing\" (https://app/billing) 20 s ago, after 30 s there."),
+            "{text}"
+        );
+        assert!(!text.contains("Now on:"), "{text}");
+        assert!(!text.contains("Page Leave"), "{text}");
     }
 
     #[test]

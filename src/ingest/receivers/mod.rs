@@ -36,7 +36,9 @@ use crate::clock;
 use crate::ingest::dedupe::{DeliveryKey, DeliveryLog};
 use crate::ingest::idle_sessions::IdleSessions;
 use crate::ingest::{Ingested, Ingestor};
-use crate::session::model::{ActionBatch, MAX_ID_LEN, SessionId, SourceKind};
+use crate::session::model::{
+    Action, ActionBatch, ActionParts, MAX_ID_LEN, PAGE_LEAVE_KIND, SessionId, SourceKind,
+};
 use crate::sources::{self, BodyError, Decoded, Privacy, SourceEvent};
 use crate::telemetry::SourceEventLabels;
 use crate::web::auth::bearer_token;
@@ -600,6 +602,16 @@ fn add_event(
     }
     if let Some(action) = event.action {
         entry.batch.actions.push(action);
+    } else if let Some(url) = event.left_page {
+        // Not an action of its own: the session model takes it out of the batch and ends
+        // time on the page with it.
+        entry.batch.actions.push(Action::new(ActionParts {
+            kind: PAGE_LEAVE_KIND.to_string(),
+            title: "Page Leave".to_string(),
+            timestamp_start: Some(time),
+            canonical_url: url,
+            ..ActionParts::default()
+        }));
     }
     entry.keys.extend(key);
 }

@@ -49,6 +49,19 @@ pub struct CurrentPage {
     pub since: f64,
 }
 
+/// The newest `$pageleave` by event time: the user left `url` at `at`. The page is "left"
+/// only while it is still the current page (a later page view supersedes it), so the view
+/// reads the same whatever order the two arrive in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PageLeave {
+    pub url: String,
+    pub at: f64,
+}
+
+/// Kind of the action that carries a page leave through a batch; it ends time on a page and
+/// is never stored as an action of its own.
+pub const PAGE_LEAVE_KIND: &str = "pageleave";
+
 /// Limits applied to each session.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
@@ -97,6 +110,9 @@ pub struct Session {
     pub recent_covered: VecDeque<Arc<Chunk>>,
     #[serde(default)]
     pub current_page: Option<CurrentPage>,
+    /// The newest page leave (see [`Session::left_page`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_leave: Option<PageLeave>,
     #[serde(default)]
     pub tour: Option<TourOffer>,
     #[serde(default)]
@@ -137,6 +153,7 @@ impl Session {
             summary: None,
             recent_covered: VecDeque::new(),
             current_page: None,
+            page_leave: None,
             tour: None,
             gaps: Vec::new(),
             version: 0,
@@ -152,7 +169,13 @@ impl Session {
     /// Idempotent for retries: a batch identical to one already stored at the same `now` is not
     /// stored again (a shared backend may commit a write whose acknowledgement is then lost, and
     /// the retry carries the original `now`).
-    pub fn append(&mut self, batch: ActionBatch, now: f64, limits: SessionLimits) -> AppendOutcome {
+    pub fn append(
+        &mut self,
+        mut batch: ActionBatch,
+        now: f64,
+        limits: SessionLimits,
+    ) -> AppendOutcome {
+        let left = self.take_page_leaves(&mut batch.actions);
         if let Some(seq) = self.stored_at(now, &batch.actions) {
             return AppendOutcome {
                 seq,
@@ -166,8 +189,10 @@ impl Session {
         if batch.source.is_some() {
             self.source = batch.source;
         }
-        if batch.actions.is_empty() && batch.source.is_some_and(SourceKind::is_analytics) {
-            // An identity-only event (Segment `identify`): the person is indexed, no chunk.
+        if batch.actions.is_empty() && (left || batch.source.is_some_and(SourceKind::is_analytics))
+        {
+            // An identity-only event (Segment `identify`) or a page leave: the person is
+            // indexed, no chunk.
             self.last_seen = now;
             self.version += 1;
             return AppendOutcome {
@@ -213,6 +238,42 @@ impl Session {
             unsummarized_actions: self.raw_actions,
             folded_chunks,
         }
+    }
+
+    /// Remove the page-leave actions from `actions`, keeping the newest by time (ties: the
+    /// greater URL, so the choice does not depend on arrival). `true` if there was any.
+    fn take_page_leaves(&mut self, actions: &mut Vec<Action>) -> bool {
+        if !actions.iter().any(|a| a.kind() == PAGE_LEAVE_KIND) {
+            return false;
+        }
+        actions.retain(|a| {
+            if a.kind() != PAGE_LEAVE_KIND {
+                return true;
+            }
+            if let Some(at) = a.time() {
+                let newer = self.page_leave.as_ref().is_none_or(|held| {
+                    at > held.at || (at == held.at && a.canonical_url() > held.url.as_str())
+                });
+                if newer {
+                    self.page_leave = Some(PageLeave {
+                        url: a.canonical_url().to_string(),
+                        at,
+                    });
+                }
+            }
+            false
+        });
+        self.version += 1;
+        true
+    }
+
+    /// When the user left the current page, if they did: a page leave of the current page's
+    /// URL no earlier than their arrival on it or anything they did since.
+    pub fn left_page(&self) -> Option<f64> {
+        let page = self.current_page.as_ref()?;
+        let leave = self.page_leave.as_ref()?;
+        (leave.url == page.url && leave.at >= page.since && leave.at >= self.last_activity())
+            .then_some(leave.at)
     }
 
     fn touch_identity(&mut self, batch: &ActionBatch) {
@@ -718,6 +779,68 @@ mod tests {
         assert_eq!(removed, 1);
         assert_eq!(s.raw_actions, 2);
         assert_eq!(s.summary.as_ref().unwrap().covers_through_seq, 1);
+    }
+
+    #[test]
+    fn a_page_leave_ends_time_on_the_page_whatever_the_delivery_order() {
+        let view = action("pageview", "Page Load: Billing", "/billing", 100.0);
+        let click = action("click", "Upgrade", "/billing", 130.0);
+        let leave = action(PAGE_LEAVE_KIND, "Page Leave", "/billing", 160.0);
+        let orders = [
+            vec![view.clone(), click.clone(), leave.clone()],
+            vec![leave.clone(), click.clone(), view.clone()],
+            vec![click.clone(), leave.clone(), view.clone()],
+        ];
+        for order in orders {
+            let mut s = Session::new(SessionId::parse("s1").unwrap(), 0.0);
+            for (i, a) in order.into_iter().enumerate() {
+                s.append(batch("s1", vec![a]), i as f64, limits(50));
+            }
+            assert_eq!(s.left_page(), Some(160.0));
+            assert_eq!(s.raw_actions, 2, "a page leave is not an action of its own");
+            assert!(s.recent_action_iter().all(|a| a.kind() != PAGE_LEAVE_KIND));
+        }
+    }
+
+    #[test]
+    fn a_page_leave_is_superseded_by_a_later_page_or_later_activity() {
+        let mut s = Session::new(SessionId::parse("s1").unwrap(), 0.0);
+        s.append(
+            batch(
+                "s1",
+                vec![
+                    action("pageview", "Page Load: Billing", "/billing", 100.0),
+                    action(PAGE_LEAVE_KIND, "Page Leave", "/billing", 110.0),
+                ],
+            ),
+            0.0,
+            limits(50),
+        );
+        assert_eq!(s.left_page(), Some(110.0));
+        // Back on the same page (a restored tab): activity after the leave.
+        s.append(
+            batch("s1", vec![action("click", "Upgrade", "/billing", 120.0)]),
+            1.0,
+            limits(50),
+        );
+        assert_eq!(s.left_page(), None);
+        // A later page: the leave of the earlier one does not apply to it.
+        s.append(
+            batch(
+                "s1",
+                vec![
+                    action(PAGE_LEAVE_KIND, "Page Leave", "/billing", 130.0),
+                    action("pageview", "Page Load: Invoices", "/invoices", 131.0),
+                ],
+            ),
+            2.0,
+            limits(50),
+        );
+        assert_eq!(
+            s.current_page.as_ref().map(|p| p.url.as_str()),
+            Some("/invoices")
+        );
+        assert_eq!(s.left_page(), None);
     }
 
     #[test]
