@@ -14,7 +14,7 @@ use crate::demo::{DemoConfig, SimulateConfig};
 use crate::telemetry;
 
 /// livectx — live, per-session user activity for support chatbots (Dify External Knowledge
-/// API), fed by Autoplay's event stream or webhooks.
+/// API, MCP, REST), fed by PostHog, Amplitude, Segment or an Autoplay connector.
 #[derive(Debug, Parser)]
 #[command(name = "livectx", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
@@ -25,12 +25,12 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server: ingest Autoplay activity and answer Dify's /retrieval.
+    /// Run the server: ingest product activity and answer Dify's /retrieval, MCP and REST.
     Serve(Box<ServeConfig>),
     /// Print a signed identifier for LIVECTX_IDENTITY_SECRET deployments.
     Sign(SignArgs),
     #[cfg(feature = "tools")]
-    /// Run a stand-in Autoplay connector: simulated users on an SSE stream (and signed webhook pushes).
+    /// Run simulated users: an Autoplay connector's SSE stream, and optionally webhook or PostHog pushes.
     Simulate(Box<SimulateConfig>),
     #[cfg(feature = "tools")]
     /// See the whole loop on one machine: livectx fed by simulated users, queried as Dify would.
