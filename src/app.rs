@@ -74,6 +74,8 @@ pub struct Application {
     /// `LIVECTX_INGEST_SECRET`) and the Autoplay webhook (with `AUTOPLAY_WEBHOOK_SECRET`).
     receivers: Option<Arc<Receivers>>,
     webhook: Option<Arc<WebhookState>>,
+    /// Where every source's activity enters the store (flushed last at shutdown).
+    ingestor: Arc<Ingestor>,
     shutdown: CancellationToken,
     streams: Vec<StreamHandle>,
     background: Vec<JoinHandle<()>>,
@@ -247,7 +249,6 @@ impl Application {
         let state: ApiState = Arc::new(ApiContext {
             store: Arc::clone(&store),
             metrics: Arc::clone(&metrics),
-            ingestor,
             api_keys,
             mcp,
             public_url: config.public_url.clone(),
@@ -256,10 +257,7 @@ impl Application {
                 email_lookup: !config.no_email_lookup,
             },
             activity_window: config.activity_window,
-            webhook: webhook_secret.map(|secret| WebhookSettings {
-                secret,
-                dedupe_window: config.webhook_dedupe_window,
-            }),
+            webhook_enabled: webhook_secret.is_some(),
             streams: streams.iter().map(|s| Arc::clone(&s.status)).collect(),
             summarizer_engine: engine,
             started_at: clock::now(),
@@ -271,10 +269,13 @@ impl Application {
             diagnostics,
             puller,
         });
-        let webhook = state.webhook.clone().map(|settings| {
+        let webhook = webhook_secret.map(|secret| {
             Arc::new(WebhookState {
-                settings,
-                ingestor: Arc::clone(&state.ingestor),
+                settings: WebhookSettings {
+                    secret,
+                    dedupe_window: config.webhook_dedupe_window,
+                },
+                ingestor: Arc::clone(&ingestor),
                 limits: Arc::clone(&state.limits),
             })
         });
@@ -305,7 +306,7 @@ impl Application {
             stream_leadership = leadership.is_some(),
             summarizer = %state.summarizer_engine,
             streams = state.streams.len(),
-            webhook = state.webhook.is_some(),
+            webhook = state.webhook_enabled,
             analytics_receivers = receivers.is_some(),
             "livectx is listening"
         );
@@ -315,6 +316,7 @@ impl Application {
             state,
             receivers,
             webhook,
+            ingestor,
             shutdown,
             streams,
             background,
@@ -349,6 +351,11 @@ impl Application {
         Arc::clone(&self.state)
     }
 
+    /// The ingestion path every source feeds, for tests, benchmarks and embedding.
+    pub fn ingestor(&self) -> Arc<Ingestor> {
+        Arc::clone(&self.ingestor)
+    }
+
     /// Serve until the shutdown token is cancelled, then stop in order: stop accepting and
     /// finish in-flight requests, stop the streams (draining what they read), flush debounced
     /// batches. Bounded by the shutdown timeout.
@@ -358,6 +365,7 @@ impl Application {
             state,
             receivers,
             webhook,
+            ingestor,
             shutdown,
             streams,
             background,
@@ -409,7 +417,7 @@ impl Application {
                 Err(_) => tracing::warn!("a stream consumer did not stop in time"),
             }
         }
-        let flushed = state.ingestor.flush_due(true).await;
+        let flushed = ingestor.flush_due(true).await;
         if flushed > 0 {
             tracing::info!(flushed, "flushed debounced batches");
         }

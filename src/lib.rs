@@ -12,6 +12,32 @@
 //!                                             └─► session::summarizer (background, never blocks)
 //! ```
 //!
+//! ## Layers
+//!
+//! Data flows one way, sources → ingest → session → render → api, and imports point toward the
+//! session core: the input side (`sources`, `ingest`) and the output side (`render`, `api`) each
+//! build on `session` and the support modules, and never on each other; `cluster` (stream
+//! leadership) sits between the store and the stream consumers that take leases. The composition
+//! roots at the top wire everything. A module may import its own layer and the layers its row
+//! names, all of them lower in the table, and the top-level modules (and the submodules of each)
+//! import each other without cycles. `cargo test --test layers` reads this table and checks
+//! every `crate::`/`super::` path in `src/` against it.
+//!
+//! | layer   | modules                                         | may use                             |
+//! |---------|-------------------------------------------------|-------------------------------------|
+//! | roots   | `app` `cli` `console` `demo` `bench` `connect`  | every layer below                   |
+//! | config  | `config`                                        | every layer below                   |
+//! | api     | `api`                                           | render, session, support, base      |
+//! | render  | `render`                                        | session, support, base              |
+//! | ingest  | `ingest`                                        | cluster, sources, session, support, base |
+//! | cluster | `cluster`                                       | session, support, base              |
+//! | sources | `sources`                                       | session, support, base              |
+//! | session | `session`                                       | support, base                       |
+//! | support | `telemetry` `web` `diagnostics` `stream_status` | base                                |
+//! | base    | `clock` `sync` `shutdown`                       | —                                   |
+//!
+//! ## Modules
+//!
 //! - [`config`]: the command line and environment, parsed once into typed settings.
 //! - [`app`]: builds every part from the configuration, binds, runs, shuts down in order.
 //! - [`ingest`]: the SSE parser and stream consumer, the webhook receiver, and the payload
@@ -36,6 +62,8 @@
 //! - [`bench`]: `livectx bench <scenario>`, the self-contained benchmarks behind docs/benchmarks.md
 //!   (synthetic connector, fake LLM, load generator).
 //! - [`shutdown`]: the stop signal (SIGTERM, Ctrl-C) every long-running command waits on.
+//! - [`stream_status`]: the live state of each stream, written by ingest, read by `/readyz` and
+//!   the console.
 //! - [`sync`]: locking that survives a panic elsewhere.
 //! - [`diagnostics`]: bounded evidence the operator console reads (recent lookups, refused
 //!   payload samples, events per minute), recorded by ingest and the APIs.
@@ -59,6 +87,7 @@ pub mod render;
 pub mod session;
 pub mod shutdown;
 pub mod sources;
+pub mod stream_status;
 pub mod sync;
 pub mod telemetry;
 pub mod web;

@@ -535,7 +535,6 @@ async fn refused_payloads_show_redacted_examples() {
     let app = TestApp::spawn(config()).await;
     let payload = json!({"type": "actions", "product_id": "acme_prod", "email": "anon@example.com", "actions": [{"type": "click", "title": "Buy"}]});
     let outcome = app
-        .state
         .ingestor
         .ingest_json(
             Source::Sse,

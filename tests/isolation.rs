@@ -92,7 +92,7 @@ fn store_config() -> StoreConfig {
     }
 }
 
-fn state(store: Arc<dyn SessionStore>) -> ApiState {
+fn state(store: Arc<dyn SessionStore>) -> (ApiState, Arc<Ingestor>) {
     let metrics = Arc::new(Metrics::new());
     let ingestor = Arc::new(Ingestor::new(
         store.clone(),
@@ -100,10 +100,9 @@ fn state(store: Arc<dyn SessionStore>) -> ApiState {
         None,
         Duration::ZERO,
     ));
-    Arc::new(ApiContext {
+    let state = Arc::new(ApiContext {
         store,
         metrics: metrics.clone(),
-        ingestor,
         api_keys: Default::default(),
         mcp: livectx::api::mcp::McpSettings::new(&Default::default(), &[], &[]),
         public_url: None,
@@ -112,14 +111,15 @@ fn state(store: Arc<dyn SessionStore>) -> ApiState {
             email_lookup: true,
         },
         activity_window: Duration::from_secs(120),
-        webhook: None,
+        webhook_enabled: false,
         streams: Vec::new(),
         summarizer_engine: "none".into(),
         started_at: 0.0,
         limits: Arc::new(RequestLimits::new(None, Duration::from_secs(10), metrics)),
         diagnostics: Default::default(),
         puller: None,
-    })
+    });
+    (state, ingestor)
 }
 
 fn payload(b: &Batch, index: usize) -> Value {
@@ -192,15 +192,14 @@ async fn check_isolation(
     store: Arc<dyn SessionStore>,
     batches: &[Batch],
 ) -> Result<(), TestCaseError> {
-    let state = state(store);
+    let (state, ingestor) = state(store);
     // The reference model: the session last written for each person key.
     let mut newest_by_email: HashMap<usize, usize> = HashMap::new();
     let mut newest_by_user: HashMap<usize, usize> = HashMap::new();
     let mut sessions: HashSet<usize> = HashSet::new();
     for (index, b) in batches.iter().enumerate() {
         let bytes = serde_json::to_vec(&payload(b, index)).unwrap();
-        state
-            .ingestor
+        ingestor
             .ingest_json(Source::Sse, &bytes, Channel::default())
             .await;
         if let Some(s) = b.session {
@@ -327,8 +326,7 @@ async fn thousands_of_sessions_over_http_stay_isolated() {
             action_emails: vec![None, None],
         };
         let bytes = serde_json::to_vec(&payload(&b, s)).unwrap();
-        app.state
-            .ingestor
+        app.ingestor
             .ingest_json(Source::Sse, &bytes, Channel::default())
             .await;
     }
@@ -373,7 +371,7 @@ async fn check_reused_session_id_forgets_its_people(store: Arc<dyn SessionStore>
         vec![common::action("click", "Bob's", "/b", later)],
     );
     store.append_actions(bob, later, None).await.unwrap();
-    let state = state(store);
+    let (state, _) = state(store);
     let resolver = IdentityResolver {
         store: state.store.as_ref(),
         policy: &state.identity,

@@ -58,7 +58,6 @@ impl Harness {
         .unwrap();
         let result = self
             .app
-            .state
             .ingestor
             .ingest_json(Source::Webhook, &body, Channel::default())
             .await;

@@ -611,7 +611,7 @@ async fn sources_page(State(console): State<Shared>, headers: HeaderMap) -> Resp
     let (llm_calls, llm_failures) = api.metrics.llm_totals();
     let view = pages::SourcesView {
         streams: api.streams.iter().map(|s| s.view(now)).collect(),
-        webhook: api.webhook.is_some(),
+        webhook: api.webhook_enabled,
         routes: api.diagnostics.events.history(now),
         refusals: api.diagnostics.refusals.groups(),
         engine: &api.summarizer_engine,

@@ -18,6 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use livectx::api::ApiState;
+use livectx::ingest::Ingestor;
 use livectx::session::model::{Action, ActionBatch, ActionParts, SessionId};
 use livectx::{Application, Overrides, ServeConfig};
 use serde_json::{Value, json};
@@ -28,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 pub struct TestApp {
     pub addr: SocketAddr,
     pub state: ApiState,
+    /// The ingestion path every source feeds (to load activity without HTTP).
+    pub ingestor: Arc<Ingestor>,
     pub shutdown: CancellationToken,
     pub http: reqwest::Client,
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -54,11 +57,13 @@ impl TestApp {
             .expect("app builds");
         let addr = app.local_addr();
         let state = app.state();
+        let ingestor = app.ingestor();
         let shutdown = app.shutdown_token();
         let task = tokio::spawn(app.run_until_stopped());
         Self {
             addr,
             state,
+            ingestor,
             shutdown,
             http: reqwest::Client::new(),
             task,
