@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{TestApp, action, batch, metric, test_config};
 use livectx::api::identity::IdentitySigner;
+use livectx::config::ConfigError;
 use livectx::{Application, ServeConfig, StartupError};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -528,7 +529,8 @@ async fn blank_secrets_refuse_to_start() {
         config.webhook_secret = webhook.map(str::to_string);
         config.identity_secret = identity.map(str::to_string);
         match Application::build(config).await {
-            Err(StartupError::Config(message)) => {
+            Err(StartupError::Config(error @ ConfigError::BlankSecret { .. })) => {
+                let message = error.to_string();
                 assert!(message.contains("set but empty"), "{message}")
             }
             Err(other) => panic!("wrong error: {other}"),

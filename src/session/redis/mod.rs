@@ -72,9 +72,10 @@ use scripts::{CommitArgs, RemoveBound, remove_invocation};
 use crate::session::model::{
     ActionBatch, Gap, PersonKey, Session, SessionId, SummaryApplied, SummaryDraft, SummaryJob,
 };
+use crate::session::store::Corrupt;
 use crate::session::store::{
     BackendHealth, Fence, GAP_LOOKBACK_SECS, SessionInfo, SessionPage, SessionStore, StoreConfig,
-    StoreError, StoreStats, StoredBatch, decode_cursor, encode_cursor,
+    StoreError, StoreStats, StoredBatch, Unavailable, decode_cursor, encode_cursor,
 };
 
 /// Key prefix when none is configured.
@@ -375,17 +376,26 @@ impl RedisStore {
     /// Step two: the compare-and-set commit.
     async fn commit(&self, write: &PreparedWrite) -> Result<CommitStatus, StoreError> {
         let session = &write.session;
-        let blob = serde_json::to_vec(session)
-            .map_err(|e| StoreError::Corrupt(format!("cannot encode session: {e}")))?;
-        let index_json = serde_json::to_string(&self.keys.index_keys_of(session))
-            .map_err(|e| StoreError::Corrupt(format!("cannot encode index keys: {e}")))?;
+        let blob = serde_json::to_vec(session).map_err(|source| {
+            StoreError::Corrupt(Corrupt::Json {
+                what: "cannot encode session",
+                source,
+            })
+        })?;
+        let index_json =
+            serde_json::to_string(&self.keys.index_keys_of(session)).map_err(|source| {
+                StoreError::Corrupt(Corrupt::Json {
+                    what: "cannot encode index keys",
+                    source,
+                })
+            })?;
         let new_revision = format!("{:016x}", rand::random::<u64>());
         let bucket = self.keys.bucket_of_session(session.id.as_str());
         let fence = match &write.fence {
             Some(fence) => Some((
                 fence.lease_key.as_str(),
                 keys::fence_number(&fence.token).ok_or_else(|| {
-                    StoreError::Corrupt(format!("a stream fence is not numbered: {}", fence.token))
+                    StoreError::Corrupt(Corrupt::UnnumberedFence(fence.token.clone()))
                 })?,
             )),
             None => None,
@@ -416,9 +426,10 @@ impl RedisStore {
             [1] => Ok(CommitStatus::Written),
             [0] => Ok(CommitStatus::Conflict),
             [-1] => Ok(CommitStatus::Fenced),
-            other => Err(StoreError::Corrupt(format!(
-                "unexpected reply from the commit script: {other:?}"
-            ))),
+            other => Err(StoreError::Corrupt(Corrupt::UnexpectedReply {
+                script: "commit",
+                reply: format!("{other:?}"),
+            })),
         }
     }
 
@@ -461,9 +472,10 @@ impl RedisStore {
                 CommitStatus::Conflict => conflict_pause(attempt).await,
             }
         }
-        Err(StoreError::Unavailable(format!(
-            "session {id} kept changing under this write ({MAX_CAS_ATTEMPTS} attempts)"
-        )))
+        Err(StoreError::Unavailable(Unavailable::Contended {
+            id: id.clone(),
+            attempts: MAX_CAS_ATTEMPTS,
+        }))
     }
 
     /// Read and change a session for an append, without writing anything yet (property tests).
@@ -483,9 +495,9 @@ impl RedisStore {
         let mut change = |session: &mut Session| session.append(batch.clone(), now, limits);
         match self.prepare(&id, now, mode, &mut change).await? {
             Ok((write, _)) => Ok(write),
-            Err(_) => Err(StoreError::Corrupt(
-                "an append found nothing to write".into(),
-            )),
+            Err(_) => Err(StoreError::Corrupt(Corrupt::Invariant(
+                "an append found nothing to write",
+            ))),
         }
     }
 
@@ -510,7 +522,9 @@ impl RedisStore {
     ) -> Result<Committed<R>, StoreError> {
         self.update(id, now, Mode::Upsert { fence, point }, change)
             .await?
-            .ok_or_else(|| StoreError::Corrupt("upsert found no session".into()))
+            .ok_or(StoreError::Corrupt(Corrupt::Invariant(
+                "upsert found no session",
+            )))
     }
 
     /// The same command on every bucket at once (each in its own slot).
@@ -691,8 +705,12 @@ pub fn raise_fence_invocation(
 
 /// Decode a stored session.
 fn decode_session(blob: &[u8]) -> Result<Session, StoreError> {
-    serde_json::from_slice(blob)
-        .map_err(|e| StoreError::Corrupt(format!("stored session is not valid: {e}")))
+    serde_json::from_slice(blob).map_err(|source| {
+        StoreError::Corrupt(Corrupt::Json {
+            what: "stored session is not valid",
+            source,
+        })
+    })
 }
 
 /// A score as Redis reads it back to the same `f64` (shortest round-trip form, no exponent).
@@ -888,7 +906,7 @@ impl SessionStore for RedisStore {
         }
         SessionId::parse(id)
             .map(Some)
-            .map_err(|e| StoreError::Corrupt(format!("identity index holds a bad id: {e}")))
+            .map_err(|e| StoreError::Corrupt(Corrupt::BadId(e)))
     }
 
     async fn has_product(&self, product_id: &str) -> Result<bool, StoreError> {
