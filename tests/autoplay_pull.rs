@@ -272,8 +272,8 @@ async fn a_fresh_fetch_answers_retrieval_mcp_and_rest() {
         .await
         .unwrap()
         .expect("the pulled session");
-    assert_eq!(session.user_id.as_deref(), Some(USER));
-    assert_eq!(session.product_id.as_deref(), Some(PRODUCT));
+    assert_eq!(session.user_id().as_deref(), Some(USER));
+    assert_eq!(session.product_id().as_deref(), Some(PRODUCT));
 
     let metrics = app.metrics().await;
     assert_eq!(

@@ -281,11 +281,11 @@ async fn chaos_loses_nothing_well_formed_and_counts_everything_refused() {
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("{session} missing"));
-        let covered = s.summary.as_ref().map_or(0, |x| x.covers_through_seq);
+        let covered = s.summary().as_ref().map_or(0, |x| x.covers_through_seq);
         for (k, title) in titles.iter().enumerate() {
             let seq = k as u64 + 1;
             let raw = s
-                .chunks
+                .chunks()
                 .iter()
                 .any(|c| c.seq == seq && c.actions.iter().any(|a| a.title() == title));
             assert!(

@@ -289,7 +289,7 @@ fn walker_sessions() -> Vec<Built> {
             let batch = workload::batch(&who, &synth, index).unwrap();
             index += take as i64;
             session.append(batch, walker.clock(), LIMITS);
-            if session.raw_actions >= 20 {
+            if session.raw_actions() >= 20 {
                 summarise(&mut session, walker.clock());
             }
         }
@@ -373,7 +373,7 @@ fn persona_sessions() -> Vec<Built> {
             }
             apply_payload(&mut session, e.to_json(&time).as_bytes(), time.unix(e.at));
             if let Some(s) = session.as_mut()
-                && s.raw_actions >= 20
+                && s.raw_actions() >= 20
             {
                 summarise(s, time.unix(e.at));
             }
@@ -422,7 +422,7 @@ fn sample_stream_sessions() -> Vec<Built> {
                 _ => ORIGIN + 1000.0 + i as f64,
             };
             let slot = by_session.entry(id).or_default();
-            let now = slot.as_ref().map_or(at, |s| s.last_seen.max(at));
+            let now = slot.as_ref().map_or(at, |s| s.last_seen().max(at));
             apply_payload(slot, data.as_bytes(), now);
         }
         for (k, (_, session)) in by_session.into_iter().enumerate() {

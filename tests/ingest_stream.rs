@@ -188,7 +188,7 @@ async fn a_silent_connection_is_reconnected_by_the_watchdog() {
             .session(&id, livectx::clock::now())
             .await
             .unwrap()
-            .is_some_and(|s| !s.gaps.is_empty())
+            .is_some_and(|s| !s.gaps().is_empty())
     })
     .await;
     let (_, body) = app.retrieve(None, "s-a", "help").await;

@@ -171,7 +171,7 @@ async fn retrieval(state: &ApiState, body: Value) -> (Option<String>, String) {
         .iter()
         .map(|r| format!("{} {}", r.content, Value::Object(r.metadata.clone())))
         .collect();
-    (Some(session.id.to_string()), text)
+    (Some(session.id().to_string()), text)
 }
 
 /// Every marker in `text` belongs to `own`.

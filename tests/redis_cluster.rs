@@ -371,7 +371,7 @@ async fn one_replica_consumes_and_a_new_leader_takes_over_without_duplicates() {
         || async {
             let id = SessionId::parse("session-one").unwrap();
             let session = reader.session(&id, livectx::clock::now()).await.unwrap();
-            session.is_some_and(|s| !s.gaps.is_empty())
+            session.is_some_and(|s| !s.gaps().is_empty())
         },
     )
     .await;

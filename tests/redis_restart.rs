@@ -275,7 +275,7 @@ async fn activity_replayed_after_an_outage_is_summarized() {
                 .await
                 .ok()
                 .flatten()
-                .is_some_and(|s| s.summary.is_some() && s.raw_actions == 0)
+                .is_some_and(|s| s.summary().is_some() && s.raw_actions() == 0)
         },
     )
     .await;

@@ -410,12 +410,12 @@ impl IdentityResolver<'_> {
                 ClaimKind::Any => None,
             };
             if let Some(session) = found {
-                let in_scope = match (product, session.product_id.as_deref()) {
+                let in_scope = match (product, session.product_id().as_deref()) {
                     (Some(scope), Some(own)) => scope == own,
                     _ => true,
                 };
                 if in_scope {
-                    tracing::debug!(via = via.as_str(), person = %Person(value), session = %session.id, "identifier resolved");
+                    tracing::debug!(via = via.as_str(), person = %Person(value), session = %session.id(), "identifier resolved");
                     return Ok(ClaimOutcome::Found(session));
                 }
                 miss = LookupMiss::OtherProduct;
@@ -440,7 +440,7 @@ impl IdentityResolver<'_> {
             .store
             .session(&id, now)
             .await?
-            .filter(|session| session.person_keys.contains(&key)))
+            .filter(|session| session.person_keys().contains(&key)))
     }
 }
 

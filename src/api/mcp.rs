@@ -339,10 +339,10 @@ impl LiveContextServer {
         let actions = live_actions(&session, limit);
         record.records = actions.len();
         let text = activity_text(state, &session, &actions, now);
-        tracing::debug!(tool = TOOL, session = %session.id, actions = actions.len(), "live activity answered");
+        tracing::debug!(tool = TOOL, session = %session.id(), actions = actions.len(), "live activity answered");
         let output = LiveActivityOutput {
             user_id: params.user_id,
-            session_id: Some(session.id.to_string()),
+            session_id: Some(session.id().to_string()),
             actions,
         };
         tool_result(text, &output)
@@ -433,7 +433,7 @@ fn activity_text(state: &ApiState, session: &Session, actions: &[LiveAction], no
         text.push_str("No individual actions are held for this session right now.");
         return text;
     }
-    let earlier = if session.summary.is_some() {
+    let earlier = if session.summary().is_some() {
         "; earlier activity is in the summary above"
     } else {
         ""

@@ -126,15 +126,15 @@ impl LiveAction {
             timestamp_end: action.timestamp_end(),
             raw_url: action.raw_url().to_string(),
             canonical_url: action.canonical_url().to_string(),
-            session_id: session.id.to_string(),
+            session_id: session.id().to_string(),
             user_id: own(
                 identity.and_then(|i| i.user_id.as_deref()),
-                &session.user_id,
+                session.user_id(),
             ),
-            email: own(identity.and_then(|i| i.email.as_deref()), &session.email),
+            email: own(identity.and_then(|i| i.email.as_deref()), session.email()),
             conversation_id: own(
                 identity.and_then(|i| i.conversation_id.as_deref()),
-                &session.conversation_id,
+                session.conversation_id(),
             ),
         }
     }
@@ -210,7 +210,7 @@ pub(crate) async fn look_up(
         return Ok(Lookup::Found(session));
     };
     if session
-        .product_id
+        .product_id()
         .as_deref()
         .is_none_or(|own| own == product)
     {
@@ -228,7 +228,7 @@ impl Lookup {
     pub(crate) fn note(&self, lookup: &mut LookupEntry, value: &str) {
         lookup.signed = crate::api::identity::looks_signed(value);
         match self {
-            Self::Found(session) => lookup.session = Some(session.id.to_string()),
+            Self::Found(session) => lookup.session = Some(session.id().to_string()),
             Self::Unknown(miss) => lookup.miss = Some(*miss),
             Self::OtherProduct => lookup.miss = Some(LookupMiss::OtherProduct),
             Self::Rejected(rejection) => lookup.miss = Some((*rejection).into()),

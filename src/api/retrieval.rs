@@ -660,8 +660,8 @@ async fn retrieve_inner(
         now,
         state.activity_window.as_secs_f64(),
     );
-    tracing::debug!(session = %session.id, via = resolved.via.map(Via::as_str), records = answer.records, "retrieval answered");
-    lookup.session = Some(session.id.to_string());
+    tracing::debug!(session = %session.id(), via = resolved.via.map(Via::as_str), records = answer.records, "retrieval answered");
+    lookup.session = Some(session.id().to_string());
     lookup.records = answer.records;
     Ok(answer.body)
 }

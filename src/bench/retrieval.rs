@@ -385,9 +385,9 @@ async fn describe(state: &ApiState, ids: &[SessionId]) -> anyhow::Result<Value> 
     for id in ids {
         if let Some(session) = state.store.session(id, now).await? {
             present += 1;
-            chunks += session.chunks.len() as u64;
-            raw += session.raw_actions as u64;
-            summarized += u64::from(session.summary.is_some());
+            chunks += session.chunks().len() as u64;
+            raw += session.raw_actions() as u64;
+            summarized += u64::from(session.summary().is_some());
         }
     }
     let per = |n: u64| round(n as f64 / present.max(1) as f64, 2);

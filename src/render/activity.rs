@@ -35,7 +35,7 @@ pub fn render_activity(session: &Session, now: f64, window_secs: f64) -> String 
         format_utc(now)
     ));
 
-    match &session.current_page {
+    match &session.current_page() {
         Some(page) if idle => {
             out.push_str(&format!(
                 "Last active {} ago on \"{}\" ({}); nothing since.\n",
@@ -99,7 +99,7 @@ pub fn render_activity(session: &Session, now: f64, window_secs: f64) -> String 
         out.push_str(&pattern);
         out.push('\n');
     }
-    if let Some(tour) = &session.tour {
+    if let Some(tour) = &session.tour() {
         out.push_str(&format!(
             "A product tour (\"{}\") was offered to them at {}{}.\n",
             tour.flow_id,
@@ -110,14 +110,14 @@ pub fn render_activity(session: &Session, now: f64, window_secs: f64) -> String 
                 .unwrap_or_default()
         ));
     }
-    for gap in &session.gaps {
+    for gap in session.gaps() {
         out.push_str(&format!(
             "Activity between {} and {} may be missing (the live event stream was interrupted).\n",
             format_utc(gap.from),
             format_utc(gap.to)
         ));
     }
-    if let Some(as_of) = session.stale_as_of {
+    if let Some(as_of) = session.stale_as_of() {
         out.push_str(&format!(
             "Activity as of {}; newer activity could not be fetched.\n",
             format_utc(as_of)

@@ -142,13 +142,13 @@ pub struct SessionInfo {
 impl SessionInfo {
     pub fn of(session: &Session) -> Self {
         Self {
-            session_id: session.id.to_string(),
-            product_id: session.product_id.clone(),
-            email: session.email.clone(),
-            user_id: session.user_id.clone(),
-            current_page: session.current_page.as_ref().map(|p| p.label.clone()),
-            current_url: session.current_page.as_ref().map(|p| p.url.clone()),
-            last_seen: session.last_seen,
+            session_id: session.id().to_string(),
+            product_id: session.product_id().clone(),
+            email: session.email().clone(),
+            user_id: session.user_id().clone(),
+            current_page: session.current_page().as_ref().map(|p| p.label.clone()),
+            current_url: session.current_page().as_ref().map(|p| p.url.clone()),
+            last_seen: session.last_seen(),
         }
     }
 }

@@ -292,17 +292,15 @@ impl RedisStore {
             // Nothing changed (a duplicate gap, a claim refused): no write needed.
             return Ok(Err(Some(result)));
         }
-        if session.version <= before.version {
-            session.version = before.version + 1;
-        }
+        session.advance_version_past(before.version());
         let (point, new_product, ttl_ms, fence) = match mode {
             Mode::Upsert { fence, point } => {
-                let remaining = session.last_seen + ttl - now;
+                let remaining = session.last_seen() + ttl - now;
                 let ttl_ms = (remaining * 1000.0).ceil().max(1.0) as u64;
                 let new_product = session
-                    .product_id
+                    .product_id()
                     .clone()
-                    .filter(|_| created || fresh || before.product_id.is_none());
+                    .filter(|_| created || fresh || before.product_id().is_none());
                 (
                     self.keys.index_keys_for(&session, point),
                     new_product,
@@ -336,7 +334,7 @@ impl RedisStore {
     pub async fn point_index(&self, write: &PreparedWrite) -> Result<(), StoreError> {
         let entry = format!(
             "{}{ENTRY_SEPARATOR}{}",
-            write.session.id.as_str(),
+            write.session.id().as_str(),
             write.incarnation
         );
         let ttl_ms = write.ttl_ms.unwrap_or(1);
@@ -390,7 +388,7 @@ impl RedisStore {
                 })
             })?;
         let new_revision = format!("{:016x}", rand::random::<u64>());
-        let bucket = self.keys.bucket_of_session(session.id.as_str());
+        let bucket = self.keys.bucket_of_session(session.id().as_str());
         let fence = match &write.fence {
             Some(fence) => Some((
                 fence.lease_key.as_str(),
@@ -400,7 +398,7 @@ impl RedisStore {
             )),
             None => None,
         };
-        let last_seen = format_score(session.last_seen);
+        let last_seen = format_score(session.last_seen());
         let args = CommitArgs {
             session_key: &write.key,
             bucket: &bucket,
@@ -410,8 +408,8 @@ impl RedisStore {
             session_json: &blob,
             ttl_ms: write.ttl_ms,
             last_seen: &last_seen,
-            session_id: session.id.as_str(),
-            chunk_count: session.chunks.len(),
+            session_id: session.id().as_str(),
+            chunk_count: session.chunks().len(),
             fence,
             index_keys_json: &index_json,
             fresh: write.fresh,
@@ -674,16 +672,16 @@ impl From<redis::cluster_async::ClusterConnection> for RedisConnection {
 impl Keys {
     /// Every index key a session is listed under (global and product-scoped).
     fn index_keys_of(&self, session: &Session) -> Vec<String> {
-        self.index_keys_for(session, &session.person_keys)
+        self.index_keys_for(session, session.person_keys())
     }
 
     /// The index keys of `people` that `session` may be listed under (global and
     /// product-scoped; identities beyond the session's cap are never indexed).
     fn index_keys_for(&self, session: &Session, people: &[PersonKey]) -> Vec<String> {
         let mut keys = Vec::with_capacity(people.len() * 2);
-        for key in people.iter().filter(|k| session.person_keys.contains(k)) {
+        for key in people.iter().filter(|k| session.person_keys().contains(k)) {
             keys.push(self.person(None, key));
-            if let Some(product) = session.product_id.as_deref() {
+            if let Some(product) = session.product_id().as_deref() {
                 keys.push(self.person(Some(product), key));
             }
         }
@@ -774,10 +772,8 @@ impl SessionStore for RedisStore {
         fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
         self.upsert(session_id, now, fence, &[], |session| {
-            if session.product_id.is_none() {
-                session.product_id = product_id.map(str::to_string);
-            }
-            session.last_seen = now;
+            session.name_product(product_id);
+            session.touch(now);
             session.apply_connector_summary(text, replaces, now)
         })
         .await?;
@@ -794,9 +790,7 @@ impl SessionStore for RedisStore {
         fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
         self.upsert(session_id, now, fence, &[], |session| {
-            if session.product_id.is_none() {
-                session.product_id = product_id.map(str::to_string);
-            }
+            session.name_product(product_id);
             session.record_tour(flow_id, reason, now, now);
         })
         .await?;
@@ -819,8 +813,8 @@ impl SessionStore for RedisStore {
         let candidates: Vec<String> = per_bucket.into_iter().flat_map(|(ids,)| ids).collect();
         let applies = |s: &Session| {
             !s.is_expired(now, ttl)
-                && s.last_seen >= since
-                && s.product_id.as_deref().is_none_or(|p| p == product_id)
+                && s.last_seen() >= since
+                && s.product_id().as_deref().is_none_or(|p| p == product_id)
         };
         let mut marked = 0;
         // Read in batches to find the sessions the gap concerns; mark those through the
