@@ -20,7 +20,7 @@
 //! leadership) sits between the store and the stream consumers that take leases. The composition
 //! roots at the top wire everything. A module may import its own layer and the layers its row
 //! names, all of them lower in the table, and the top-level modules (and the submodules of each)
-//! import each other without cycles. `cargo test --test layers` reads this table and checks
+//! import each other without cycles. `cargo test --test api layers::` reads this table and checks
 //! every `crate::`/`super::` path in `src/` against it.
 //!
 //! | layer   | modules                                         | may use                             |

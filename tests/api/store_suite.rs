@@ -4,13 +4,12 @@
 //! Redis at `LIVECTX_TEST_REDIS_URL`, and on the Redis Cluster at
 //! `LIVECTX_TEST_REDIS_CLUSTER_URL`, each with a key prefix of its own; skipped when unset).
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::redis_env::{RedisPrefix, test_redis_cluster_url, test_redis_url};
-use common::{action, batch};
+use crate::helpers;
+use crate::helpers::redis_env::{RedisPrefix, test_redis_cluster_url, test_redis_url};
+use crate::helpers::{action, batch};
 use livectx::session::buffered::BufferedStore;
 use livectx::session::memory::MemoryStore;
 use livectx::session::model::{
@@ -887,7 +886,7 @@ async fn webhook_deliveries_are_deduplicated(harness: Harness) {
             .unwrap()
     );
     let store_ref = Arc::clone(&store);
-    common::eventually(
+    helpers::eventually(
         Duration::from_secs(5),
         "the dedupe window to pass",
         move || {

@@ -2,11 +2,9 @@
 //! cookie flags, CSRF, log out), security headers, escaping of hostile values, the lookup log's
 //! reasons, the chatbot panel matching `/retrieval`, and refused payload samples.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestApp, action, batch, test_config};
+use crate::helpers::{TestApp, action, batch, test_config};
 use livectx::ServeConfig;
 use livectx::console::pages::encode;
 use livectx::ingest::{Channel, Source};

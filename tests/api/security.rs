@@ -3,11 +3,10 @@
 //! (That logs carry no secrets is checked in `security_logs.rs`: it needs the process-global
 //! log subscriber to itself.)
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestApp, action, batch, metric, test_config};
+use crate::helpers;
+use crate::helpers::{TestApp, action, batch, metric, test_config};
 use livectx::api::identity::IdentitySigner;
 use livectx::config::ConfigError;
 use livectx::{Application, ServeConfig, StartupError};
@@ -211,7 +210,7 @@ async fn genuine_webhook_deliveries_are_never_rate_limited_forged_ones_are() {
     let deliver = |titles: &'static [&'static str], secret: &'static str| {
         let app = &app;
         async move {
-            let body = common::actions_payload(Some(MARIA), None, titles, livectx::clock::now())
+            let body = helpers::actions_payload(Some(MARIA), None, titles, livectx::clock::now())
                 .to_string();
             let signature = livectx::ingest::webhook::sign(secret, body.as_bytes());
             app.http
@@ -544,7 +543,7 @@ async fn webhook_secret_is_trimmed_like_every_other_secret() {
     let mut config = test_config();
     config.webhook_secret = Some("webhook-secret-0123456789\n".into());
     let app = TestApp::spawn(config).await;
-    let body = common::actions_payload(Some(MARIA), None, &["Click Save"], livectx::clock::now())
+    let body = helpers::actions_payload(Some(MARIA), None, &["Click Save"], livectx::clock::now())
         .to_string();
     let signature = livectx::ingest::webhook::sign("webhook-secret-0123456789", body.as_bytes());
     let response = app

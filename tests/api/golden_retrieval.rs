@@ -12,7 +12,7 @@
 //! whatever is cached from one answer is reused by the next (times move forward and back, the
 //! user becomes idle, the question changes), and then each runs again on a cold start.
 //!
-//! `LIVECTX_BLESS_GOLDEN=1 cargo test --test golden_retrieval` rewrites the fixtures from the
+//! `LIVECTX_BLESS_GOLDEN=1 cargo test --test api golden_retrieval::` rewrites the fixtures from the
 //! sessions built below. Only for an intended change of behaviour, never to make a failure go
 //! away: the point of the files is that they were written by the code before an optimisation.
 #![cfg(feature = "tools")]

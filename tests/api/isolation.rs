@@ -5,9 +5,8 @@
 //! the real ingestion path; then every identity is resolved through every `/retrieval` route and
 //! must land on its own newest session, with no other session's text in the response.
 
-mod common;
-
-use common::redis_env::{RedisPrefix, test_redis_url};
+use crate::helpers;
+use crate::helpers::redis_env::{RedisPrefix, test_redis_url};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -316,7 +315,7 @@ proptest! {
 /// data only.
 #[tokio::test]
 async fn thousands_of_sessions_over_http_stay_isolated() {
-    let app = common::TestApp::spawn(common::test_config()).await;
+    let app = helpers::TestApp::spawn(helpers::test_config()).await;
     let sessions = 3000;
     for s in 0..sessions {
         let b = Batch {
@@ -356,19 +355,19 @@ async fn check_reused_session_id_forgets_its_people(store: Arc<dyn SessionStore>
     use livectx::api::identity::{Claim, ClaimKind, ClaimOutcome, IdentityResolver, Via};
     let ttl = store_config().session_ttl.as_secs_f64();
     let t0 = 1_800_000_000.0;
-    let alice = common::batch(
+    let alice = helpers::batch(
         "kiosk",
         Some("alice@x.com"),
         Some("u-alice"),
-        vec![common::action("click", "Alice's", "/a", t0)],
+        vec![helpers::action("click", "Alice's", "/a", t0)],
     );
     store.append_actions(alice, t0, None).await.unwrap();
     let later = t0 + ttl + 5.0;
-    let bob = common::batch(
+    let bob = helpers::batch(
         "kiosk",
         None,
         None,
-        vec![common::action("click", "Bob's", "/b", later)],
+        vec![helpers::action("click", "Bob's", "/b", later)],
     );
     store.append_actions(bob, later, None).await.unwrap();
     let (state, _) = state(store);

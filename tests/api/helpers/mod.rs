@@ -1,8 +1,7 @@
 //! Shared integration-test helpers: the real server on a random port, a scriptable local SSE
 //! server (the Autoplay connector), and a scriptable local OpenAI-compatible server.
 //!
-//! Each test file uses what it needs; the rest is dead code there.
-#![allow(dead_code)]
+//! One copy of each, shared by every module of the test binary.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -2,13 +2,11 @@
 //! replayed in order, a write whose acknowledgement was lost is not stored twice, and writes
 //! beyond the bound are refused and counted.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::faulty_store::FaultyStore;
-use common::{action, batch};
+use crate::helpers::faulty_store::FaultyStore;
+use crate::helpers::{action, batch};
 use livectx::session::buffered::BufferedStore;
 use livectx::session::model::{Session, SessionId, SessionLimits};
 use livectx::session::store::{SessionStore, StoreConfig, StoreError};

@@ -3,14 +3,13 @@
 //! deduplication, reordering, identity across a session rotation, a store outage, and both
 //! backends.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::faulty_store::FaultyStore;
-use common::redis_env::{RedisPrefix, test_redis_url};
-use common::{TestApp, metric, test_config};
+use crate::helpers;
+use crate::helpers::faulty_store::FaultyStore;
+use crate::helpers::redis_env::{RedisPrefix, test_redis_url};
+use crate::helpers::{TestApp, metric, test_config};
 use livectx::Overrides;
 use livectx::app::store_config;
 use livectx::ingest::receivers::segment_signature;
@@ -717,7 +716,7 @@ async fn a_debounced_webhook_delivery_answers_after_its_write_and_a_failure_is_r
         },
     )
     .await;
-    let body = serde_json::to_vec(&common::actions_payload(
+    let body = serde_json::to_vec(&helpers::actions_payload(
         Some("wh-s1"),
         None,
         &["Save"],

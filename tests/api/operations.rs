@@ -1,17 +1,15 @@
 //! Running it in production: readiness, metrics, graceful shutdown, durable state.
 
-mod common;
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::{
+use crate::helpers::{
     Connection, FakeConnector, StreamEnd, TestApp, actions_payload, eventually, metric, sse_frame,
     test_config,
 };
+use bytes::Bytes;
 use livectx::ingest::webhook::sign;
 use reqwest::StatusCode;
 use serde_json::Value;

@@ -2,12 +2,12 @@
 //! hanging or malformed — while events keep arriving. After every step: every delivered action
 //! is represented in its session (a raw chunk, or a summary whose text and coverage include it).
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{FakeLlm, LlmBehaviour, TestApp, actions_payload, eventually, metric, test_config};
+use crate::helpers::{
+    FakeLlm, LlmBehaviour, TestApp, actions_payload, eventually, metric, test_config,
+};
 use livectx::ingest::{Channel, Ingested, Source};
 use livectx::session::model::{Session, SessionId};
 

@@ -10,7 +10,7 @@
 //!   parent declaring its children and a child naming its parent's types is the normal shape;
 //! - the table names a module that does not exist, or a module is missing from it.
 //!
-//! Run it alone: `cargo test --test layers`.
+//! Run it alone: `cargo test --test api layers::`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;

@@ -6,13 +6,11 @@
 //! Without chromedriver this test fails (it never skips): `.ci/run` installs it.
 //! `LIVECTX_UPDATE_SCREENSHOT=1` writes the session view to `docs/console.png`.
 
-mod common;
-
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestApp, action, batch, test_config};
+use crate::helpers::{TestApp, action, batch, test_config};
 use fantoccini::{ClientBuilder, Locator};
 use livectx::ServeConfig;
 use serde_json::{Value, json};

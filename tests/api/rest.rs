@@ -1,12 +1,10 @@
 //! The REST context API and `/openapi.json` against the real router: Autoplay's pull API
 //! (`/users/{product_id}/{user_id}/live-activity`), `/v1/context`, and the OpenAPI document.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::faulty_store::FaultyStore;
-use common::{TestApp, action, batch, metric, test_config};
+use crate::helpers::faulty_store::FaultyStore;
+use crate::helpers::{TestApp, action, batch, metric, test_config};
 use livectx::{Overrides, ServeConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -15,8 +13,8 @@ const KEY: &str = "rest-key";
 const MCP_KEY: &str = "mcp-only-key";
 const WEBHOOK_SECRET: &str = "test-secret";
 const MARIA: &str = "01983f2a-6b1c-7d40-9e2f-5a7b3c9d1e84";
-const ACTIONS_BODY: &[u8] = include_bytes!("fixtures/samples/webhook_actions_body.json");
-const SUMMARY_BODY: &[u8] = include_bytes!("fixtures/samples/webhook_summary_body.json");
+const ACTIONS_BODY: &[u8] = include_bytes!("../fixtures/samples/webhook_actions_body.json");
+const SUMMARY_BODY: &[u8] = include_bytes!("../fixtures/samples/webhook_summary_body.json");
 
 /// The fields of an action in Autoplay's wire format (autoplay-wire.md §2 and §5).
 const ACTION_FIELDS: [&str; 12] = [

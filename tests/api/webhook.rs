@@ -1,10 +1,8 @@
 //! `POST /webhooks/autoplay` end to end: signatures, deduplication, limits, payload types.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::{TestApp, actions_payload, metric, test_config};
+use crate::helpers::{TestApp, actions_payload, metric, test_config};
 use livectx::ingest::webhook::sign;
 use livectx::session::model::SessionId;
 use reqwest::StatusCode;

@@ -255,10 +255,6 @@ impl PrivateCluster {
         format!("redis+cluster://{}", seeds.join(","))
     }
 
-    pub fn ports(&self) -> Vec<u16> {
-        (0..6).map(|i| self.base + i).collect()
-    }
-
     /// `CLUSTER NODES` as seen by the node on `port`: (port, flags, master id, node id).
     pub fn nodes(&self, port: u16) -> Vec<ClusterNode> {
         let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
@@ -280,7 +276,6 @@ impl PrivateCluster {
                     id: fields.first()?.to_string(),
                     port: address.rsplit(':').next()?.parse().ok()?,
                     master: fields.get(2)?.contains("master"),
-                    failed: fields.get(2)?.contains("fail"),
                     master_id: fields.get(3)?.to_string(),
                     slots: fields.get(8..).map(|s| s.join(" ")).unwrap_or_default(),
                 })
@@ -306,7 +301,6 @@ pub struct ClusterNode {
     pub id: String,
     pub port: u16,
     pub master: bool,
-    pub failed: bool,
     /// The master's id for a replica (`-` for a master).
     pub master_id: String,
     pub slots: String,

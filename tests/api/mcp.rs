@@ -1,11 +1,9 @@
 //! `/mcp` driven by the real rmcp client over HTTP: the handshake, the tool list, both tools,
 //! and every way a key, a Host header or an identifier can be refused.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{TestApp, action, batch, metric, test_config};
+use crate::helpers::{TestApp, action, batch, metric, test_config};
 use livectx::ServeConfig;
 use livectx::api::identity::IdentitySigner;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig};
@@ -19,8 +17,8 @@ const API_KEY: &str = "dify-key";
 const MCP_KEY: &str = "mcp-only-key";
 const WEBHOOK_SECRET: &str = "test-secret";
 const MARIA: &str = "01983f2a-6b1c-7d40-9e2f-5a7b3c9d1e84";
-const ACTIONS_BODY: &[u8] = include_bytes!("fixtures/samples/webhook_actions_body.json");
-const SUMMARY_BODY: &[u8] = include_bytes!("fixtures/samples/webhook_summary_body.json");
+const ACTIONS_BODY: &[u8] = include_bytes!("../fixtures/samples/webhook_actions_body.json");
+const SUMMARY_BODY: &[u8] = include_bytes!("../fixtures/samples/webhook_summary_body.json");
 
 type Client = RunningService<RoleClient, ClientConfig>;
 
