@@ -37,9 +37,6 @@ pub enum Unavailable {
     /// The Redis client's error (connection refused, timeout, failover in progress).
     #[error("redis: {0}")]
     Redis(#[source] redis::RedisError),
-    /// A Redis URL the client cannot use.
-    #[error("redis: {0}")]
-    RedisUrl(#[source] crate::session::redis::UrlError),
     /// Other writers kept changing the session; this write gave up.
     #[error("session {id} kept changing under this write ({attempts} attempts)")]
     Contended { id: SessionId, attempts: u32 },
@@ -53,7 +50,7 @@ pub enum Unavailable {
         cause: Box<Unavailable>,
         bound: usize,
     },
-    /// Another backend's error (test doubles, embedders' stores).
+    /// Any other cause: a Redis URL the client cannot use, test doubles, embedders' stores.
     #[error(transparent)]
     Other(Box<dyn std::error::Error + Send + Sync>),
 }

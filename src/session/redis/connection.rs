@@ -165,7 +165,7 @@ fn cluster_config() -> ClusterConfig {
 /// Connect now to `url` (one server or a cluster).
 pub async fn connect(url: &str) -> Result<RedisConnection, StoreError> {
     RedisTarget::parse(url)
-        .map_err(|e| StoreError::Unavailable(Unavailable::RedisUrl(e)))?
+        .map_err(|e| StoreError::Unavailable(Unavailable::Other(Box::new(e))))?
         .connect()
         .await
         .map_err(store_error)
