@@ -306,7 +306,7 @@ async fn demo_answers_for_a_live_persona_as_dify_would_and_stops_on_ctrl_c() {
             assert_eq!(record["metadata"]["session_id"], session_id, "{command}");
         }
     } else {
-        eprintln!("skipped running the printed commands: curl is not installed");
+        crate::helpers::redis_env::skipped("running the printed commands", "curl is not installed");
     }
 
     // Every few seconds it shows what priya's chatbot receives, named from PostHog's events.

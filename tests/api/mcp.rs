@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use crate::helpers::{TestApp, action, batch, metric, test_config};
+use crate::helpers::{TestApp, action, batch, metric, push_webhook, test_config};
 use livectx::ServeConfig;
 use livectx::api::identity::IdentitySigner;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig};
@@ -33,22 +33,6 @@ fn keyed_config() -> ServeConfig {
 }
 
 /// Deliver a body through the real webhook receiver, signed like the connector signs it.
-async fn push(app: &TestApp, body: &'static [u8]) {
-    let response = app
-        .http
-        .post(app.url("/webhooks/autoplay"))
-        .header("content-type", "application/json")
-        .header(
-            "x-connector-signature",
-            livectx::ingest::webhook::sign(WEBHOOK_SECRET, body),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-}
-
 async fn connect(app: &TestApp, key: Option<&str>) -> Result<Client, ClientInitializeError> {
     let mut config = StreamableHttpClientTransportConfig::with_uri(app.url("/mcp"));
     if let Some(key) = key {
@@ -75,8 +59,8 @@ fn text_of(result: &CallToolResult) -> String {
 #[tokio::test]
 async fn a_client_initializes_lists_tools_and_reads_a_live_session() {
     let app = TestApp::spawn(keyed_config()).await;
-    push(&app, ACTIONS_BODY).await;
-    push(&app, SUMMARY_BODY).await;
+    push_webhook(&app, WEBHOOK_SECRET, ACTIONS_BODY).await;
+    push_webhook(&app, WEBHOOK_SECRET, SUMMARY_BODY).await;
     let client = connect(&app, Some(MCP_KEY)).await.expect("initialized");
 
     let info = client.peer_info().expect("server info");
@@ -202,7 +186,7 @@ async fn a_client_initializes_lists_tools_and_reads_a_live_session() {
 #[tokio::test]
 async fn an_unknown_user_is_a_normal_answer_without_activity() {
     let app = TestApp::spawn(keyed_config()).await;
-    push(&app, ACTIONS_BODY).await;
+    push_webhook(&app, WEBHOOK_SECRET, ACTIONS_BODY).await;
     // The /retrieval key works on /mcp too.
     let client = connect(&app, Some(API_KEY)).await.expect("initialized");
     let result = call(
@@ -410,7 +394,7 @@ async fn identifiers_follow_the_identity_policy() {
         ..keyed_config()
     })
     .await;
-    push(&app, ACTIONS_BODY).await;
+    push_webhook(&app, WEBHOOK_SECRET, ACTIONS_BODY).await;
     let client = connect(&app, Some(MCP_KEY)).await.unwrap();
 
     let unsigned = call(&client, "get_live_user_activity", json!({"user_id": MARIA})).await;

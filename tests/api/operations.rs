@@ -1,10 +1,10 @@
 //! Running it in production: readiness, metrics, graceful shutdown, durable state.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::helpers::redis_env::free_port;
 use crate::helpers::{
     Connection, FakeConnector, StreamEnd, TestApp, actions_payload, eventually, metric, sse_frame,
     test_config,
@@ -180,14 +180,6 @@ async fn metrics_parse_and_count_what_happened() {
 }
 
 // ---- the real binary: signals and durable state -----------------------------------------
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Server {
     child: Child,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::helpers;
 use crate::helpers::redis_env::{RedisPrefix, test_redis_cluster_url, test_redis_url};
-use crate::helpers::{action, batch};
+use crate::helpers::{action, batch, session_titles};
 use livectx::session::buffered::BufferedStore;
 use livectx::session::memory::MemoryStore;
 use livectx::session::model::{
@@ -65,13 +65,6 @@ fn sid(raw: &str) -> SessionId {
 
 fn click(title: &str, ts: f64) -> livectx::session::Action {
     action("click", title, "https://app.acme.io/x", ts)
-}
-
-fn titles(session: &livectx::session::Session) -> Vec<String> {
-    session
-        .raw_action_iter()
-        .map(|a| a.title().to_string())
-        .collect()
 }
 
 macro_rules! suite {
@@ -163,7 +156,7 @@ async fn appends_keep_order_and_number_chunks(harness: Harness) {
     assert_eq!(other.outcome.seq, 1, "sequence numbers are per session");
 
     let session = store.session(&sid("s1"), T0 + 3.0).await.unwrap().unwrap();
-    assert_eq!(titles(&session), ["A", "B", "C"]);
+    assert_eq!(session_titles(&session), ["A", "B", "C"]);
     let chunk_seqs: Vec<u64> = session.chunks().iter().map(|c| c.seq).collect();
     assert_eq!(chunk_seqs, [1, 2, 3]);
     assert_eq!(session.raw_actions(), 3);
@@ -294,7 +287,7 @@ async fn idle_sessions_expire_after_the_ttl(harness: Harness) {
         .unwrap();
     assert_eq!(restarted.outcome.seq, 1);
     let session = store.session(&sid("s1"), later).await.unwrap().unwrap();
-    assert_eq!(titles(&session), ["C"]);
+    assert_eq!(session_titles(&session), ["C"]);
 
     let much_later = T0 + 200.0;
     assert_eq!(store.expire_idle(much_later).await.unwrap(), 2);
@@ -512,7 +505,7 @@ async fn summary_claims_finish_release_and_lapse(harness: Harness) {
         .unwrap();
     assert_eq!(applied, SummaryApplied::Applied { removed_chunks: 3 });
     let session = store.session(&id, now + 3.0).await.unwrap().unwrap();
-    assert_eq!(titles(&session), ["D"]);
+    assert_eq!(session_titles(&session), ["D"]);
     let summary = session.summary().as_ref().unwrap();
     assert_eq!(summary.covers_through_seq, 3);
     assert_eq!(summary.source, SummarySource::Llm);
@@ -647,7 +640,7 @@ async fn connector_summaries_replace_whole_chunks_only(harness: Harness) {
         .unwrap();
     let session = store.session(&id, T0 + 5.0).await.unwrap().unwrap();
     assert_eq!(
-        titles(&session),
+        session_titles(&session),
         ["C", "D"],
         "the straddling chunk stays raw"
     );
@@ -700,7 +693,7 @@ async fn tours_are_recorded_and_create_sessions(harness: Harness) {
     assert_eq!(tour.reason.as_deref(), Some("stuck on billing"));
     assert_eq!(tour.at, T0 + 5.0);
     assert_eq!(session.last_seen(), T0 + 5.0);
-    assert_eq!(titles(&session), ["A"]);
+    assert_eq!(session_titles(&session), ["A"]);
 
     let other = sid("s2");
     store
@@ -939,7 +932,7 @@ async fn concurrent_appends_to_one_session_all_land(harness: Harness) {
     );
     let session = store.session(&sid("hot"), T0).await.unwrap().unwrap();
     assert_eq!(session.chunks().len(), writers * per_writer);
-    let mut got = titles(&session);
+    let mut got = session_titles(&session);
     got.sort();
     got.dedup();
     assert_eq!(got.len(), writers * per_writer);

@@ -145,6 +145,32 @@ impl TestApp {
     }
 }
 
+/// The titles of a session's raw actions, oldest first.
+pub fn session_titles(session: &livectx::session::model::Session) -> Vec<String> {
+    session
+        .raw_action_iter()
+        .map(|a| a.title().to_string())
+        .collect()
+}
+
+/// Push `body` to the app's Autoplay webhook, signed with `secret` as the connector signs it;
+/// it must be accepted.
+pub async fn push_webhook(app: &TestApp, secret: &str, body: &[u8]) {
+    let response = app
+        .http
+        .post(app.url("/webhooks/autoplay"))
+        .header("content-type", "application/json")
+        .header(
+            "x-connector-signature",
+            livectx::ingest::webhook::sign(secret, body),
+        )
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+}
+
 /// The value of a metric line (`name{labels} value`), 0 when absent.
 pub fn metric(text: &str, name_and_labels: &str) -> f64 {
     text.lines()

@@ -9,12 +9,20 @@ use std::time::Duration;
 
 use livectx::session::redis::{RedisConnection, RedisTarget, connect};
 
+/// Say that `test` was skipped, and why, in the output of `cargo test` itself: straight to the
+/// process's stderr, which the test harness does not capture (it captures only `eprintln!`),
+/// so a passing-because-skipped test is visible even when it passes.
+pub fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped {test}: {why}");
+}
+
 /// The shared test Redis, or `None` (after printing why the test is skipped).
 pub fn test_redis_url(test: &str) -> Option<String> {
     match std::env::var("LIVECTX_TEST_REDIS_URL") {
         Ok(url) if !url.trim().is_empty() => Some(url.trim().to_string()),
         _ => {
-            eprintln!("skipped {test}: LIVECTX_TEST_REDIS_URL is not set");
+            skipped(test, "LIVECTX_TEST_REDIS_URL is not set");
             None
         }
     }
@@ -26,8 +34,9 @@ pub fn test_redis_cluster_url(test: &str) -> Option<String> {
     match std::env::var("LIVECTX_TEST_REDIS_CLUSTER_URL") {
         Ok(url) if !url.trim().is_empty() => Some(url.trim().to_string()),
         _ => {
-            eprintln!(
-                "skipped {test} on a Redis Cluster: LIVECTX_TEST_REDIS_CLUSTER_URL is not set (.ci/redis-cluster.sh start)"
+            skipped(
+                &format!("{test} on a Redis Cluster"),
+                "LIVECTX_TEST_REDIS_CLUSTER_URL is not set (.ci/redis-cluster.sh start)",
             );
             None
         }
