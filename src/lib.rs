@@ -5,11 +5,16 @@
 //! Activity flows left to right:
 //!
 //! ```text
-//!  Autoplay SSE ──► ingest::sse ──┐                       ┌──► api::retrieval  (Dify /retrieval)
-//!                                 │                       ├──► api::mcp, api::rest (/mcp, REST)
-//!                                 ├─► ingest::Ingestor ─► session::store ──┤
-//!  Autoplay push ─► ingest::webhook┘          │            └──► api::admin      (/healthz /readyz /metrics)
-//!                                             └─► session::summarizer (background, never blocks)
+//!  Autoplay SSE ───────► ingest::sse ──────┐   (wire formats decoded by sources::*)
+//!  Autoplay push ──────► ingest::webhook ──┤
+//!  PostHog, Amplitude,                     ├─► ingest::Ingestor ─► session::store ─┐
+//!  Segment ────────────► ingest::receivers ┤                          │            │
+//!  Autoplay pull API ◄── ingest::pull ─────┘   session::summarizer ◄──┘            │
+//!                                              (background, never blocks)          │
+//!      ┌───────────────────────────────────────────────────────────────────────────┘
+//!      └─► render::{activity, records} ─► api::retrieval        (Dify /retrieval)
+//!                                      ├► api::mcp, api::rest  (/mcp, REST)
+//!                                      └► api::admin           (/healthz /readyz /metrics)
 //! ```
 //!
 //! ## Layers
@@ -40,16 +45,21 @@
 //!
 //! - [`config`]: the command line and environment, parsed once into typed settings.
 //! - [`app`]: builds every part from the configuration, binds, runs, shuts down in order.
-//! - [`ingest`]: the SSE parser and stream consumer, the webhook receiver, and the payload
-//!   handling both share (lenient decoding, debounce, never pooling anonymous traffic).
+//! - [`ingest`]: the stream consumer, the webhook and analytics receivers (mounted by the app
+//!   with their own narrow states), the Autoplay pull source, and the path they all share into
+//!   the store (debounce, deduplication, never pooling anonymous traffic).
 //! - [`sources`]: each analytics tool's wire format turned into named actions of the common model.
 //! - [`session`]: the per-session model and its rules (chunks, rolling summary, bounds), the
 //!   storage trait with its in-memory and Redis backends (and the buffer that carries ingestion
-//!   through a Redis outage), the "Current User Activity" view, and the background summarizer
-//!   (built-in or any OpenAI-compatible LLM).
+//!   through a Redis outage), and the background summarizer (built-in or any
+//!   OpenAI-compatible LLM).
+//! - [`render`]: what the APIs answer, rendered from a session: the "Current User Activity"
+//!   view and the scored records.
 //! - [`api`]: the HTTP surface: Dify's External Knowledge API with identity resolution and
 //!   record scoring, the MCP server and the REST context API for other chatbots, the OpenAPI
-//!   document, and operator routes.
+//!   document, operator routes, and the one API-key check they share (`api::auth`).
+//! - [`web`]: HTTP plumbing below both the APIs and the receivers: the JSON error type, body
+//!   limits, bearer and HMAC helpers, API keys, the per-IP rate limit and the request timeout.
 //! - [`cluster`]: stream leadership when several replicas share a backend (Redis leases with
 //!   fencing tokens).
 //! - [`telemetry`]: tracing set-up and the Prometheus metrics of one running server.

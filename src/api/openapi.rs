@@ -26,7 +26,7 @@ use crate::web::error::{ApiError, ErrorBody};
 /// Where the document is served.
 pub const PATH: &str = "/openapi.json";
 /// The Autoplay webhook's route as documented below (the receiver is `ingest::webhook`, mounted
-/// by the app; `tests/rest.rs` checks every documented route is served).
+/// by the app; `tests/api/rest.rs` checks every documented route is served).
 const WEBHOOK_PATH: &str = "/webhooks/autoplay";
 
 /// `POST /retrieval` body, as Dify sends it.
