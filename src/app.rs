@@ -18,7 +18,7 @@ use crate::api::{self, ApiContext, ApiState};
 use crate::clock;
 use crate::cluster::Leadership;
 use crate::cluster::redis_lease::{LeaseSettings, RedisLeadership, default_replica_id};
-use crate::config::ServeConfig;
+use crate::config::{ConfigError, ServeConfig};
 use crate::console::{self, ConsoleSettings};
 use crate::diagnostics::Diagnostics;
 use crate::ingest::Ingestor;
@@ -48,10 +48,44 @@ pub enum StartupError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// A setting out of range, contradicting another, or naming an unreadable file.
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     #[error("cannot use the data directory: {0}")]
     DataDir(#[from] crate::session::persist::PersistError),
+    /// An HTTP client for an outside service could not be built (TLS set-up).
+    #[error("invalid configuration: cannot build the {what}: {source}")]
+    Client {
+        what: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The summarizer's LLM client could not be built.
+    #[error("invalid configuration: {0}")]
+    Llm(#[from] crate::session::summarizer::LlmError),
+    /// `LIVECTX_REDIS_URL` cannot be parsed.
+    #[error("invalid configuration: LIVECTX_REDIS_URL is not a usable Redis URL: {0}")]
+    RedisUrl(#[source] redis_store::UrlError),
+    /// The Redis client could not be set up for that URL.
+    #[error("invalid configuration: cannot set up the Redis connection: {0}")]
+    RedisClient(#[source] redis::RedisError),
+    /// Redis holds another key format under the prefix.
+    #[error("invalid configuration: {0}")]
+    KeyFormat(#[source] redis_store::FormatError),
+    /// The key format could not be read.
+    #[error("invalid configuration: cannot read the key format from Redis at {url}: {source}")]
+    KeyFormatUnread {
+        url: String,
+        #[source]
+        source: crate::session::store::StoreError,
+    },
+    /// Redis answered, and refused (authentication, ACL, ...).
+    #[error("invalid configuration: Redis at {url} refused livectx: {source}")]
+    RedisRefused {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
 }
 
 /// Parts a caller may supply instead of the defaults (tests, the demo, Redis mode).
@@ -74,6 +108,8 @@ pub struct Application {
     /// `LIVECTX_INGEST_SECRET`) and the Autoplay webhook (with `AUTOPLAY_WEBHOOK_SECRET`).
     receivers: Option<Arc<Receivers>>,
     webhook: Option<Arc<WebhookState>>,
+    /// Where every source's activity enters the store (flushed last at shutdown).
+    ingestor: Arc<Ingestor>,
     shutdown: CancellationToken,
     streams: Vec<StreamHandle>,
     background: Vec<JoinHandle<()>>,
@@ -105,9 +141,11 @@ impl Application {
             secret_setting("LIVECTX_INGEST_SECRET", config.ingest_secret.as_deref())?;
         check_ingest_settings(&config)?;
         if config.request_timeout.is_zero() {
-            return Err(StartupError::Config(
-                "LIVECTX_REQUEST_TIMEOUT must be longer than 0".to_string(),
-            ));
+            return Err(ConfigError::rule(
+                "LIVECTX_REQUEST_TIMEOUT",
+                "LIVECTX_REQUEST_TIMEOUT must be longer than 0",
+            )
+            .into());
         }
         let rate_limiter = RateLimiter::new(config.rate_limit_config());
         let metrics = overrides.metrics.unwrap_or_default();
@@ -134,7 +172,7 @@ impl Application {
             Arc::clone(&metrics),
             summarizer_config(&config)?,
         )
-        .map_err(|e| StartupError::Config(e.to_string()))?;
+        .map_err(StartupError::Llm)?;
         background.push(summarizer.spawn(shutdown.child_token()));
         if let Some(buffered) = &buffered {
             // Appends replayed after a Redis outage reach the summarizer like live ones.
@@ -215,7 +253,10 @@ impl Application {
                 Arc::clone(&metrics),
                 leadership.clone(),
             )
-            .map_err(|e| StartupError::Config(format!("cannot build the stream client: {e}")))?;
+            .map_err(|source| StartupError::Client {
+                what: "stream client",
+                source,
+            })?;
             streams.push(consumer.spawn(shutdown.child_token()));
         }
         let puller = build_puller(&config, &ingestor, &metrics, &shutdown, &mut background)?;
@@ -247,7 +288,6 @@ impl Application {
         let state: ApiState = Arc::new(ApiContext {
             store: Arc::clone(&store),
             metrics: Arc::clone(&metrics),
-            ingestor,
             api_keys,
             mcp,
             public_url: config.public_url.clone(),
@@ -256,10 +296,7 @@ impl Application {
                 email_lookup: !config.no_email_lookup,
             },
             activity_window: config.activity_window,
-            webhook: webhook_secret.map(|secret| WebhookSettings {
-                secret,
-                dedupe_window: config.webhook_dedupe_window,
-            }),
+            webhook_enabled: webhook_secret.is_some(),
             streams: streams.iter().map(|s| Arc::clone(&s.status)).collect(),
             summarizer_engine: engine,
             started_at: clock::now(),
@@ -271,10 +308,13 @@ impl Application {
             diagnostics,
             puller,
         });
-        let webhook = state.webhook.clone().map(|settings| {
+        let webhook = webhook_secret.map(|secret| {
             Arc::new(WebhookState {
-                settings,
-                ingestor: Arc::clone(&state.ingestor),
+                settings: WebhookSettings {
+                    secret,
+                    dedupe_window: config.webhook_dedupe_window,
+                },
+                ingestor: Arc::clone(&ingestor),
                 limits: Arc::clone(&state.limits),
             })
         });
@@ -305,7 +345,7 @@ impl Application {
             stream_leadership = leadership.is_some(),
             summarizer = %state.summarizer_engine,
             streams = state.streams.len(),
-            webhook = state.webhook.is_some(),
+            webhook = state.webhook_enabled,
             analytics_receivers = receivers.is_some(),
             "livectx is listening"
         );
@@ -315,6 +355,7 @@ impl Application {
             state,
             receivers,
             webhook,
+            ingestor,
             shutdown,
             streams,
             background,
@@ -349,6 +390,11 @@ impl Application {
         Arc::clone(&self.state)
     }
 
+    /// The ingestion path every source feeds, for tests, benchmarks and embedding.
+    pub fn ingestor(&self) -> Arc<Ingestor> {
+        Arc::clone(&self.ingestor)
+    }
+
     /// Serve until the shutdown token is cancelled, then stop in order: stop accepting and
     /// finish in-flight requests, stop the streams (draining what they read), flush debounced
     /// batches. Bounded by the shutdown timeout.
@@ -358,6 +404,7 @@ impl Application {
             state,
             receivers,
             webhook,
+            ingestor,
             shutdown,
             streams,
             background,
@@ -409,7 +456,7 @@ impl Application {
                 Err(_) => tracing::warn!("a stream consumer did not stop in time"),
             }
         }
-        let flushed = state.ingestor.flush_due(true).await;
+        let flushed = ingestor.flush_due(true).await;
         if flushed > 0 {
             tracing::info!(flushed, "flushed debounced batches");
         }
@@ -478,9 +525,11 @@ async fn build_storage(
         .map(str::trim)
         .filter(|url| !url.is_empty());
     if config.data_dir.is_some() && (store.is_some() || url.is_some()) {
-        return Err(StartupError::Config(
-            "--data-dir keeps the in-memory store on disk; with LIVECTX_REDIS_URL, Redis keeps the state".into(),
-        ));
+        return Err(ConfigError::rule(
+            "--data-dir",
+            "--data-dir keeps the in-memory store on disk; with LIVECTX_REDIS_URL, Redis keeps the state",
+        )
+        .into());
     }
     if let Some(store) = store {
         return Ok(Storage {
@@ -518,13 +567,12 @@ async fn build_storage(
         });
     };
     let shown = crate::telemetry::redact_url(url);
-    redis_store::keys::check_prefix(&config.redis_prefix).map_err(StartupError::Config)?;
-    let target = redis_store::RedisTarget::parse(url).map_err(|e| {
-        StartupError::Config(format!("LIVECTX_REDIS_URL is not a usable Redis URL: {e}"))
-    })?;
+    redis_store::keys::check_prefix(&config.redis_prefix)
+        .map_err(|rule| ConfigError::rule("LIVECTX_REDIS_PREFIX", rule))?;
+    let target = redis_store::RedisTarget::parse(url).map_err(StartupError::RedisUrl)?;
     let connection = target
         .lazy_connection()
-        .map_err(|e| StartupError::Config(format!("cannot set up the Redis connection: {e}")))?;
+        .map_err(StartupError::RedisClient)?;
     let redis_store = RedisStore::new(
         connection.clone(),
         config.redis_prefix.clone(),
@@ -537,12 +585,11 @@ async fn build_storage(
                 .check_format()
                 .await
                 .map_err(|error| match error {
-                    redis_store::FormatError::Mismatch { .. } => {
-                        StartupError::Config(error.to_string())
-                    }
-                    redis_store::FormatError::Store(error) => StartupError::Config(format!(
-                        "cannot read the key format from Redis at {shown}: {error}"
-                    )),
+                    redis_store::FormatError::Store(source) => StartupError::KeyFormatUnread {
+                        url: shown.clone(),
+                        source,
+                    },
+                    mismatch => StartupError::KeyFormat(mismatch),
                 })?;
             tracing::info!(redis = %shown, mode = target.mode(), prefix = %config.redis_prefix, "sessions are shared through Redis")
         }
@@ -554,9 +601,10 @@ async fn build_storage(
             )
         }
         Err(error) => {
-            return Err(StartupError::Config(format!(
-                "Redis at {shown} refused livectx: {error}"
-            )));
+            return Err(StartupError::RedisRefused {
+                url: shown,
+                source: error,
+            });
         }
     }
     let buffered = Arc::new(BufferedStore::new(
@@ -598,17 +646,23 @@ fn build_puller(
     let Some(settings) = config
         .autoplay_api
         .settings()
-        .map_err(StartupError::Config)?
+        .map_err(|rule| ConfigError::rule("AUTOPLAY_API_KEY", rule))?
     else {
         return Ok(None);
     };
     if settings.budget >= config.request_timeout {
-        return Err(StartupError::Config(
-            "AUTOPLAY_PULL_BUDGET must be shorter than LIVECTX_REQUEST_TIMEOUT".to_string(),
-        ));
+        return Err(ConfigError::rule(
+            "AUTOPLAY_PULL_BUDGET",
+            "AUTOPLAY_PULL_BUDGET must be shorter than LIVECTX_REQUEST_TIMEOUT",
+        )
+        .into());
     }
-    let puller = AutoplayPuller::new(settings, Arc::clone(ingestor), Arc::clone(metrics))
-        .map_err(|e| StartupError::Config(format!("cannot build the Autoplay API client: {e}")))?;
+    let puller = AutoplayPuller::new(settings, Arc::clone(ingestor), Arc::clone(metrics)).map_err(
+        |source| StartupError::Client {
+            what: "Autoplay API client",
+            source,
+        },
+    )?;
     tracing::info!(
         url = %crate::telemetry::redact_url(&puller.settings().base_url),
         product = %puller.settings().product_id,
@@ -625,35 +679,48 @@ pub const MAX_INGEST_BATCH_WINDOW: Duration = Duration::from_secs(1);
 /// The analytics receivers' settings make sense (clear errors at start, not odd behaviour).
 fn check_ingest_settings(config: &ServeConfig) -> Result<(), StartupError> {
     if config.ingest_dedupe_window.is_zero() {
-        return Err(StartupError::Config(
-            "LIVECTX_INGEST_DEDUPE_WINDOW must be longer than 0 (PostHog retries deliver the same event again)".into(),
-        ));
+        return Err(ConfigError::rule(
+            "LIVECTX_INGEST_DEDUPE_WINDOW",
+            "LIVECTX_INGEST_DEDUPE_WINDOW must be longer than 0 (PostHog retries deliver the same event again)",
+        )
+        .into());
     }
     if config.ingest_dedupe_window > Duration::from_secs(7 * 24 * 3600) {
-        return Err(StartupError::Config(
-            "LIVECTX_INGEST_DEDUPE_WINDOW is longer than 7 days; retries come within minutes"
-                .into(),
-        ));
+        return Err(ConfigError::rule(
+            "LIVECTX_INGEST_DEDUPE_WINDOW",
+            "LIVECTX_INGEST_DEDUPE_WINDOW is longer than 7 days; retries come within minutes",
+        )
+        .into());
     }
     if config.ingest_batch_window > MAX_INGEST_BATCH_WINDOW {
-        return Err(StartupError::Config(format!(
-            "LIVECTX_INGEST_BATCH_WINDOW is {:?}; at most {:?} (each request waits for it, and PostHog gives up after 3 s)",
-            config.ingest_batch_window, MAX_INGEST_BATCH_WINDOW
-        )));
+        return Err(ConfigError::rule(
+            "LIVECTX_INGEST_BATCH_WINDOW",
+            format!(
+                "LIVECTX_INGEST_BATCH_WINDOW is {:?}; at most {:?} (each request waits for it, and PostHog gives up after 3 s)",
+                config.ingest_batch_window, MAX_INGEST_BATCH_WINDOW
+            ),
+        )
+        .into());
     }
     if config.ingest_batch_window >= config.request_timeout {
-        return Err(StartupError::Config(
-            "LIVECTX_INGEST_BATCH_WINDOW must be shorter than LIVECTX_REQUEST_TIMEOUT".into(),
-        ));
+        return Err(ConfigError::rule(
+            "LIVECTX_INGEST_BATCH_WINDOW",
+            "LIVECTX_INGEST_BATCH_WINDOW must be shorter than LIVECTX_REQUEST_TIMEOUT",
+        )
+        .into());
     }
     for name in config.keep_query_params() {
         if name
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || "=&?#".contains(c))
         {
-            return Err(StartupError::Config(format!(
-                "LIVECTX_KEEP_QUERY_PARAMS holds {name:?}, which is not a query parameter name (list names only, comma-separated: tab,step)"
-            )));
+            return Err(ConfigError::rule(
+                "LIVECTX_KEEP_QUERY_PARAMS",
+                format!(
+                    "LIVECTX_KEEP_QUERY_PARAMS holds {name:?}, which is not a query parameter name (list names only, comma-separated: tab,step)"
+                ),
+            )
+            .into());
         }
     }
     Ok(())
@@ -665,15 +732,16 @@ pub const MIN_SECRET_LEN: usize = 16;
 /// A configured secret, trimmed (a trailing newline from a secrets file is not part of it).
 /// Set but blank is refused: an empty HMAC key is a key everyone knows, so the webhook would
 /// accept anyone's deliveries and anyone could mint signed identities.
-pub fn secret_setting(name: &str, value: Option<&str>) -> Result<Option<String>, StartupError> {
+pub fn secret_setting(
+    name: &'static str,
+    value: Option<&str>,
+) -> Result<Option<String>, StartupError> {
     let Some(value) = value else {
         return Ok(None);
     };
     let trimmed = value.trim();
     if trimmed.is_empty() {
-        return Err(StartupError::Config(format!(
-            "{name} is set but empty: unset it, or set it to a long random value"
-        )));
+        return Err(ConfigError::BlankSecret { setting: name }.into());
     }
     if trimmed.chars().count() < MIN_SECRET_LEN {
         tracing::warn!(
@@ -710,7 +778,7 @@ fn summarizer_config(config: &ServeConfig) -> Result<SummarizerConfig, StartupEr
             temperature: config.llm_temperature,
             max_tokens: config.llm_max_tokens,
             timeout: config.llm_timeout,
-            prompt_template: config.prompt_template().map_err(StartupError::Config)?,
+            prompt_template: config.prompt_template()?,
         }),
         None => None,
     };

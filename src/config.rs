@@ -296,6 +296,36 @@ pub struct ServeConfig {
     pub log: LogConfig,
 }
 
+/// Why a configuration cannot run. The setting at fault is a field, so callers and tests
+/// tell the cases apart without reading the message; the message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A secret set but blank: an HMAC key everyone knows.
+    #[error("{setting} is set but empty: unset it, or set it to a long random value")]
+    BlankSecret { setting: &'static str },
+    /// A value out of its range, or two settings that contradict each other.
+    #[error("{rule}")]
+    Rule { setting: &'static str, rule: String },
+    /// A file a setting names cannot be read.
+    #[error("cannot read {setting} file {}: {source}", path.display())]
+    File {
+        setting: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ConfigError {
+    /// `setting` breaks `rule` (which names it, and says what to fix).
+    pub fn rule(setting: &'static str, rule: impl Into<String>) -> Self {
+        Self::Rule {
+            setting,
+            rule: rule.into(),
+        }
+    }
+}
+
 /// A lease TTL: at least 300 ms, so that renewals (every third of it) stay meaningful.
 fn parse_lease_ttl(raw: &str) -> Result<Duration, String> {
     let ttl = parse_duration(raw)?;
@@ -427,16 +457,15 @@ impl ServeConfig {
     }
 
     /// The summary prompt: inline text, a file (`@path`), or the default.
-    pub fn prompt_template(&self) -> Result<String, String> {
+    pub fn prompt_template(&self) -> Result<String, ConfigError> {
         match self.summary_prompt.as_deref() {
             None => Ok(crate::session::summarizer::DEFAULT_PROMPT.to_string()),
             Some(path) if path.starts_with('@') => {
                 let path = PathBuf::from(&path[1..]);
-                std::fs::read_to_string(&path).map_err(|e| {
-                    format!(
-                        "cannot read LIVECTX_SUMMARY_PROMPT file {}: {e}",
-                        path.display()
-                    )
+                std::fs::read_to_string(&path).map_err(|source| ConfigError::File {
+                    setting: "LIVECTX_SUMMARY_PROMPT",
+                    path,
+                    source,
                 })
             }
             Some(text) => Ok(text.to_string()),

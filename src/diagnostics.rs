@@ -157,18 +157,6 @@ impl LookupMiss {
             Self::BadRequest => "The request body or query string could not be read.",
         }
     }
-
-    /// The miss behind one of [`crate::api::identity`]'s rejection labels.
-    pub fn from_rejection(reason: &str) -> Self {
-        match reason {
-            "unresolved_variable" => Self::UnfilledVariable,
-            "unsigned" => Self::Unsigned,
-            "bad_signature" => Self::BadSignature,
-            "expired" => Self::Expired,
-            "email_lookup_disabled" => Self::EmailLookupDisabled,
-            _ => Self::UnknownId,
-        }
-    }
 }
 
 /// One lookup, as the console lists it.

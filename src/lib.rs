@@ -5,25 +5,61 @@
 //! Activity flows left to right:
 //!
 //! ```text
-//!  Autoplay SSE ──► ingest::sse ──┐                       ┌──► api::retrieval  (Dify /retrieval)
-//!                                 │                       ├──► api::mcp, api::rest (/mcp, REST)
-//!                                 ├─► ingest::Ingestor ─► session::store ──┤
-//!  Autoplay push ─► ingest::webhook┘          │            └──► api::admin      (/healthz /readyz /metrics)
-//!                                             └─► session::summarizer (background, never blocks)
+//!  Autoplay SSE ───────► ingest::sse ──────┐   (wire formats decoded by sources::*)
+//!  Autoplay push ──────► ingest::webhook ──┤
+//!  PostHog, Amplitude,                     ├─► ingest::Ingestor ─► session::store ─┐
+//!  Segment ────────────► ingest::receivers ┤                          │            │
+//!  Autoplay pull API ◄── ingest::pull ─────┘   session::summarizer ◄──┘            │
+//!                                              (background, never blocks)          │
+//!      ┌───────────────────────────────────────────────────────────────────────────┘
+//!      └─► render::{activity, records} ─► api::retrieval        (Dify /retrieval)
+//!                                      ├► api::mcp, api::rest  (/mcp, REST)
+//!                                      └► api::admin           (/healthz /readyz /metrics)
 //! ```
+//!
+//! ## Layers
+//!
+//! Data flows one way, sources → ingest → session → render → api, and imports point toward the
+//! session core: the input side (`sources`, `ingest`) and the output side (`render`, `api`) each
+//! build on `session` and the support modules, and never on each other; `cluster` (stream
+//! leadership) sits between the store and the stream consumers that take leases. The composition
+//! roots at the top wire everything. A module may import its own layer and the layers its row
+//! names, all of them lower in the table, and the top-level modules (and the submodules of each)
+//! import each other without cycles. `cargo test --test api layers::` reads this table and checks
+//! every `crate::`/`super::` path in `src/` against it.
+//!
+//! | layer   | modules                                         | may use                             |
+//! |---------|-------------------------------------------------|-------------------------------------|
+//! | roots   | `app` `cli` `console` `demo` `bench` `connect`  | every layer below                   |
+//! | config  | `config`                                        | every layer below                   |
+//! | api     | `api`                                           | render, session, support, base      |
+//! | render  | `render`                                        | session, support, base              |
+//! | ingest  | `ingest`                                        | cluster, sources, session, support, base |
+//! | cluster | `cluster`                                       | session, support, base              |
+//! | sources | `sources`                                       | session, support, base              |
+//! | session | `session`                                       | support, base                       |
+//! | support | `telemetry` `web` `diagnostics` `stream_status` | base                                |
+//! | base    | `clock` `sync` `shutdown`                       | —                                   |
+//!
+//! ## Modules
 //!
 //! - [`config`]: the command line and environment, parsed once into typed settings.
 //! - [`app`]: builds every part from the configuration, binds, runs, shuts down in order.
-//! - [`ingest`]: the SSE parser and stream consumer, the webhook receiver, and the payload
-//!   handling both share (lenient decoding, debounce, never pooling anonymous traffic).
+//! - [`ingest`]: the stream consumer, the webhook and analytics receivers (mounted by the app
+//!   with their own narrow states), the Autoplay pull source, and the path they all share into
+//!   the store (debounce, deduplication, never pooling anonymous traffic).
 //! - [`sources`]: each analytics tool's wire format turned into named actions of the common model.
 //! - [`session`]: the per-session model and its rules (chunks, rolling summary, bounds), the
 //!   storage trait with its in-memory and Redis backends (and the buffer that carries ingestion
-//!   through a Redis outage), the "Current User Activity" view, and the background summarizer
-//!   (built-in or any OpenAI-compatible LLM).
+//!   through a Redis outage), and the background summarizer (built-in or any
+//!   OpenAI-compatible LLM).
+//! - [`render`]: what the APIs answer, rendered from a session: the "Current User Activity"
+//!   view and the scored records.
 //! - [`api`]: the HTTP surface: Dify's External Knowledge API with identity resolution and
 //!   record scoring, the MCP server and the REST context API for other chatbots, the OpenAPI
-//!   document, and operator routes.
+//!   document, operator routes, and the one API-key check they share (`api::auth`).
+//! - [`web`]: HTTP plumbing below both the APIs and the receivers: the JSON error type, body
+//!   limits, bearer and HMAC helpers, API keys, the per-IP rate limit and the request timeout.
 //! - [`cluster`]: stream leadership when several replicas share a backend (Redis leases with
 //!   fencing tokens).
 //! - [`telemetry`]: tracing set-up and the Prometheus metrics of one running server.
@@ -36,6 +72,8 @@
 //! - [`bench`]: `livectx bench <scenario>`, the self-contained benchmarks behind docs/benchmarks.md
 //!   (synthetic connector, fake LLM, load generator).
 //! - [`shutdown`]: the stop signal (SIGTERM, Ctrl-C) every long-running command waits on.
+//! - [`stream_status`]: the live state of each stream, written by ingest, read by `/readyz` and
+//!   the console.
 //! - [`sync`]: locking that survives a panic elsewhere.
 //! - [`diagnostics`]: bounded evidence the operator console reads (recent lookups, refused
 //!   payload samples, events per minute), recorded by ingest and the APIs.
@@ -59,6 +97,7 @@ pub mod render;
 pub mod session;
 pub mod shutdown;
 pub mod sources;
+pub mod stream_status;
 pub mod sync;
 pub mod telemetry;
 pub mod web;

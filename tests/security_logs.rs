@@ -7,7 +7,10 @@
 //! identifiers, emails), and an LLM that answers errors quoting the key — and then searches
 //! the captured text.
 
-mod common;
+// The shared helpers of the `api` test binary; this binary uses a few of them.
+#[path = "api/helpers/mod.rs"]
+#[allow(dead_code)]
+mod helpers;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -17,7 +20,7 @@ use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
-use common::{
+use helpers::{
     Connection, FakeConnector, TestApp, actions_payload, eventually, metric, test_config,
 };
 use livectx::api::identity::IdentitySigner;

@@ -39,7 +39,7 @@ fuzz_target!(|input: &[u8]| {
         // The same answer again: nothing is new.
         let again = new_actions(Some(&session), batch.actions.clone());
         assert!(again.is_empty(), "merged twice: {again:?}");
-        session.stale_as_of = Some(NOW - 30.0);
+        session.mark_stale(NOW - 30.0);
         let view = render_activity(&session, NOW + 5.0, 120.0);
         assert!(view.contains("newer activity could not be fetched"));
         let records = session_records(&session, "where are my notifications?", NOW + 5.0, 120.0);

@@ -64,7 +64,7 @@ pub async fn readyz(State(state): State<ApiState>) -> Response {
             "llm_failures": failures,
             "llm_error_rate": if calls == 0 { 0.0 } else { failures as f64 / calls as f64 },
         },
-        "webhook_enabled": state.webhook.is_some(),
+        "webhook_enabled": state.webhook_enabled,
         "autoplay_api": pull,
         "uptime_seconds": (now - state.started_at).max(0.0).round(),
     });

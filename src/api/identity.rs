@@ -113,6 +113,65 @@ impl SignatureError {
     }
 }
 
+/// Why a claim was refused. The label ([`Rejection::reason`]) names it in metrics and logs;
+/// code downstream matches on the variant, never on the label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// A signed identifier that failed its check.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// A template variable the chatbot platform never filled in (`{{user_id}}`).
+    #[error("identifier is an unresolved template variable")]
+    UnresolvedVariable,
+    /// An email, with email lookups off (`LIVECTX_NO_EMAIL_LOOKUP`).
+    #[error("email lookups are disabled")]
+    EmailLookupDisabled,
+}
+
+impl Rejection {
+    /// The label of `livectx_identity_rejected_total{reason}` and of the log line.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Signature(error) => error.reason(),
+            Self::UnresolvedVariable => "unresolved_variable",
+            Self::EmailLookupDisabled => "email_lookup_disabled",
+        }
+    }
+
+    /// What the caller should fix, for error bodies and tool answers.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::UnresolvedVariable => {
+                "the identifier is an unresolved template variable such as {{user_id}}: the chatbot platform did not fill it in; check the variable's name in the bot's configuration"
+            }
+            Self::Signature(SignatureError::Unsigned) => {
+                "this server requires signed identifiers (LIVECTX_IDENTITY_SECRET is set): pass the signed id your product's backend issued (see `livectx sign`), not a raw id"
+            }
+            Self::Signature(SignatureError::BadSignature) => {
+                "the signed identifier's signature does not match: it was altered or signed with another secret"
+            }
+            Self::Signature(SignatureError::Expired) => {
+                "the signed identifier has expired: ask your product's backend for a fresh one"
+            }
+            Self::EmailLookupDisabled => {
+                "email lookups are disabled on this server (LIVECTX_NO_EMAIL_LOOKUP): pass the session id or the user id instead"
+            }
+        }
+    }
+}
+
+impl From<Rejection> for LookupMiss {
+    fn from(rejection: Rejection) -> Self {
+        match rejection {
+            Rejection::UnresolvedVariable => Self::UnfilledVariable,
+            Rejection::Signature(SignatureError::Unsigned) => Self::Unsigned,
+            Rejection::Signature(SignatureError::BadSignature) => Self::BadSignature,
+            Rejection::Signature(SignatureError::Expired) => Self::Expired,
+            Rejection::EmailLookupDisabled => Self::EmailLookupDisabled,
+        }
+    }
+}
+
 /// Mints and checks signed identifiers: `<id>.<expires_unix>.<base64url(HMAC-SHA256(secret, "<id>.<expires_unix>"))>`.
 #[derive(Clone)]
 pub struct IdentitySigner {
@@ -183,7 +242,7 @@ pub enum ClaimOutcome {
     /// another product (the operator console shows which).
     Unknown(LookupMiss),
     /// Refused (unsigned, forged, expired, unresolved variable, email lookups off).
-    Rejected(&'static str),
+    Rejected(Rejection),
 }
 
 /// Resolves claims against the store.
@@ -207,8 +266,8 @@ impl IdentityResolver<'_> {
         let result = match &outcome {
             ClaimOutcome::Found(_) => "found",
             ClaimOutcome::Unknown(_) => "unknown",
-            ClaimOutcome::Rejected(reason) => {
-                self.count_rejection(claim.via, reason);
+            ClaimOutcome::Rejected(rejection) => {
+                self.count_rejection(claim.via, *rejection);
                 "rejected"
             }
         };
@@ -217,7 +276,8 @@ impl IdentityResolver<'_> {
     }
 
     /// Count and log a refused identifier.
-    pub fn count_rejection(&self, via: Via, reason: &'static str) {
+    pub fn count_rejection(&self, via: Via, rejection: Rejection) {
+        let reason = rejection.reason();
         self.metrics.reject_identity(reason);
         tracing::warn!(via = via.as_str(), reason, "refused an identifier");
     }
@@ -248,12 +308,12 @@ impl IdentityResolver<'_> {
                 value = %claim.value,
                 "an identifier is an unresolved Dify variable: the app did not pass this input (check the variable name and that your front end sends it in `inputs`)"
             );
-            return Ok(ClaimOutcome::Rejected("unresolved_variable"));
+            return Ok(ClaimOutcome::Rejected(Rejection::UnresolvedVariable));
         }
         let value = match (&self.policy.signer, claim.via.end_user_controlled()) {
             (Some(signer), true) => match signer.verify(&claim.value, now) {
                 Ok(id) => id,
-                Err(error) => return Ok(ClaimOutcome::Rejected(error.reason())),
+                Err(error) => return Ok(ClaimOutcome::Rejected(error.into())),
             },
             _ => claim.value.trim().to_string(),
         };
@@ -338,7 +398,7 @@ impl IdentityResolver<'_> {
                         continue;
                     }
                     if !self.policy.email_lookup {
-                        return Ok(ClaimOutcome::Rejected("email_lookup_disabled"));
+                        return Ok(ClaimOutcome::Rejected(Rejection::EmailLookupDisabled));
                     }
                     self.person_session(PersonKey::email(value), product, now)
                         .await?
@@ -350,12 +410,12 @@ impl IdentityResolver<'_> {
                 ClaimKind::Any => None,
             };
             if let Some(session) = found {
-                let in_scope = match (product, session.product_id.as_deref()) {
+                let in_scope = match (product, session.product_id().as_deref()) {
                     (Some(scope), Some(own)) => scope == own,
                     _ => true,
                 };
                 if in_scope {
-                    tracing::debug!(via = via.as_str(), person = %Person(value), session = %session.id, "identifier resolved");
+                    tracing::debug!(via = via.as_str(), person = %Person(value), session = %session.id(), "identifier resolved");
                     return Ok(ClaimOutcome::Found(session));
                 }
                 miss = LookupMiss::OtherProduct;
@@ -380,7 +440,7 @@ impl IdentityResolver<'_> {
             .store
             .session(&id, now)
             .await?
-            .filter(|session| session.person_keys.contains(&key)))
+            .filter(|session| session.person_keys().contains(&key)))
     }
 }
 

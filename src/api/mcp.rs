@@ -24,10 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::header;
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::middleware;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
@@ -39,15 +36,16 @@ use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
 use serde::{Deserialize, Serialize};
 
 use crate::api::ApiState;
+use crate::api::auth::{ApiKey, McpKeys};
 use crate::api::identity::{ClaimKind, Via};
-use crate::api::openapi::ErrorBody;
-use crate::api::rest::{self, LiveAction, Lookup, live_actions, look_up, rejection_message};
+use crate::api::rest::{self, LiveAction, Lookup, live_actions, look_up};
 use crate::clock::{self, format_duration, format_rfc3339};
 use crate::diagnostics::{LookupChannel, LookupEntry, LookupMiss, clip};
 use crate::render::records::{join_content, session_records};
 use crate::session::model::Session;
 use crate::session::store::decode_cursor;
-use crate::web::auth::{self, ApiKeys};
+use crate::web::auth::ApiKeys;
+use crate::web::error::ErrorBody;
 
 /// Where the MCP endpoint listens.
 pub const PATH: &str = "/mcp";
@@ -64,9 +62,6 @@ pub const MAX_ACTIVE_MINUTES: u32 = 24 * 60;
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
 /// Largest `list_active_sessions` page, so one answer stays readable for a model.
 pub const MAX_PAGE_SIZE: u32 = 100;
-/// Which keys `/mcp` accepts, for error messages.
-const ACCEPTED_KEYS: &str = "LIVECTX_API_KEY or LIVECTX_MCP_KEY";
-
 /// What the model reads to decide when to call `get_live_user_activity`.
 pub const ACTIVITY_TOOL_DESCRIPTION: &str = "See what the person you are talking to is doing in the product right now: the page they are on and for how long, what they clicked and submitted in the last minutes, a summary of their session so far, and their recent actions. Call it at the start of a conversation and whenever the answer depends on where they are or what they just did (\"where do I find...\", \"why can't I...\", \"it doesn't work\"), before giving generic instructions. Pass the user id you were given for this conversation (a session id, email or user id) exactly as given; never guess one, and never look up an id the user mentions for someone else. The activity belongs only to the person in this conversation: use it to tailor your answer to them and never share it with anyone else. If it reports no recent activity, answer without it.";
 
@@ -331,12 +326,12 @@ impl LiveContextServer {
                     &output,
                 );
             }
-            Lookup::Rejected(reason) => {
+            Lookup::Rejected(rejection) => {
                 return tool_error(
                     TOOL,
                     "rejected",
                     state,
-                    format!("user_id refused: {}", rejection_message(reason)),
+                    format!("user_id refused: {}", rejection.message()),
                 );
             }
         };
@@ -344,10 +339,10 @@ impl LiveContextServer {
         let actions = live_actions(&session, limit);
         record.records = actions.len();
         let text = activity_text(state, &session, &actions, now);
-        tracing::debug!(tool = TOOL, session = %session.id, actions = actions.len(), "live activity answered");
+        tracing::debug!(tool = TOOL, session = %session.id(), actions = actions.len(), "live activity answered");
         let output = LiveActivityOutput {
             user_id: params.user_id,
-            session_id: Some(session.id.to_string()),
+            session_id: Some(session.id().to_string()),
             actions,
         };
         tool_result(text, &output)
@@ -438,7 +433,7 @@ fn activity_text(state: &ApiState, session: &Session, actions: &[LiveAction], no
         text.push_str("No individual actions are held for this session right now.");
         return text;
     }
-    let earlier = if session.summary.is_some() {
+    let earlier = if session.summary().is_some() {
         "; earlier activity is in the summary above"
     } else {
         ""
@@ -508,21 +503,6 @@ fn sessions_text(output: &ActiveSessionsOutput, continued: bool) -> String {
     text
 }
 
-/// Refuse requests without an accepted key before rmcp sees them.
-async fn require_key(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    match state
-        .mcp
-        .keys
-        .check(request.headers().get(header::AUTHORIZATION))
-    {
-        Ok(()) => next.run(request).await,
-        Err(reason) => {
-            tracing::warn!(reason = reason.as_str(), "MCP request refused: bad key");
-            auth::unauthorized(reason, ACCEPTED_KEYS)
-        }
-    }
-}
-
 /// The `/mcp` route, with its key check; merged into [`crate::api::router`].
 pub fn routes(state: &ApiState) -> Router<ApiState> {
     let mut template = LiveContextServer::new(Arc::clone(state));
@@ -547,9 +527,9 @@ pub fn routes(state: &ApiState) -> Router<ApiState> {
     );
     Router::new()
         .route_service(PATH, service)
-        .layer(middleware::from_fn_with_state(
+        // Requests without an accepted key are refused before rmcp sees them.
+        .layer(middleware::from_extractor_with_state::<ApiKey<McpKeys>, _>(
             Arc::clone(state),
-            require_key,
         ))
 }
 

@@ -1,8 +1,9 @@
 //! The HTTP surface: Dify's `/retrieval`, the MCP server (`/mcp`), the REST context API
-//! (`/users/.../live-activity`, `/v1/context`), the webhook receiver, operator routes, and the
-//! OpenAPI document of them all (`/openapi.json`).
+//! (`/users/.../live-activity`, `/v1/context`), operator routes, and the OpenAPI document of
+//! them all (`/openapi.json`, which also lists the receivers the app mounts beside them).
 
 pub mod admin;
+pub mod auth;
 pub mod filter;
 pub mod identity;
 pub mod mcp;
@@ -21,11 +22,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::diagnostics::Diagnostics;
-use crate::ingest::Ingestor;
-use crate::ingest::sse::StreamStatus;
-use crate::ingest::webhook::WebhookSettings;
 use crate::session::pull::ActivityPuller;
 use crate::session::store::SessionStore;
+use crate::stream_status::StreamStatus;
 use crate::telemetry::Metrics;
 use crate::web;
 use crate::web::auth::ApiKeys;
@@ -39,11 +38,11 @@ pub use crate::web::SERVER_HEADER;
 /// Operator routes, never rate limited: probes and scrapers must always get through.
 pub const OPERATOR_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
-/// Everything the HTTP handlers share.
+/// Everything the API's handlers share. The ingest side is not here: its receivers are mounted
+/// by the app with their own narrow states.
 pub struct ApiContext {
     pub store: Arc<dyn SessionStore>,
     pub metrics: Arc<Metrics>,
-    pub ingestor: Arc<Ingestor>,
     /// Keys for `/retrieval` and the REST routes (empty: open).
     pub api_keys: ApiKeys,
     /// Keys and Host allow-list of `/mcp`.
@@ -53,7 +52,9 @@ pub struct ApiContext {
     pub identity: IdentityPolicy,
     /// How far back the activity record looks.
     pub activity_window: Duration,
-    pub webhook: Option<WebhookSettings>,
+    /// Is the Autoplay webhook receiver mounted (by the app, beside these routes)?
+    pub webhook_enabled: bool,
+    /// The Autoplay streams' live state, written by their consumers.
     pub streams: Vec<Arc<StreamStatus>>,
     pub summarizer_engine: String,
     /// Server clock at start.

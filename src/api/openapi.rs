@@ -20,21 +20,14 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::api::ApiState;
 use crate::api::rest::{ContextResponse, LiveAction, LiveActivityResponse};
-use crate::ingest::webhook;
 use crate::render::records::Record;
-use crate::web::error::ApiError;
+use crate::web::error::{ApiError, ErrorBody};
 
 /// Where the document is served.
 pub const PATH: &str = "/openapi.json";
-
-/// The error body every route answers with.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// Dify's codes 1001 and 1002, or livectx's 4xxx / 5xxx (see the README).
-    pub error_code: u32,
-    /// What went wrong and what to fix.
-    pub error_msg: String,
-}
+/// The Autoplay webhook's route as documented below (the receiver is `ingest::webhook`, mounted
+/// by the app; `tests/api/rest.rs` checks every documented route is served).
+const WEBHOOK_PATH: &str = "/webhooks/autoplay";
 
 /// `POST /retrieval` body, as Dify sends it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -194,8 +187,8 @@ pub async fn openapi_json(
         document["servers"] = json!([{ "url": base }]);
     }
     if let Some(paths) = document.get_mut("paths").and_then(Value::as_object_mut) {
-        if state.webhook.is_none() {
-            paths.remove(webhook::PATH);
+        if !state.webhook_enabled {
+            paths.remove(WEBHOOK_PATH);
         }
         if let Some(tag) = tag.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
             keep_tag(paths, tag);

@@ -19,21 +19,23 @@ use std::time::Instant;
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::api::ApiContext;
 use crate::api::ApiState;
-use crate::api::identity::{Claim, ClaimKind, ClaimOutcome, IdentityResolver, Via};
-use crate::api::openapi::ErrorBody;
+use crate::api::auth::{ApiKey, KeyScope};
+use crate::api::identity::{Claim, ClaimKind, ClaimOutcome, IdentityResolver, Rejection, Via};
 use crate::api::retrieval::{DEFAULT_TOP_K, MAX_TOP_K, records_for};
 use crate::clock;
 use crate::diagnostics::{LookupChannel, LookupEntry, LookupMiss, clip};
 use crate::render::records::{Record, join_content};
 use crate::session::model::{Action, Session};
 use crate::session::store::StoreError;
-use crate::web::auth::{self, KeyError};
+use crate::web::auth::{self, ApiKeys, KeyError};
+use crate::web::error::ErrorBody;
 use crate::web::error::{ApiError, codes};
 
 /// Where Autoplay's pull API lives (axum path syntax).
@@ -44,8 +46,33 @@ pub const CONTEXT_PATH: &str = "/v1/context";
 pub const DEFAULT_LIMIT: usize = 50;
 /// Most actions one request returns; larger limits are lowered to this.
 pub const MAX_LIMIT: usize = 500;
-/// Which keys these routes accept, for error messages.
-const ACCEPTED_KEYS: &str = "LIVECTX_API_KEY";
+/// The lookup log's name for the live-activity route.
+const LIVE_ACTIVITY_ROUTE: &str = "live-activity";
+
+/// The REST routes' keys: `LIVECTX_API_KEY`, refused with `401` and a challenge.
+#[derive(Debug)]
+pub enum RestKeys {}
+
+impl KeyScope for RestKeys {
+    const SURFACE: &'static str = "REST request";
+
+    fn keys(state: &ApiContext) -> &ApiKeys {
+        &state.api_keys
+    }
+
+    fn refusal(reason: KeyError) -> Response {
+        auth::unauthorized(reason, "LIVECTX_API_KEY")
+    }
+
+    fn lookup(path: &str) -> Option<LookupEntry> {
+        let route = if path == CONTEXT_PATH {
+            CONTEXT_PATH
+        } else {
+            LIVE_ACTIVITY_ROUTE
+        };
+        Some(LookupEntry::new(LookupChannel::Rest, route))
+    }
+}
 
 /// One action in Autoplay's wire format (the connector's `actions[]` objects), so clients
 /// written for Autoplay's pull API parse it unchanged. Every field is always present; unknown
@@ -99,15 +126,15 @@ impl LiveAction {
             timestamp_end: action.timestamp_end(),
             raw_url: action.raw_url().to_string(),
             canonical_url: action.canonical_url().to_string(),
-            session_id: session.id.to_string(),
+            session_id: session.id().to_string(),
             user_id: own(
                 identity.and_then(|i| i.user_id.as_deref()),
-                &session.user_id,
+                session.user_id(),
             ),
-            email: own(identity.and_then(|i| i.email.as_deref()), &session.email),
+            email: own(identity.and_then(|i| i.email.as_deref()), session.email()),
             conversation_id: own(
                 identity.and_then(|i| i.conversation_id.as_deref()),
-                &session.conversation_id,
+                session.conversation_id(),
             ),
         }
     }
@@ -149,8 +176,8 @@ pub(crate) enum Lookup {
     Unknown(LookupMiss),
     /// The person's session belongs to another product than the one asked for.
     OtherProduct,
-    /// Refused; the reason is one of [`crate::api::identity`]'s labels.
-    Rejected(&'static str),
+    /// Refused, and why.
+    Rejected(Rejection),
 }
 
 /// Resolve one identifier claim the way `/retrieval` does, optionally checking that the
@@ -183,7 +210,7 @@ pub(crate) async fn look_up(
         return Ok(Lookup::Found(session));
     };
     if session
-        .product_id
+        .product_id()
         .as_deref()
         .is_none_or(|own| own == product)
     {
@@ -201,10 +228,10 @@ impl Lookup {
     pub(crate) fn note(&self, lookup: &mut LookupEntry, value: &str) {
         lookup.signed = crate::api::identity::looks_signed(value);
         match self {
-            Self::Found(session) => lookup.session = Some(session.id.to_string()),
+            Self::Found(session) => lookup.session = Some(session.id().to_string()),
             Self::Unknown(miss) => lookup.miss = Some(*miss),
             Self::OtherProduct => lookup.miss = Some(LookupMiss::OtherProduct),
-            Self::Rejected(reason) => lookup.miss = Some(LookupMiss::from_rejection(reason)),
+            Self::Rejected(rejection) => lookup.miss = Some((*rejection).into()),
         }
     }
 }
@@ -220,29 +247,18 @@ fn note_error(lookup: &mut LookupEntry, error: &ApiError) {
     }
 }
 
-/// What to tell the caller when an identifier was refused.
-pub(crate) fn rejection_message(reason: &str) -> String {
-    match reason {
-        "unresolved_variable" => "the identifier is an unresolved template variable such as {{user_id}}: the chatbot platform did not fill it in; check the variable's name in the bot's configuration".to_string(),
-        "unsigned" => "this server requires signed identifiers (LIVECTX_IDENTITY_SECRET is set): pass the signed id your product's backend issued (see `livectx sign`), not a raw id".to_string(),
-        "bad_signature" => "the signed identifier's signature does not match: it was altered or signed with another secret".to_string(),
-        "expired" => "the signed identifier has expired: ask your product's backend for a fresh one".to_string(),
-        "email_lookup_disabled" => "email lookups are disabled on this server (LIVECTX_NO_EMAIL_LOOKUP): pass the session id or the user id instead".to_string(),
-        other => format!("the identifier was refused ({other})"),
-    }
-}
-
 /// A refused identifier as an HTTP error: a template variable nobody filled in is the
 /// caller's configuration bug (400); everything else is a refusal (403).
-fn rejection_error(reason: &str) -> ApiError {
-    if reason == "unresolved_variable" {
-        ApiError::bad_request(rejection_message(reason))
-    } else {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            codes::IDENTITY_REJECTED,
-            rejection_message(reason),
-        )
+impl From<Rejection> for ApiError {
+    fn from(rejection: Rejection) -> Self {
+        match rejection {
+            Rejection::UnresolvedVariable => ApiError::bad_request(rejection.message()),
+            _ => ApiError::new(
+                StatusCode::FORBIDDEN,
+                codes::IDENTITY_REJECTED,
+                rejection.message(),
+            ),
+        }
     }
 }
 
@@ -274,20 +290,6 @@ fn query_pairs(
         .map_err(|e| ApiError::bad_request(format!("the query string cannot be read: {e}")))
 }
 
-/// Check the key; a refusal is logged here and answered with [`auth::unauthorized`].
-fn check_key(state: &ApiState, headers: &HeaderMap, route: &str) -> Result<(), KeyError> {
-    state
-        .api_keys
-        .check(headers.get(header::AUTHORIZATION))
-        .inspect_err(|reason| {
-            tracing::warn!(
-                route,
-                reason = reason.as_str(),
-                "REST request refused: bad key"
-            );
-        })
-}
-
 fn refused(route: &str, error: ApiError) -> Response {
     tracing::warn!(route, status = error.status.as_u16(), code = error.code, message = %error.message, "REST request refused");
     error.into_response()
@@ -316,27 +318,22 @@ fn refused(route: &str, error: ApiError) -> Response {
     security(("bearer" = []))
 )]
 pub async fn live_activity(
+    _key: ApiKey<RestKeys>,
     State(state): State<ApiState>,
-    headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
-    const ROUTE: &str = "live-activity";
+    const ROUTE: &str = LIVE_ACTIVITY_ROUTE;
     let started = Instant::now();
     let mut lookup = LookupEntry::new(LookupChannel::Rest, ROUTE);
-    let response = if let Err(reason) = check_key(&state, &headers, ROUTE) {
-        lookup.miss = Some(LookupMiss::BadKey);
-        auth::unauthorized(reason, ACCEPTED_KEYS)
-    } else {
-        match live_activity_inner(&state, path, query, &mut lookup).await {
-            Ok(actions) => {
-                lookup.records = actions.len();
-                Json(LiveActivityResponse { actions }).into_response()
-            }
-            Err(error) => {
-                note_error(&mut lookup, &error);
-                refused(ROUTE, error)
-            }
+    let response = match live_activity_inner(&state, path, query, &mut lookup).await {
+        Ok(actions) => {
+            lookup.records = actions.len();
+            Json(LiveActivityResponse { actions }).into_response()
+        }
+        Err(error) => {
+            note_error(&mut lookup, &error);
+            refused(ROUTE, error)
         }
     };
     lookup.latency = started.elapsed();
@@ -375,7 +372,7 @@ async fn live_activity_inner(
             codes::PRODUCT_MISMATCH,
             format!("this user's session belongs to another product than {product:?}"),
         )),
-        Lookup::Rejected(reason) => Err(rejection_error(reason)),
+        Lookup::Rejected(rejection) => Err(rejection.into()),
     }
 }
 
@@ -404,27 +401,22 @@ async fn live_activity_inner(
     security(("bearer" = []))
 )]
 pub async fn context(
+    _key: ApiKey<RestKeys>,
     State(state): State<ApiState>,
-    headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
     const ROUTE: &str = "context";
     let started = Instant::now();
     let mut lookup = LookupEntry::new(LookupChannel::Rest, CONTEXT_PATH);
-    let response = if let Err(reason) = check_key(&state, &headers, ROUTE) {
-        lookup.miss = Some(LookupMiss::BadKey);
-        auth::unauthorized(reason, ACCEPTED_KEYS)
-    } else {
-        match context_inner(&state, query, &mut lookup).await {
-            Ok(records) => {
-                lookup.records = records.len();
-                let text = join_content(&records);
-                Json(ContextResponse { records, text }).into_response()
-            }
-            Err(error) => {
-                note_error(&mut lookup, &error);
-                refused(ROUTE, error)
-            }
+    let response = match context_inner(&state, query, &mut lookup).await {
+        Ok(records) => {
+            lookup.records = records.len();
+            let text = join_content(&records);
+            Json(ContextResponse { records, text }).into_response()
+        }
+        Err(error) => {
+            note_error(&mut lookup, &error);
+            refused(ROUTE, error)
         }
     };
     lookup.latency = started.elapsed();
@@ -489,7 +481,7 @@ async fn context_inner(
             state, &session, question, None, 0.0, top_k, now,
         )),
         Lookup::Unknown(_) | Lookup::OtherProduct => Ok(Vec::new()),
-        Lookup::Rejected(reason) => Err(rejection_error(reason)),
+        Lookup::Rejected(rejection) => Err(rejection.into()),
     }
 }
 

@@ -14,24 +14,24 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
 use crate::api::ApiState;
+use crate::api::auth::{ApiKey, RetrievalKeys};
 use crate::api::filter::{Condition, MetadataCondition};
 use crate::api::identity::{
-    Claim, ClaimKind, ClaimOutcome, IdentityResolver, SignatureError, Via, looks_signed,
+    Claim, ClaimKind, ClaimOutcome, IdentityResolver, Rejection, SignatureError, Via, looks_signed,
 };
 use crate::clock;
 use crate::diagnostics::{LookupChannel, LookupEntry, LookupMiss, clip};
 use crate::render::records::{Record, select, session_records};
 use crate::session::model::{MAX_ID_LEN, Session};
 use crate::session::store::StoreError;
-use crate::web::auth::KeyError;
-use crate::web::error::{ApiError, codes, read_body};
+use crate::web::error::{ApiError, read_body};
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -214,7 +214,7 @@ impl Decision {
         let (session, miss) = match outcome {
             ClaimOutcome::Found(session) => (Some(session), None),
             ClaimOutcome::Unknown(miss) => (None, Some(miss)),
-            ClaimOutcome::Rejected(reason) => (None, Some(LookupMiss::from_rejection(reason))),
+            ClaimOutcome::Rejected(rejection) => (None, Some(rejection.into())),
         };
         Self {
             unmatched: miss.map(|_| claim.value.clone()),
@@ -325,7 +325,7 @@ async fn decide_by_metadata(
                 via: Via::Metadata,
             };
             match resolver.resolve(&claim, product, now).await? {
-                ClaimOutcome::Rejected("unresolved_variable") => {}
+                ClaimOutcome::Rejected(Rejection::UnresolvedVariable) => {}
                 outcome @ ClaimOutcome::Found(_) => return Ok(Some(Decision::of(outcome, &claim))),
                 outcome @ (ClaimOutcome::Unknown(_) | ClaimOutcome::Rejected(_)) => {
                     refused.get_or_insert(Decision::of(outcome, &claim));
@@ -355,7 +355,7 @@ async fn decide_by_query(
             if !resolver.names_someone(token, product, now).await? {
                 return Ok(None);
             }
-            resolver.count_rejection(Via::Query, SignatureError::Unsigned.reason());
+            resolver.count_rejection(Via::Query, SignatureError::Unsigned.into());
             return Ok(Some(Decision {
                 session: None,
                 via: Via::Query,
@@ -375,10 +375,12 @@ async fn decide_by_query(
     let outcome = resolver.resolve(&claim, product, now).await?;
     let decisive = match &outcome {
         ClaimOutcome::Found(_) => true,
-        ClaimOutcome::Rejected("unresolved_variable") => false,
-        ClaimOutcome::Rejected(reason) if !explicit => {
-            *reason == SignatureError::BadSignature.reason()
-                || *reason == SignatureError::Expired.reason()
+        ClaimOutcome::Rejected(Rejection::UnresolvedVariable) => false,
+        ClaimOutcome::Rejected(Rejection::Signature(error)) if !explicit => {
+            matches!(
+                error,
+                SignatureError::BadSignature | SignatureError::Expired
+            )
         }
         ClaimOutcome::Unknown(_) | ClaimOutcome::Rejected(_) => explicit,
     };
@@ -442,23 +444,6 @@ pub fn chosen_records(
         records.retain(|r| filter.matches(&r.metadata));
     }
     select(records, score_threshold, top_k)
-}
-
-/// Check the `Authorization` header the way Dify expects (403 for every key problem).
-pub fn check_key(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    match state.api_keys.check(headers.get(header::AUTHORIZATION)) {
-        Ok(()) => Ok(()),
-        Err(KeyError::Missing) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            codes::MALFORMED_AUTHORIZATION,
-            "missing or malformed Authorization header: expected \"Authorization: Bearer <key>\"",
-        )),
-        Err(KeyError::Wrong) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            codes::AUTHORIZATION_FAILED,
-            "authorization failed: the API key is not one of LIVECTX_API_KEY",
-        )),
-    }
 }
 
 /// The answer body `{"records": [...]}`, written straight from the records.
@@ -597,10 +582,14 @@ pub fn describe_condition(condition: &MetadataCondition) -> String {
 }
 
 /// `POST /retrieval`.
-pub async fn retrieve(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn retrieve(
+    _key: ApiKey<RetrievalKeys>,
+    State(state): State<ApiState>,
+    body: Body,
+) -> Response {
     let started = Instant::now();
     let mut lookup = LookupEntry::new(LookupChannel::Retrieval, "/retrieval");
-    let response = match retrieve_inner(&state, &headers, body, &mut lookup).await {
+    let response = match retrieve_inner(&state, body, &mut lookup).await {
         Ok(answer) => json_response(answer),
         Err(error) => {
             tracing::warn!(status = error.status.as_u16(), code = error.code, message = %error.message, "retrieval refused");
@@ -619,11 +608,9 @@ pub async fn retrieve(State(state): State<ApiState>, headers: HeaderMap, body: B
 
 async fn retrieve_inner(
     state: &ApiState,
-    headers: &HeaderMap,
     body: Body,
     lookup: &mut LookupEntry,
 ) -> Result<Bytes, ApiError> {
-    check_key(state, headers)?;
     let bytes = read_body(body, BODY_LIMIT).await?;
     let request = match parse_request(&bytes)? {
         ParsedRequest::Probe => {
@@ -673,8 +660,8 @@ async fn retrieve_inner(
         now,
         state.activity_window.as_secs_f64(),
     );
-    tracing::debug!(session = %session.id, via = resolved.via.map(Via::as_str), records = answer.records, "retrieval answered");
-    lookup.session = Some(session.id.to_string());
+    tracing::debug!(session = %session.id(), via = resolved.via.map(Via::as_str), records = answer.records, "retrieval answered");
+    lookup.session = Some(session.id().to_string());
     lookup.records = answer.records;
     Ok(answer.body)
 }

@@ -22,7 +22,7 @@ use crate::api::ApiState;
 use crate::app::{Overrides, store_config};
 use crate::bench::BenchArgs;
 use crate::clock;
-use crate::ingest::{Channel, Ingested, Source};
+use crate::ingest::{Channel, Ingested, Ingestor, Source};
 use crate::session::model::SessionId;
 use crate::session::store::SessionStore;
 
@@ -217,7 +217,7 @@ async fn run_backend(
     let server = InProcessServer::start(server_config(), overrides).await?;
     eprintln!("[{backend}] loading {} sessions…", int(sessions));
     let started = Instant::now();
-    let loaded = load_sessions(&server.state, RUN_TAG, sessions, clock::now()).await?;
+    let loaded = load_sessions(&server.ingestor, RUN_TAG, sessions, clock::now()).await?;
     let ids: Vec<SessionId> = (0..sessions)
         .filter_map(|i| SessionId::parse(&workload::session_id(RUN_TAG, i)).ok())
         .collect();
@@ -317,7 +317,7 @@ async fn run_backend(
 /// (a third within the activity window). Sessions reaching the summary threshold get
 /// summarised in the background, as in production.
 pub async fn load_sessions(
-    state: &ApiState,
+    ingestor: &Ingestor,
     run: u16,
     count: u64,
     now: f64,
@@ -348,8 +348,7 @@ pub async fn load_sessions(
                     json.clear();
                     workload::write_payload_from(&mut json, &who, &batch, index, walker.clock());
                     index += take as i64;
-                    let outcome = state
-                        .ingestor
+                    let outcome = ingestor
                         .ingest_json(
                             Source::Sse,
                             json.as_bytes(),
@@ -386,9 +385,9 @@ async fn describe(state: &ApiState, ids: &[SessionId]) -> anyhow::Result<Value> 
     for id in ids {
         if let Some(session) = state.store.session(id, now).await? {
             present += 1;
-            chunks += session.chunks.len() as u64;
-            raw += session.raw_actions as u64;
-            summarized += u64::from(session.summary.is_some());
+            chunks += session.chunks().len() as u64;
+            raw += session.raw_actions() as u64;
+            summarized += u64::from(session.summary().is_some());
         }
     }
     let per = |n: u64| round(n as f64 / present.max(1) as f64, 2);

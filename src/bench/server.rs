@@ -17,6 +17,7 @@ use super::stats;
 use crate::api::ApiState;
 use crate::app::{Application, Overrides};
 use crate::config::ServeConfig;
+use crate::ingest::Ingestor;
 
 /// Threads of the server runtime, for CPU accounting.
 #[derive(Default)]
@@ -31,6 +32,8 @@ pub struct InProcessServer {
     runtime: Option<tokio::runtime::Runtime>,
     pub addr: SocketAddr,
     pub state: ApiState,
+    /// The ingestion path, to load sessions without HTTP.
+    pub ingestor: Arc<Ingestor>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<std::io::Result<()>>>,
     threads: Arc<Threads>,
@@ -62,7 +65,12 @@ impl InProcessServer {
         let task = runtime.spawn(async move {
             match Application::build_with(config, overrides).await {
                 Ok(app) => {
-                    let _ = tx.send(Ok((app.local_addr(), app.state(), app.shutdown_token())));
+                    let _ = tx.send(Ok((
+                        app.local_addr(),
+                        app.state(),
+                        app.ingestor(),
+                        app.shutdown_token(),
+                    )));
                     app.run_until_stopped().await
                 }
                 Err(error) => {
@@ -71,7 +79,7 @@ impl InProcessServer {
                 }
             }
         });
-        let (addr, state, shutdown) = rx
+        let (addr, state, ingestor, shutdown) = rx
             .await
             .context("the server task ended before starting")?
             .context("livectx could not start")?;
@@ -79,6 +87,7 @@ impl InProcessServer {
             runtime: Some(runtime),
             addr,
             state,
+            ingestor,
             shutdown,
             task: Some(task),
             threads,

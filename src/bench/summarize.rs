@@ -45,7 +45,7 @@ pub async fn wait_settled(
         let mut due = 0usize;
         for id in ids {
             if let Some(session) = state.store.session(id, now).await?
-                && (session.raw_actions >= threshold || session.summary_claim_until > now)
+                && (session.raw_actions() >= threshold || session.summary_claim_until() > now)
             {
                 due += 1;
             }
@@ -175,19 +175,19 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
         let title = final_title(s as u64);
         let newest_seq = frames_per_session as u64;
         let in_raw = session
-            .chunks
+            .chunks()
             .iter()
             .any(|c| c.seq == newest_seq && c.actions.iter().any(|a| a.title() == title));
         let covered = session
-            .summary
+            .summary()
             .as_ref()
             .is_some_and(|sum| sum.covers_through_seq >= newest_seq);
         newest_in_context += u64::from(in_raw || covered);
-        let covered_actions = session.summary.as_ref().map_or(0, |s| s.covered_actions);
+        let covered_actions = session.summary().as_ref().map_or(0, |s| s.covered_actions);
         all_accounted +=
-            u64::from(session.raw_actions as u64 + covered_actions == ACTIONS_PER_SESSION as u64);
-        with_summary += u64::from(session.summary.is_some());
-        raw_left += session.raw_actions as u64;
+            u64::from(session.raw_actions() as u64 + covered_actions == ACTIONS_PER_SESSION as u64);
+        with_summary += u64::from(session.summary().is_some());
+        raw_left += session.raw_actions() as u64;
     }
     let mut visible = 0u64;
     let mut conn = HttpConn::connect(server.addr).await?;

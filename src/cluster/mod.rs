@@ -14,6 +14,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::session::store::Fence;
 
+/// The product id of a `/stream/<product_id>` URL: the readable part of a stream's lease key,
+/// and the product a stream's sessions belong to. Here, below both the stream consumer and the
+/// leases, so neither imports the other for it.
+pub fn product_of(url: &str) -> Option<String> {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let mut segments = path.rsplit('/').filter(|s| !s.is_empty());
+    let last = segments.next()?;
+    (segments.next() == Some("stream")).then(|| last.to_string())
+}
+
 /// Proof of leadership over one stream, valid until `lost` is cancelled.
 #[derive(Debug, Clone)]
 pub struct LeaseGuard {
@@ -36,4 +46,22 @@ pub trait Leadership: Send + Sync + 'static {
 
     /// Give the lease up (on shutdown) so another replica takes over at once.
     async fn release(&self, guard: &LeaseGuard);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn product_ids_come_from_stream_urls() {
+        assert_eq!(
+            product_of("https://c.example/stream/acme_prod"),
+            Some("acme_prod".into())
+        );
+        assert_eq!(
+            product_of("https://c.example/stream/acme_prod/?x=1"),
+            Some("acme_prod".into())
+        );
+        assert_eq!(product_of("https://c.example/events"), None);
+    }
 }

@@ -35,8 +35,8 @@ use redis::Script;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use super::product_of;
 use super::{Leadership, LeaseGuard};
-use crate::ingest::sse::client::product_of;
 use crate::session::redis::keys::{BUCKETS, Keys, LeaseKeys, fence_number};
 use crate::session::redis::{RedisConnection, raise_fence_invocation, store_error};
 use crate::session::store::{Fence, StoreError};

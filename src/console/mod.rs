@@ -329,7 +329,7 @@ async fn find_sessions(
         }
         for id in ids {
             if let Some(session) = store.session(&id, now).await?
-                && seen.insert(session.id.to_string())
+                && seen.insert(session.id().to_string())
             {
                 found.push(session);
             }
@@ -457,7 +457,7 @@ async fn session_page(
         .filter(|t| t.is_finite())
         .map_or(0.0, |t| t.clamp(0.0, 1.0));
     let request = RetrievalRequest {
-        knowledge_id: session.id.to_string(),
+        knowledge_id: session.id().to_string(),
         query: question.clone(),
         top_k,
         score_threshold: threshold,
@@ -475,12 +475,12 @@ async fn session_page(
         top_k,
         threshold,
         request_json,
-        resolved_to: answer.session.as_ref().map(|s| s.id.to_string()),
+        resolved_to: answer.session.as_ref().map(|s| s.id().to_string()),
         miss: answer.miss.map(|m| (m.as_str(), m.explain())),
         records: answer.records,
     };
     let items = timeline::timeline(&session);
-    let title = format!("Session {}", session.id);
+    let title = format!("Session {}", session.id());
     console.page(
         &login,
         &title,
@@ -567,7 +567,7 @@ async fn lookup_page(
         }
         for id in ids {
             if let Ok(Some(session)) = store.session(&id, now).await {
-                now_resolves = Some((session.id.to_string(), session.created_at));
+                now_resolves = Some((session.id().to_string(), session.created_at()));
                 break 'candidates;
             }
         }
@@ -611,7 +611,7 @@ async fn sources_page(State(console): State<Shared>, headers: HeaderMap) -> Resp
     let (llm_calls, llm_failures) = api.metrics.llm_totals();
     let view = pages::SourcesView {
         streams: api.streams.iter().map(|s| s.view(now)).collect(),
-        webhook: api.webhook.is_some(),
+        webhook: api.webhook_enabled,
         routes: api.diagnostics.events.history(now),
         refusals: api.diagnostics.refusals.groups(),
         engine: &api.summarizer_engine,

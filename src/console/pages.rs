@@ -66,7 +66,7 @@ pub fn mask_emails_in(text: &str) -> String {
 
 /// How one person is shown.
 pub fn person(session: &Session, show_identities: bool) -> String {
-    match (&session.email, &session.user_id) {
+    match (&session.email(), &session.user_id()) {
         (Some(email), _) if show_identities => email.clone(),
         (Some(email), _) => mask_email(email),
         (None, Some(id)) if show_identities => id.clone(),
@@ -77,12 +77,12 @@ pub fn person(session: &Session, show_identities: bool) -> String {
 
 /// Actions a session has seen, raw and summarised.
 pub fn action_count(session: &Session) -> u64 {
-    session.raw_actions as u64 + session.summary.as_ref().map_or(0, |s| s.covered_actions)
+    session.raw_actions() as u64 + session.summary().as_ref().map_or(0, |s| s.covered_actions)
 }
 
 /// The activity source of a session, when ingest recorded one.
 pub fn source_label(session: &Session) -> &'static str {
-    session.source.map_or("—", |source| source.as_str())
+    session.source().map_or("—", |source| source.as_str())
 }
 
 fn ago(now: f64, at: f64) -> String {
@@ -224,12 +224,12 @@ pub fn session_rows(
         }
         @for session in sessions {
             tr {
-                td { a.session-link href=(session_href(session.id.as_str())) { (session.id.as_str()) } }
+                td { a.session-link href=(session_href(session.id().as_str())) { (session.id().as_str()) } }
                 td { (person(session, show_identities)) }
-                td { (session.product_id.as_deref().unwrap_or("—")) }
+                td { (session.product_id().as_deref().unwrap_or("—")) }
                 td { (source_label(session)) }
                 td {
-                    @if let Some(page) = &session.current_page {
+                    @if let Some(page) = &session.current_page() {
                         span.page-label { (page.label) }
                         br;
                         span.url { (page.url) }
@@ -263,17 +263,17 @@ pub fn session_view(
     now: f64,
     panel: Option<&ChatbotAnswer<'_>>,
 ) -> Markup {
-    let id = session.id.as_str();
+    let id = session.id().as_str();
     html! {
         h1 { "Session " code { (id) } }
         dl.facts {
             dt { "Person" } dd { (person(session, show_identities)) }
-            dt { "Product" } dd { (session.product_id.as_deref().unwrap_or("—")) }
+            dt { "Product" } dd { (session.product_id().as_deref().unwrap_or("—")) }
             dt { "Source" } dd { (source_label(session)) }
-            dt { "First seen" } dd { (format_utc(session.created_at)) }
+            dt { "First seen" } dd { (format_utc(session.created_at())) }
             dt { "Last active" } dd { (format_utc(session.last_activity())) " (" (ago(now, session.last_activity())) ")" }
-            dt { "Actions" } dd { (action_count(session)) " (" (session.raw_actions) " raw)" }
-            @if let Some(page) = &session.current_page {
+            dt { "Actions" } dd { (action_count(session)) " (" (session.raw_actions()) " raw)" }
+            @if let Some(page) = &session.current_page() {
                 dt { "Current page" } dd { (page.label) " " span.url { (page.url) } " since " (format_utc(page.since)) }
             }
         }
@@ -315,7 +315,7 @@ pub fn session_view(
                 }
             }
         }
-        @if let Some(summary) = &session.summary {
+        @if let Some(summary) = &session.summary() {
             section.panel {
                 h2 { "Summary" }
                 p.muted {

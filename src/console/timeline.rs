@@ -69,9 +69,15 @@ fn is_click(action: &Action) -> bool {
 
 /// The timeline of `session`, oldest first.
 pub fn timeline(session: &Session) -> Vec<Item> {
-    let covered_through = session.summary.as_ref().map_or(0, |s| s.covers_through_seq);
+    let covered_through = session
+        .summary()
+        .as_ref()
+        .map_or(0, |s| s.covers_through_seq);
     let mut actions: Vec<(&Action, f64, bool)> = Vec::new();
-    let chunks = session.recent_covered.iter().chain(session.chunks.iter());
+    let chunks = session
+        .recent_covered()
+        .iter()
+        .chain(session.chunks().iter());
     let mut seen = std::collections::HashSet::new();
     for chunk in chunks {
         if !seen.insert(chunk.seq) {
@@ -129,13 +135,13 @@ pub fn timeline(session: &Session) -> Vec<Item> {
             summarized: *summarized,
         });
     }
-    for gap in &session.gaps {
+    for gap in session.gaps() {
         items.push(Item::Gap {
             from: gap.from,
             to: gap.to,
         });
     }
-    if let Some(tour) = &session.tour {
+    if let Some(tour) = &session.tour() {
         items.push(Item::Tour {
             at: tour.at,
             flow_id: tour.flow_id.clone(),

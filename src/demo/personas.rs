@@ -1697,7 +1697,7 @@ mod tests {
         assert!(text.contains("submitted \"Submit Payment form\""), "{text}");
         assert!(text.contains("Payment failed"), "{text}");
         assert!(seen.iter().any(|e| matches!(e.body, Body::Tour { .. })));
-        assert!(session.conversation_id.is_some(), "chat linked");
+        assert!(session.conversation_id().is_some(), "chat linked");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use lru::LruCache;
 use sha2::{Digest, Sha256};
 
 use crate::session::model::SourceKind;
-use crate::session::store::StoreError;
+use crate::session::store::{StoreError, Unavailable};
 
 /// Keys the in-memory log holds at most (~100 bytes each: ~10 MiB); beyond, the oldest is
 /// forgotten, which can only let a very late retry through as a duplicate.
@@ -119,7 +119,7 @@ impl RedisDeliveryLog {
 }
 
 fn unavailable(error: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(error.to_string())
+    StoreError::Unavailable(Unavailable::Redis(error))
 }
 
 #[async_trait]

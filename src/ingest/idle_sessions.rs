@@ -23,7 +23,7 @@ use lru::LruCache;
 use redis::Script;
 use sha2::{Digest, Sha256};
 
-use crate::session::store::StoreError;
+use crate::session::store::{Corrupt, StoreError, Unavailable};
 
 /// Idle time that ends a derived session.
 pub const IDLE_GAP: Duration = Duration::from_secs(30 * 60);
@@ -180,10 +180,14 @@ impl IdleSessions for RedisIdleSessions {
             .arg(idle_ms * 2)
             .invoke_async(&mut connection)
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let start = start_ms
-            .parse::<f64>()
-            .map_err(|e| StoreError::Corrupt(format!("idle-session start {start_ms:?}: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(Unavailable::Redis(e)))?;
+        let start = start_ms.parse::<f64>().map_err(|source| {
+            StoreError::Corrupt(Corrupt::Number {
+                what: "idle-session start",
+                raw: start_ms.clone(),
+                source,
+            })
+        })?;
         Ok(session_id(&hash, start / 1000.0))
     }
 }

@@ -35,7 +35,7 @@ pub fn render_activity(session: &Session, now: f64, window_secs: f64) -> String 
         format_utc(now)
     ));
 
-    match (&session.current_page, session.left_page()) {
+    match (session.current_page(), session.left_page()) {
         (Some(page), Some(left)) => {
             out.push_str(&format!(
                 "Left \"{}\" ({}) {} ago, after {} there.\n",
@@ -108,7 +108,7 @@ pub fn render_activity(session: &Session, now: f64, window_secs: f64) -> String 
         out.push_str(&pattern);
         out.push('\n');
     }
-    if let Some(tour) = &session.tour {
+    if let Some(tour) = &session.tour() {
         out.push_str(&format!(
             "A product tour (\"{}\") was offered to them at {}{}.\n",
             tour.flow_id,
@@ -119,14 +119,14 @@ pub fn render_activity(session: &Session, now: f64, window_secs: f64) -> String 
                 .unwrap_or_default()
         ));
     }
-    for gap in &session.gaps {
+    for gap in session.gaps() {
         out.push_str(&format!(
             "Activity between {} and {} may be missing (the live event stream was interrupted).\n",
             format_utc(gap.from),
             format_utc(gap.to)
         ));
     }
-    if let Some(as_of) = session.stale_as_of {
+    if let Some(as_of) = session.stale_as_of() {
         out.push_str(&format!(
             "Activity as of {}; newer activity could not be fetched.\n",
             format_utc(as_of)
@@ -451,98 +451,5 @@ mod tests {
         let text = render_activity(&s, 950.0, 120.0);
         assert!(text.contains("may be missing"), "{text}");
         assert!(text.contains("A product tour (\"flow_retry\")"), "{text}");
-    }
-
-    /// Actions named by an analytics source (`sources::naming`) at `url`, `secs` after 10:38.
-    fn named(happened: crate::sources::naming::Happened, url: &str, secs: f64) -> Action {
-        let url = crate::sources::naming::clean_url(url, &Default::default()).unwrap();
-        happened.action(Some(&url), Some(1_796_121_480.0 + secs))
-    }
-
-    #[test]
-    fn source_named_actions_read_as_phrases_with_frustration_signals() {
-        use crate::sources::naming::{Happened, Target};
-        let target = |label: &str, noun: &'static str| Target {
-            label: Some(label.to_string()),
-            noun: Some(noun),
-        };
-        let s = session_with(vec![
-            named(
-                Happened::PageView {
-                    page: "Billing settings".into(),
-                },
-                "https://app.acme.io/settings/billing",
-                0.0,
-            ),
-            named(
-                Happened::Click(target("Invoices", "link")),
-                "https://app.acme.io/settings/billing",
-                8.0,
-            ),
-            named(
-                Happened::PageView {
-                    page: "Checkout".into(),
-                },
-                "https://app.acme.io/checkout?coupon=WINTER",
-                20.0,
-            ),
-            named(
-                Happened::Change(target("Coupon code", "field")),
-                "https://app.acme.io/checkout",
-                25.0,
-            ),
-            named(
-                Happened::RageClick(target("Apply", "button")),
-                "https://app.acme.io/checkout",
-                30.0,
-            ),
-            named(
-                Happened::Error(Some("TypeError: x is undefined".into())),
-                "https://app.acme.io/checkout",
-                31.0,
-            ),
-            // No page: it happened where the user already was.
-            Happened::Custom("Coupon rejected".into()).action(None, Some(1_796_121_480.0 + 32.0)),
-        ]);
-        let text = render_activity(&s, 1_796_121_480.0 + 40.0, 120.0);
-        let expected = "\
-Now on: \"Checkout\" (https://app.acme.io/checkout) for 20 s.
-Pages in the last 2 min, in order: Billing settings → Checkout.
-What they did in the last 2 min (latest last):
-- 10:38:08 UTC clicked the link \"Invoices\" on Billing settings
-- 10:38:25 UTC changed the field \"Coupon code\" on Checkout
-- 10:38:30 UTC clicked \"Apply\" repeatedly on Checkout
-- 10:38:31 UTC saw an error: \"TypeError: x is undefined\" on Checkout
-- 10:38:32 UTC did \"Coupon rejected\" on Checkout
-Pattern: this looks like frustration — 2 signs of it: they clicked \"Apply\" repeatedly on Checkout; saw an error: \"TypeError: x is undefined\" on Checkout.";
-        let body = text
-            .split_once(").\n")
-            .map_or(text.as_str(), |(_, rest)| rest);
-        assert_eq!(body, expected, "{text}");
-    }
-
-    #[test]
-    fn frustration_quotes_the_latest_three() {
-        use crate::sources::naming::{Happened, Target};
-        let url = "https://app.acme.io/reports";
-        let mut actions = vec![named(
-            Happened::PageView {
-                page: "Reports".into(),
-            },
-            url,
-            0.0,
-        )];
-        for (i, label) in ["A", "B", "C", "D"].iter().enumerate() {
-            let target = Target {
-                label: Some(label.to_string()),
-                noun: Some("button"),
-            };
-            actions.push(named(Happened::DeadClick(target), url, 1.0 + i as f64));
-        }
-        let text = render_activity(&session_with(actions), 1_796_121_480.0 + 10.0, 120.0);
-        assert!(
-            text.contains("Pattern: this looks like frustration — 4 signs of it (latest): they clicked \"B\" and nothing happened on Reports; clicked \"C\" and nothing happened on Reports; clicked \"D\" and nothing happened on Reports."),
-            "{text}"
-        );
     }
 }

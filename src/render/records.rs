@@ -61,14 +61,14 @@ pub fn session_records(
     window_secs: f64,
 ) -> Vec<Record> {
     let terms = terms_of(question);
-    let mut records = Vec::with_capacity(session.chunks.len() + 2);
+    let mut records = Vec::with_capacity(session.chunks().len() + 2);
     records.push(activity_record(session, now, window_secs));
-    if let Some(summary) = &session.summary {
+    if let Some(summary) = &session.summary() {
         let content = summary_content(summary);
         let score = blend(relevance(&terms, &content), SUMMARY_RECENCY);
         records.push(summary_record(session, summary, content, score));
     }
-    for (age, chunk) in session.chunks.iter().rev().enumerate() {
+    for (age, chunk) in session.chunks().iter().rev().enumerate() {
         let content = chunk_content(chunk);
         let recency = RECENCY_DECAY.powi(age.min(200) as i32);
         let score = blend(relevance(&terms, &content), recency);
@@ -107,13 +107,13 @@ fn base_metadata(
     from: f64,
     to: f64,
 ) -> Map<String, Value> {
-    let document_id = format!("{}:{id_suffix}", session.id);
+    let document_id = format!("{}:{id_suffix}", session.id());
     let mut m = Map::new();
     m.insert("document_id".into(), json!(document_id));
     m.insert("doc_id".into(), json!(document_id));
-    m.insert("session_id".into(), json!(session.id.as_str()));
+    m.insert("session_id".into(), json!(session.id().as_str()));
     m.insert("kind".into(), json!(kind));
-    if let Some(product) = &session.product_id {
+    if let Some(product) = &session.product_id() {
         m.insert("product_id".into(), json!(product));
     }
     m.insert("start_time".into(), json!(format_rfc3339(from)));

@@ -35,6 +35,7 @@ use crate::session::model::{
 };
 use crate::session::store::{
     BackendHealth, Fence, SessionPage, SessionStore, StoreError, StoreStats, StoredBatch,
+    Unavailable,
 };
 use crate::sync::lock;
 use crate::telemetry::{LogThrottle, Metrics};
@@ -269,11 +270,7 @@ impl BufferedStore {
         if queue.is_empty() {
             return Ok(Some(write));
         }
-        self.push(
-            &mut queue,
-            write,
-            "writes are waiting for the storage backend",
-        )?;
+        self.push(&mut queue, write, Unavailable::Backlogged)?;
         Ok(None)
     }
 
@@ -281,14 +278,14 @@ impl BufferedStore {
         &self,
         queue: &mut VecDeque<PendingWrite>,
         write: PendingWrite,
-        reason: &str,
+        reason: Unavailable,
     ) -> Result<(), StoreError> {
         if queue.len() >= self.bound {
             self.count_drop(1);
-            return Err(StoreError::Unavailable(format!(
-                "{reason}, and the outage buffer is full ({} writes)",
-                self.bound
-            )));
+            return Err(StoreError::Unavailable(Unavailable::BufferFull {
+                cause: Box::new(reason),
+                bound: self.bound,
+            }));
         }
         if queue.is_empty() {
             tracing::warn!(%reason, "storage backend unavailable: buffering ingestion writes in memory until it is back");
@@ -310,7 +307,7 @@ impl BufferedStore {
         match write.apply(self.inner.as_ref()).await {
             Err(StoreError::Unavailable(reason)) => {
                 let mut queue = lock(&self.queue);
-                self.push(&mut queue, write, &reason)?;
+                self.push(&mut queue, write, reason)?;
                 Ok(None)
             }
             other => other,

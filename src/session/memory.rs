@@ -116,7 +116,7 @@ impl MemoryStore {
             return;
         }
         let mut changed = lock(&self.changed);
-        changed.extend(changes.upserted.iter().map(|s| s.id.clone()));
+        changed.extend(changes.upserted.iter().map(|s| s.id().clone()));
         changed.extend(changes.removed.iter().cloned());
     }
 
@@ -125,14 +125,14 @@ impl MemoryStore {
     pub fn load(&self, mut sessions: Vec<Session>, now: f64) -> usize {
         let ttl = self.config.ttl_secs();
         sessions.retain(|s| !s.is_expired(now, ttl));
-        sessions.sort_by(|a, b| a.last_seen.total_cmp(&b.last_seen));
+        sessions.sort_by(|a, b| a.last_seen().total_cmp(&b.last_seen()));
         let mut loaded = 0;
         for mut session in sessions {
-            session.summary_claim_until = 0.0;
-            let id = session.id.clone();
-            let chunks = session.chunks.len() as u64;
+            session.drop_claim();
+            let id = session.id().clone();
+            let chunks = session.chunks().len() as u64;
             self.index_session(&session);
-            lock(&self.recency).put(id.clone(), session.last_seen);
+            lock(&self.recency).put(id.clone(), session.last_seen());
             if self.sessions.insert(id, Arc::new(session)).is_none() {
                 self.session_count.fetch_add(1, Ordering::Relaxed);
                 self.chunk_count.fetch_add(chunks, Ordering::Relaxed);
@@ -145,25 +145,25 @@ impl MemoryStore {
 
     /// Point every key of `session` at it (loading saved state, oldest first).
     fn index_session(&self, session: &Session) {
-        self.index_keys(session, &session.person_keys);
+        self.index_keys(session, session.person_keys());
     }
 
     /// Point `keys` at `session`: the session last written *with* a person's identity is that
     /// person's newest (a later batch without the identity does not re-point it).
     fn index_keys(&self, session: &Session, keys: &[PersonKey]) {
-        for key in keys.iter().filter(|k| session.person_keys.contains(k)) {
+        for key in keys.iter().filter(|k| session.person_keys().contains(k)) {
             self.people
-                .insert(scoped_key(None, key), session.id.clone());
-            if let Some(product) = session.product_id.as_deref() {
+                .insert(scoped_key(None, key), session.id().clone());
+            if let Some(product) = session.product_id().as_deref() {
                 self.people
-                    .insert(scoped_key(Some(product), key), session.id.clone());
+                    .insert(scoped_key(Some(product), key), session.id().clone());
             }
         }
         self.note_product(session);
     }
 
     fn note_product(&self, session: &Session) {
-        if let Some(product) = session.product_id.as_deref()
+        if let Some(product) = session.product_id().as_deref()
             && !self.products.contains_key(product)
         {
             self.products.insert(product.to_string(), ());
@@ -177,7 +177,7 @@ impl MemoryStore {
         };
         self.session_count.fetch_sub(1, Ordering::Relaxed);
         self.chunk_count
-            .fetch_sub(session.chunks.len() as u64, Ordering::Relaxed);
+            .fetch_sub(session.chunks().len() as u64, Ordering::Relaxed);
         self.unindex(&session);
         self.mark_changed(id);
         true
@@ -185,11 +185,11 @@ impl MemoryStore {
 
     /// Remove the index entries that still point at `session`.
     fn unindex(&self, session: &Session) {
-        let id = &session.id;
-        for key in &session.person_keys {
+        let id = session.id();
+        for key in session.person_keys() {
             self.people
                 .remove_if(&scoped_key(None, key), |_, v| v == id);
-            if let Some(product) = session.product_id.as_deref() {
+            if let Some(product) = session.product_id().as_deref() {
                 self.people
                     .remove_if(&scoped_key(Some(product), key), |_, v| v == id);
             }
@@ -248,20 +248,20 @@ impl MemoryStore {
                 // it before can be found through it any more.
                 let old = std::mem::replace(entry.value_mut(), self.fresh_session(id, now));
                 self.chunk_count
-                    .fetch_sub(old.chunks.len() as u64, Ordering::Relaxed);
+                    .fetch_sub(old.chunks().len() as u64, Ordering::Relaxed);
                 self.unindex(&old);
             }
             let session = Arc::make_mut(entry.value_mut());
-            let before = session.chunks.len() as u64;
+            let before = session.chunks().len() as u64;
             let result = change(session);
-            let after = session.chunks.len() as u64;
+            let after = session.chunks().len() as u64;
             (result, Arc::clone(entry.value()), before, after)
         };
         if created {
             self.session_count.fetch_add(1, Ordering::Relaxed);
         }
         self.count_chunks(chunks_before, chunks_after);
-        lock(&self.recency).put(id.clone(), snapshot.last_seen);
+        lock(&self.recency).put(id.clone(), snapshot.last_seen());
         self.mark_changed(id);
         (result, created, snapshot)
     }
@@ -280,9 +280,9 @@ impl MemoryStore {
                 return None;
             }
             let session = Arc::make_mut(entry.value_mut());
-            let before = session.chunks.len() as u64;
+            let before = session.chunks().len() as u64;
             let result = change(session);
-            (result, before, session.chunks.len() as u64)
+            (result, before, session.chunks().len() as u64)
         };
         self.count_chunks(before, after);
         self.mark_changed(id);
@@ -338,10 +338,8 @@ impl SessionStore for MemoryStore {
         _fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
         let (_, created, snapshot) = self.update_session(session_id, now, |session| {
-            if session.product_id.is_none() {
-                session.product_id = product_id.map(str::to_string);
-            }
-            session.last_seen = now;
+            session.name_product(product_id);
+            session.touch(now);
             session.apply_connector_summary(text, replaces, now)
         });
         self.note_product(&snapshot);
@@ -361,9 +359,7 @@ impl SessionStore for MemoryStore {
         _fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
         let (_, created, snapshot) = self.update_session(session_id, now, |session| {
-            if session.product_id.is_none() {
-                session.product_id = product_id.map(str::to_string);
-            }
+            session.name_product(product_id);
             session.record_tour(flow_id, reason, now, now);
         });
         self.note_product(&snapshot);
@@ -380,7 +376,7 @@ impl SessionStore for MemoryStore {
             .iter()
             .filter(|entry| {
                 let s = entry.value();
-                s.last_seen >= since && s.product_id.as_deref().is_none_or(|p| p == product_id)
+                s.last_seen() >= since && s.product_id().as_deref().is_none_or(|p| p == product_id)
             })
             .map(|entry| entry.key().clone())
             .collect();
@@ -418,7 +414,7 @@ impl SessionStore for MemoryStore {
         else {
             return Ok(None);
         };
-        Ok(self.session(&id, now).await?.map(|s| s.id.clone()))
+        Ok(self.session(&id, now).await?.map(|s| s.id().clone()))
     }
 
     async fn has_product(&self, product_id: &str) -> Result<bool, StoreError> {

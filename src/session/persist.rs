@@ -120,7 +120,7 @@ impl Snapshots {
             let mut table = txn.open_table(SESSIONS)?;
             for session in &changes.upserted {
                 let bytes = serde_json::to_vec(session.as_ref())?;
-                table.insert(session.id.as_str(), bytes.as_slice())?;
+                table.insert(session.id().as_str(), bytes.as_slice())?;
             }
             for id in &changes.removed {
                 table.remove(id.as_str())?;
@@ -161,7 +161,7 @@ impl Snapshotter {
         let loaded = store.load(live, now);
         snapshots.write(&ChangeSet {
             upserted: Vec::new(),
-            removed: expired.into_iter().map(|s| s.id).collect(),
+            removed: expired.into_iter().map(|s| s.id().clone()).collect(),
         })?;
         tracing::info!(
             path = %snapshots.path().display(),

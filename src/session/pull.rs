@@ -65,6 +65,7 @@ impl fmt::Debug for dyn ActivityPuller {
 /// last activity when the user was never fetched successfully.
 pub fn mark_stale(session: Arc<Session>, as_of: Option<f64>) -> Arc<Session> {
     let mut session = Arc::unwrap_or_clone(session);
-    session.stale_as_of = Some(as_of.unwrap_or_else(|| session.last_activity()));
+    let as_of = as_of.unwrap_or_else(|| session.last_activity());
+    session.mark_stale(as_of);
     Arc::new(session)
 }

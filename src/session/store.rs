@@ -19,15 +19,76 @@ use crate::session::model::{
 /// receives validated values.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The backend cannot be reached right now (Redis down, connection dropped).
+    /// The backend cannot be reached right now (Redis down, connection dropped): worth
+    /// retrying, and what the outage buffer absorbs.
     #[error("storage backend unavailable: {0}")]
-    Unavailable(String),
-    /// What the backend returned could not be decoded.
+    Unavailable(#[source] Unavailable),
+    /// What the backend returned could not be decoded: retrying will not help.
     #[error("stored data could not be decoded: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] Corrupt),
     /// A write carried a stream-lease fence this replica no longer holds.
     #[error("write refused: this replica no longer holds the stream lease")]
     Fenced,
+}
+
+/// Why a backend cannot serve right now.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// The Redis client's error (connection refused, timeout, failover in progress).
+    #[error("redis: {0}")]
+    Redis(#[source] redis::RedisError),
+    /// Other writers kept changing the session; this write gave up.
+    #[error("session {id} kept changing under this write ({attempts} attempts)")]
+    Contended { id: SessionId, attempts: u32 },
+    /// Earlier writes still wait for the backend, so this one queues behind them.
+    #[error("writes are waiting for the storage backend")]
+    Backlogged,
+    /// The outage buffer is full: the write is dropped (and counted).
+    #[error("{cause}, and the outage buffer is full ({bound} writes)")]
+    BufferFull {
+        #[source]
+        cause: Box<Unavailable>,
+        bound: usize,
+    },
+    /// Any other cause: a Redis URL the client cannot use, test doubles, embedders' stores.
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Why stored data could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Corrupt {
+    /// Redis answered with something of the wrong shape (a parse error, a key of the wrong
+    /// type, a script error).
+    #[error("redis: {0}")]
+    Redis(#[source] redis::RedisError),
+    /// A value that does not encode or decode as JSON.
+    #[error("{what}: {source}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An index names a session id that is not valid.
+    #[error("identity index holds a bad id: {0}")]
+    BadId(#[source] crate::session::model::InvalidId),
+    /// A stored number that does not parse.
+    #[error("{what} {raw:?}: {source}")]
+    Number {
+        what: &'static str,
+        raw: String,
+        #[source]
+        source: std::num::ParseFloatError,
+    },
+    /// A stream fence token without its number.
+    #[error("a stream fence is not numbered: {0}")]
+    UnnumberedFence(String),
+    /// A script answered what it never answers.
+    #[error("unexpected reply from the {script} script: {reply}")]
+    UnexpectedReply { script: &'static str, reply: String },
+    /// The backend broke one of its own invariants.
+    #[error("{0}")]
+    Invariant(&'static str),
 }
 
 /// Bounds shared by all backends.
@@ -78,13 +139,13 @@ pub struct SessionInfo {
 impl SessionInfo {
     pub fn of(session: &Session) -> Self {
         Self {
-            session_id: session.id.to_string(),
-            product_id: session.product_id.clone(),
-            email: session.email.clone(),
-            user_id: session.user_id.clone(),
-            current_page: session.current_page.as_ref().map(|p| p.label.clone()),
-            current_url: session.current_page.as_ref().map(|p| p.url.clone()),
-            last_seen: session.last_seen,
+            session_id: session.id().to_string(),
+            product_id: session.product_id().clone(),
+            email: session.email().clone(),
+            user_id: session.user_id().clone(),
+            current_page: session.current_page().as_ref().map(|p| p.label.clone()),
+            current_url: session.current_page().as_ref().map(|p| p.url.clone()),
+            last_seen: session.last_seen(),
         }
     }
 }
@@ -252,5 +313,35 @@ mod tests {
         }
         assert_eq!(decode_cursor("garbage"), None);
         assert_eq!(decode_cursor("inf:s1"), None);
+    }
+
+    #[test]
+    fn errors_keep_their_sources_and_their_messages() {
+        use std::error::Error as _;
+        let full = StoreError::Unavailable(Unavailable::BufferFull {
+            cause: Box::new(Unavailable::Backlogged),
+            bound: 3,
+        });
+        assert_eq!(
+            full.to_string(),
+            "storage backend unavailable: writes are waiting for the storage backend, and the outage buffer is full (3 writes)"
+        );
+        let source = full.source().expect("the reason");
+        let cause = source.source().expect("the cause behind the full buffer");
+        assert_eq!(
+            cause.to_string(),
+            "writes are waiting for the storage backend"
+        );
+
+        let json = serde_json::from_str::<u8>("x").unwrap_err();
+        let corrupt = StoreError::Corrupt(Corrupt::Json {
+            what: "stored session is not valid",
+            source: json,
+        });
+        assert!(corrupt.to_string().starts_with(
+            "stored data could not be decoded: stored session is not valid: expected value"
+        ));
+        let decoded = corrupt.source().and_then(|s| s.source());
+        assert!(decoded.is_some_and(|e| e.is::<serde_json::Error>()));
     }
 }

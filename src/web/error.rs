@@ -9,6 +9,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// The error body every route answers with, as `/openapi.json` documents it (the routes write
+/// it through [`ApiError`]).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Dify's codes 1001 and 1002, or livectx's 4xxx / 5xxx (see the README).
+    pub error_code: u32,
+    /// What went wrong and what to fix.
+    pub error_msg: String,
+}
+
 /// Error codes beyond Dify's own (1001, 1002, 2001).
 pub mod codes {
     /// Authorization header missing or not `Bearer <key>` (Dify's code).

@@ -721,7 +721,7 @@ fn key(action: &Action) -> ActionKey<'_> {
 /// was folded into it already and is skipped too; a repeat within the answer is kept once.
 pub fn new_actions(held: Option<&Session>, incoming: Vec<Action>) -> Vec<Action> {
     let folded_through = held
-        .and_then(|s| s.summary.as_ref())
+        .and_then(|s| s.summary().as_ref())
         .map_or(f64::NEG_INFINITY, |summary| summary.last_ts);
     let mut keep = vec![false; incoming.len()];
     {
@@ -793,7 +793,7 @@ mod tests {
         };
         session.finish_summary(&job, draft, 3.0);
         // Forget the recently covered chunks, as happens after many summaries.
-        session.recent_covered.clear();
+        session.forget_recent_covered();
         let next = vec![at("a", 100.0), at("b", 101.0), at("c", 105.0)];
         assert_eq!(new_actions(Some(&session), next), vec![at("c", 105.0)]);
     }

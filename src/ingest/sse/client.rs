@@ -7,12 +7,10 @@
 //! carried ids; never stalls the socket on processing (frames cross a bounded queue, and a full
 //! queue drops and counts instead of blocking); and logs and records every reconnect gap.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngExt;
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -71,85 +69,13 @@ impl StreamConfig {
     }
 }
 
-/// The product id of a `/stream/<product_id>` URL.
-pub fn product_of(url: &str) -> Option<String> {
-    let path = url.split(['?', '#']).next().unwrap_or(url);
-    let mut segments = path.rsplit('/').filter(|s| !s.is_empty());
-    let last = segments.next()?;
-    (segments.next() == Some("stream")).then(|| last.to_string())
-}
+pub use crate::cluster::product_of;
+pub use crate::stream_status::{StreamStatus, StreamStatusView};
 
 pub use crate::telemetry::redact_url;
 
 /// At most one log line per this interval for a repeated problem (metrics count each one).
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Live state of one stream, for `/readyz`.
-#[derive(Debug)]
-pub struct StreamStatus {
-    pub label: String,
-    pub url: String,
-    connected: AtomicBool,
-    leading: AtomicBool,
-    last_frame_at: AtomicU64,
-    reconnects: AtomicU64,
-    last_error: Mutex<Option<String>>,
-}
-
-/// A serialisable view of [`StreamStatus`].
-#[derive(Debug, Clone, Serialize)]
-pub struct StreamStatusView {
-    pub stream: String,
-    pub url: String,
-    pub connected: bool,
-    /// False while another replica holds this stream's lease.
-    pub leading: bool,
-    pub last_frame_age_seconds: Option<f64>,
-    pub reconnects: u64,
-    pub last_error: Option<String>,
-}
-
-impl StreamStatus {
-    fn new(label: String, url: &str) -> Self {
-        Self {
-            label,
-            url: redact_url(url),
-            connected: AtomicBool::new(false),
-            leading: AtomicBool::new(false),
-            last_frame_at: AtomicU64::new(0f64.to_bits()),
-            reconnects: AtomicU64::new(0),
-            last_error: Mutex::new(None),
-        }
-    }
-
-    fn set_error(&self, error: Option<String>) {
-        *crate::sync::lock(&self.last_error) = error;
-    }
-
-    /// Connected and delivering.
-    pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
-    }
-
-    /// Does this replica consume the stream (always true without leadership)?
-    pub fn is_leading(&self) -> bool {
-        self.leading.load(Ordering::Relaxed)
-    }
-
-    /// Snapshot for `/readyz`.
-    pub fn view(&self, now: f64) -> StreamStatusView {
-        let last = f64::from_bits(self.last_frame_at.load(Ordering::Relaxed));
-        StreamStatusView {
-            stream: self.label.clone(),
-            url: self.url.clone(),
-            connected: self.is_connected(),
-            leading: self.is_leading(),
-            last_frame_age_seconds: (last > 0.0).then(|| ((now - last) * 1000.0).round() / 1000.0),
-            reconnects: self.reconnects.load(Ordering::Relaxed),
-            last_error: crate::sync::lock(&self.last_error).clone(),
-        }
-    }
-}
 
 /// Exponential backoff with jitter.
 #[derive(Debug)]
@@ -326,7 +252,7 @@ impl StreamConsumer {
                 }
                 None => None,
             };
-            self.status.leading.store(true, Ordering::Relaxed);
+            self.status.set_leading(true);
             if let Some(guard) = &guard {
                 tracing::info!(stream = %self.status.label, "this replica now consumes the stream");
                 if let Some(seen) = guard.previous_holder_seen {
@@ -352,7 +278,7 @@ impl StreamConsumer {
                 .as_ref()
                 .map_or_else(CancellationToken::new, |g| g.lost.clone());
             self.consume(&shutdown, &lost, guard.as_ref()).await;
-            self.status.leading.store(false, Ordering::Relaxed);
+            self.status.set_leading(false);
             if shutdown.is_cancelled() || guard.is_none() {
                 return guard;
             }
@@ -408,13 +334,13 @@ impl StreamConsumer {
                     &tx,
                 )
                 .await;
-            let was_connected = self.status.connected.swap(false, Ordering::Relaxed);
+            let was_connected = self.status.swap_connected(false);
             self.metrics.stream_up.get_or_create(&self.labels()).set(0);
             parser.reset_frame();
             if matches!(cause, Cause::Shutdown | Cause::LeaseLost) {
                 break;
             }
-            self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+            self.status.count_reconnect();
             self.metrics
                 .stream_reconnects
                 .get_or_create(&ReconnectLabels {
@@ -422,7 +348,7 @@ impl StreamConsumer {
                     cause: cause.as_str(),
                 })
                 .inc();
-            let last = f64::from_bits(self.status.last_frame_at.load(Ordering::Relaxed));
+            let last = self.status.last_frame_at();
             if was_connected && last > 0.0 {
                 gap_from = Some(last);
             }
@@ -519,7 +445,7 @@ impl StreamConsumer {
     }
 
     fn count_reconnect(&self, cause: &'static str) {
-        self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.status.count_reconnect();
         self.metrics
             .stream_reconnects
             .get_or_create(&ReconnectLabels {
@@ -567,7 +493,7 @@ impl StreamConsumer {
                 match item {
                     SseItem::Event(event) => {
                         let now = clock::now();
-                        if !self.status.connected.swap(true, Ordering::Relaxed) {
+                        if !self.status.swap_connected(true) {
                             backoff.reset();
                             self.metrics.stream_up.get_or_create(&self.labels()).set(1);
                             self.status.set_error(None);
@@ -587,9 +513,7 @@ impl StreamConsumer {
                                 }
                             }
                         }
-                        self.status
-                            .last_frame_at
-                            .store(now.to_bits(), Ordering::Relaxed);
+                        self.status.mark_frame(now);
                         self.metrics
                             .sse_frames
                             .get_or_create(&FrameLabels {
@@ -684,19 +608,6 @@ async fn process_frames(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn product_ids_come_from_stream_urls() {
-        assert_eq!(
-            product_of("https://c.example/stream/acme_prod"),
-            Some("acme_prod".into())
-        );
-        assert_eq!(
-            product_of("https://c.example/stream/acme_prod/?x=1"),
-            Some("acme_prod".into())
-        );
-        assert_eq!(product_of("https://c.example/events"), None);
-    }
 
     #[test]
     fn urls_are_redacted_for_logs() {

@@ -331,41 +331,6 @@ mod tests {
     }
 
     #[test]
-    fn source_named_actions_are_summarised_by_their_phrases() {
-        use crate::sources::naming::{Happened, Target, clean_url};
-        let at = |path: &str| clean_url(&format!("https://app.acme.io{path}"), &Default::default());
-        let field = Target {
-            label: Some("Project name".into()),
-            noun: Some("field"),
-        };
-        let chunks = vec![chunk(
-            1,
-            vec![
-                Happened::PageView {
-                    page: "New project".into(),
-                }
-                .action(at("/projects/new").as_ref(), Some(1.0)),
-                Happened::Change(field).action(at("/projects/new").as_ref(), Some(2.0)),
-                Happened::Error(Some("TypeError: x is undefined".into()))
-                    .action(at("/projects/new").as_ref(), Some(3.0)),
-                Happened::PageView {
-                    page: "Projects".into(),
-                }
-                .action(at("/projects").as_ref(), Some(4.0)),
-            ],
-        )];
-        let text = summarize(None, &chunks).text;
-        assert!(
-            text.contains("Key actions (latest last): changed the field \"Project name\" on New project; saw an error: \"TypeError: x is undefined\" on New project."),
-            "{text}"
-        );
-        assert!(
-            text.contains("left without submitting: \"Project name field\" on New project"),
-            "{text}"
-        );
-    }
-
-    #[test]
     fn merging_is_exact_across_calls() {
         let all = vec![
             action("pageview", "Page Load: A", "/a", 1.0),

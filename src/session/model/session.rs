@@ -84,58 +84,195 @@ pub struct AppendOutcome {
 /// Everything the store keeps about one browser session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Session {
-    pub id: SessionId,
+    id: SessionId,
     #[serde(default)]
-    pub product_id: Option<String>,
+    product_id: Option<String>,
     #[serde(default)]
-    pub email: Option<String>,
+    email: Option<String>,
     #[serde(default)]
-    pub user_id: Option<String>,
+    user_id: Option<String>,
     #[serde(default)]
-    pub conversation_id: Option<String>,
+    conversation_id: Option<String>,
     /// Identity-index keys this session has been indexed under (for clean-up on eviction).
     #[serde(default)]
-    pub person_keys: Vec<PersonKey>,
+    person_keys: Vec<PersonKey>,
     /// Server clock, Unix seconds.
-    pub created_at: f64,
-    pub last_seen: f64,
-    pub next_seq: u64,
-    pub chunks: VecDeque<Arc<Chunk>>,
+    created_at: f64,
+    last_seen: f64,
+    next_seq: u64,
+    chunks: VecDeque<Arc<Chunk>>,
     /// Raw actions in `chunks`.
-    pub raw_actions: usize,
+    raw_actions: usize,
     #[serde(default)]
-    pub summary: Option<Arc<Summary>>,
+    summary: Option<Arc<Summary>>,
     /// The newest chunks that a summary already covers, kept for the activity view.
     #[serde(default)]
-    pub recent_covered: VecDeque<Arc<Chunk>>,
+    recent_covered: VecDeque<Arc<Chunk>>,
     #[serde(default)]
-    pub current_page: Option<CurrentPage>,
+    current_page: Option<CurrentPage>,
     /// The newest page leave (see [`Session::left_page`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub page_leave: Option<PageLeave>,
+    page_leave: Option<PageLeave>,
     #[serde(default)]
-    pub tour: Option<TourOffer>,
+    tour: Option<TourOffer>,
     #[serde(default)]
-    pub gaps: Vec<Gap>,
+    gaps: Vec<Gap>,
     /// Bumped on every change (optimistic concurrency for shared backends, dirty tracking).
     #[serde(default)]
-    pub version: u64,
+    version: u64,
     /// A summary job holds the session until this server-clock time.
     #[serde(default)]
-    pub summary_claim_until: f64,
+    summary_claim_until: f64,
     #[serde(default)]
-    pub summary_claim_token: u64,
+    summary_claim_token: u64,
     /// The tool that last delivered activity for this session (`None` in data written before
     /// sources were recorded).
     #[serde(default)]
-    pub source: Option<SourceKind>,
+    source: Option<SourceKind>,
     /// Set only on a snapshot answered while the upstream pull API could not be read (see
     /// [`crate::session::pull`]): the activity is as of this time. Never stored.
     #[serde(skip)]
-    pub stale_as_of: Option<f64>,
+    stale_as_of: Option<f64>,
 }
 
 impl Session {
+    /// The session's id.
+    pub fn id(&self) -> &SessionId {
+        &self.id
+    }
+
+    /// The product the session belongs to, once a batch named it.
+    pub fn product_id(&self) -> &Option<String> {
+        &self.product_id
+    }
+
+    /// The person's email (normalised), once known.
+    pub fn email(&self) -> &Option<String> {
+        &self.email
+    }
+
+    /// The product's user id, once known.
+    pub fn user_id(&self) -> &Option<String> {
+        &self.user_id
+    }
+
+    /// The chatbot conversation this session was linked to, if any.
+    pub fn conversation_id(&self) -> &Option<String> {
+        &self.conversation_id
+    }
+
+    /// Identity-index keys this session has been indexed under.
+    pub fn person_keys(&self) -> &[PersonKey] {
+        &self.person_keys
+    }
+
+    /// When the session was created (server clock, Unix seconds).
+    pub fn created_at(&self) -> f64 {
+        self.created_at
+    }
+
+    /// When the session last received activity (server clock, Unix seconds).
+    pub fn last_seen(&self) -> f64 {
+        self.last_seen
+    }
+
+    /// The sequence number the next stored batch gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The chunks not yet covered by a summary, oldest first.
+    pub fn chunks(&self) -> &VecDeque<Arc<Chunk>> {
+        &self.chunks
+    }
+
+    /// Raw actions in [`Session::chunks`].
+    pub fn raw_actions(&self) -> usize {
+        self.raw_actions
+    }
+
+    /// The rolling summary of everything older than the chunks.
+    pub fn summary(&self) -> &Option<Arc<Summary>> {
+        &self.summary
+    }
+
+    /// The newest chunks a summary already covers, kept for the activity view.
+    pub fn recent_covered(&self) -> &VecDeque<Arc<Chunk>> {
+        &self.recent_covered
+    }
+
+    /// The page the person is on, as the last page view said.
+    pub fn current_page(&self) -> &Option<CurrentPage> {
+        &self.current_page
+    }
+
+    /// The last product tour offered.
+    pub fn tour(&self) -> &Option<TourOffer> {
+        &self.tour
+    }
+
+    /// Stretches when events may be missing (a stream gap).
+    pub fn gaps(&self) -> &[Gap] {
+        &self.gaps
+    }
+
+    /// Bumped on every change (optimistic concurrency, dirty tracking).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Until when a summary job holds the session (server clock).
+    pub fn summary_claim_until(&self) -> f64 {
+        self.summary_claim_until
+    }
+
+    /// The tool that last delivered activity for this session.
+    pub fn source(&self) -> Option<SourceKind> {
+        self.source
+    }
+
+    /// Set on a snapshot answered while the pull API could not be read: as of this time.
+    pub fn stale_as_of(&self) -> Option<f64> {
+        self.stale_as_of
+    }
+
+    /// Name the session's product, unless a batch already did (connector summaries and tours
+    /// may arrive first).
+    pub fn name_product(&mut self, product_id: Option<&str>) {
+        if self.product_id.is_none() {
+            self.product_id = product_id.map(str::to_string);
+        }
+    }
+
+    /// Activity without actions (a connector summary) still counts as seen.
+    pub fn touch(&mut self, now: f64) {
+        self.last_seen = now;
+    }
+
+    /// Forget a summary job's hold: a restarted server runs no job.
+    pub fn drop_claim(&mut self) {
+        self.summary_claim_until = 0.0;
+    }
+
+    /// Make this version newer than `previous` (the compare-and-set of shared backends).
+    pub fn advance_version_past(&mut self, previous: u64) {
+        if self.version <= previous {
+            self.version = previous + 1;
+        }
+    }
+
+    /// Mark a snapshot as answered from what is held: the activity is as of `as_of`.
+    pub fn mark_stale(&mut self, as_of: f64) {
+        self.stale_as_of = Some(as_of);
+    }
+
+    /// Forget the covered chunks kept for the activity view (tests of what follows many
+    /// summaries).
+    #[cfg(test)]
+    pub(crate) fn forget_recent_covered(&mut self) {
+        self.recent_covered.clear();
+    }
+
     /// A new, empty session.
     pub fn new(id: SessionId, now: f64) -> Self {
         Self {

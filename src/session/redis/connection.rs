@@ -15,7 +15,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
 
-use crate::session::store::StoreError;
+use crate::session::store::{Corrupt, StoreError, Unavailable};
 
 /// How long one Redis command may take. Larger than the client's 500 ms default, which a busy
 /// server or a big session can exceed, yet short enough that an outage is noticed quickly.
@@ -165,7 +165,7 @@ fn cluster_config() -> ClusterConfig {
 /// Connect now to `url` (one server or a cluster).
 pub async fn connect(url: &str) -> Result<RedisConnection, StoreError> {
     RedisTarget::parse(url)
-        .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?
+        .map_err(|e| StoreError::Unavailable(Unavailable::Other(Box::new(e))))?
         .connect()
         .await
         .map_err(store_error)
@@ -282,9 +282,9 @@ pub fn store_error(error: RedisError) -> StoreError {
         _ => false,
     };
     if permanent {
-        StoreError::Corrupt(format!("redis: {error}"))
+        StoreError::Corrupt(Corrupt::Redis(error))
     } else {
-        StoreError::Unavailable(format!("redis: {error}"))
+        StoreError::Unavailable(Unavailable::Redis(error))
     }
 }
 

@@ -72,9 +72,10 @@ use scripts::{CommitArgs, RemoveBound, remove_invocation};
 use crate::session::model::{
     ActionBatch, Gap, PersonKey, Session, SessionId, SummaryApplied, SummaryDraft, SummaryJob,
 };
+use crate::session::store::Corrupt;
 use crate::session::store::{
     BackendHealth, Fence, GAP_LOOKBACK_SECS, SessionInfo, SessionPage, SessionStore, StoreConfig,
-    StoreError, StoreStats, StoredBatch, decode_cursor, encode_cursor,
+    StoreError, StoreStats, StoredBatch, Unavailable, decode_cursor, encode_cursor,
 };
 
 /// Key prefix when none is configured.
@@ -291,17 +292,15 @@ impl RedisStore {
             // Nothing changed (a duplicate gap, a claim refused): no write needed.
             return Ok(Err(Some(result)));
         }
-        if session.version <= before.version {
-            session.version = before.version + 1;
-        }
+        session.advance_version_past(before.version());
         let (point, new_product, ttl_ms, fence) = match mode {
             Mode::Upsert { fence, point } => {
-                let remaining = session.last_seen + ttl - now;
+                let remaining = session.last_seen() + ttl - now;
                 let ttl_ms = (remaining * 1000.0).ceil().max(1.0) as u64;
                 let new_product = session
-                    .product_id
+                    .product_id()
                     .clone()
-                    .filter(|_| created || fresh || before.product_id.is_none());
+                    .filter(|_| created || fresh || before.product_id().is_none());
                 (
                     self.keys.index_keys_for(&session, point),
                     new_product,
@@ -335,7 +334,7 @@ impl RedisStore {
     pub async fn point_index(&self, write: &PreparedWrite) -> Result<(), StoreError> {
         let entry = format!(
             "{}{ENTRY_SEPARATOR}{}",
-            write.session.id.as_str(),
+            write.session.id().as_str(),
             write.incarnation
         );
         let ttl_ms = write.ttl_ms.unwrap_or(1);
@@ -375,22 +374,31 @@ impl RedisStore {
     /// Step two: the compare-and-set commit.
     async fn commit(&self, write: &PreparedWrite) -> Result<CommitStatus, StoreError> {
         let session = &write.session;
-        let blob = serde_json::to_vec(session)
-            .map_err(|e| StoreError::Corrupt(format!("cannot encode session: {e}")))?;
-        let index_json = serde_json::to_string(&self.keys.index_keys_of(session))
-            .map_err(|e| StoreError::Corrupt(format!("cannot encode index keys: {e}")))?;
+        let blob = serde_json::to_vec(session).map_err(|source| {
+            StoreError::Corrupt(Corrupt::Json {
+                what: "cannot encode session",
+                source,
+            })
+        })?;
+        let index_json =
+            serde_json::to_string(&self.keys.index_keys_of(session)).map_err(|source| {
+                StoreError::Corrupt(Corrupt::Json {
+                    what: "cannot encode index keys",
+                    source,
+                })
+            })?;
         let new_revision = format!("{:016x}", rand::random::<u64>());
-        let bucket = self.keys.bucket_of_session(session.id.as_str());
+        let bucket = self.keys.bucket_of_session(session.id().as_str());
         let fence = match &write.fence {
             Some(fence) => Some((
                 fence.lease_key.as_str(),
                 keys::fence_number(&fence.token).ok_or_else(|| {
-                    StoreError::Corrupt(format!("a stream fence is not numbered: {}", fence.token))
+                    StoreError::Corrupt(Corrupt::UnnumberedFence(fence.token.clone()))
                 })?,
             )),
             None => None,
         };
-        let last_seen = format_score(session.last_seen);
+        let last_seen = format_score(session.last_seen());
         let args = CommitArgs {
             session_key: &write.key,
             bucket: &bucket,
@@ -400,8 +408,8 @@ impl RedisStore {
             session_json: &blob,
             ttl_ms: write.ttl_ms,
             last_seen: &last_seen,
-            session_id: session.id.as_str(),
-            chunk_count: session.chunks.len(),
+            session_id: session.id().as_str(),
+            chunk_count: session.chunks().len(),
             fence,
             index_keys_json: &index_json,
             fresh: write.fresh,
@@ -416,9 +424,10 @@ impl RedisStore {
             [1] => Ok(CommitStatus::Written),
             [0] => Ok(CommitStatus::Conflict),
             [-1] => Ok(CommitStatus::Fenced),
-            other => Err(StoreError::Corrupt(format!(
-                "unexpected reply from the commit script: {other:?}"
-            ))),
+            other => Err(StoreError::Corrupt(Corrupt::UnexpectedReply {
+                script: "commit",
+                reply: format!("{other:?}"),
+            })),
         }
     }
 
@@ -461,9 +470,10 @@ impl RedisStore {
                 CommitStatus::Conflict => conflict_pause(attempt).await,
             }
         }
-        Err(StoreError::Unavailable(format!(
-            "session {id} kept changing under this write ({MAX_CAS_ATTEMPTS} attempts)"
-        )))
+        Err(StoreError::Unavailable(Unavailable::Contended {
+            id: id.clone(),
+            attempts: MAX_CAS_ATTEMPTS,
+        }))
     }
 
     /// Read and change a session for an append, without writing anything yet (property tests).
@@ -483,9 +493,9 @@ impl RedisStore {
         let mut change = |session: &mut Session| session.append(batch.clone(), now, limits);
         match self.prepare(&id, now, mode, &mut change).await? {
             Ok((write, _)) => Ok(write),
-            Err(_) => Err(StoreError::Corrupt(
-                "an append found nothing to write".into(),
-            )),
+            Err(_) => Err(StoreError::Corrupt(Corrupt::Invariant(
+                "an append found nothing to write",
+            ))),
         }
     }
 
@@ -510,7 +520,9 @@ impl RedisStore {
     ) -> Result<Committed<R>, StoreError> {
         self.update(id, now, Mode::Upsert { fence, point }, change)
             .await?
-            .ok_or_else(|| StoreError::Corrupt("upsert found no session".into()))
+            .ok_or(StoreError::Corrupt(Corrupt::Invariant(
+                "upsert found no session",
+            )))
     }
 
     /// The same command on every bucket at once (each in its own slot).
@@ -660,16 +672,16 @@ impl From<redis::cluster_async::ClusterConnection> for RedisConnection {
 impl Keys {
     /// Every index key a session is listed under (global and product-scoped).
     fn index_keys_of(&self, session: &Session) -> Vec<String> {
-        self.index_keys_for(session, &session.person_keys)
+        self.index_keys_for(session, session.person_keys())
     }
 
     /// The index keys of `people` that `session` may be listed under (global and
     /// product-scoped; identities beyond the session's cap are never indexed).
     fn index_keys_for(&self, session: &Session, people: &[PersonKey]) -> Vec<String> {
         let mut keys = Vec::with_capacity(people.len() * 2);
-        for key in people.iter().filter(|k| session.person_keys.contains(k)) {
+        for key in people.iter().filter(|k| session.person_keys().contains(k)) {
             keys.push(self.person(None, key));
-            if let Some(product) = session.product_id.as_deref() {
+            if let Some(product) = session.product_id().as_deref() {
                 keys.push(self.person(Some(product), key));
             }
         }
@@ -691,8 +703,12 @@ pub fn raise_fence_invocation(
 
 /// Decode a stored session.
 fn decode_session(blob: &[u8]) -> Result<Session, StoreError> {
-    serde_json::from_slice(blob)
-        .map_err(|e| StoreError::Corrupt(format!("stored session is not valid: {e}")))
+    serde_json::from_slice(blob).map_err(|source| {
+        StoreError::Corrupt(Corrupt::Json {
+            what: "stored session is not valid",
+            source,
+        })
+    })
 }
 
 /// A score as Redis reads it back to the same `f64` (shortest round-trip form, no exponent).
@@ -756,10 +772,8 @@ impl SessionStore for RedisStore {
         fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
         self.upsert(session_id, now, fence, &[], |session| {
-            if session.product_id.is_none() {
-                session.product_id = product_id.map(str::to_string);
-            }
-            session.last_seen = now;
+            session.name_product(product_id);
+            session.touch(now);
             session.apply_connector_summary(text, replaces, now)
         })
         .await?;
@@ -776,9 +790,7 @@ impl SessionStore for RedisStore {
         fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
         self.upsert(session_id, now, fence, &[], |session| {
-            if session.product_id.is_none() {
-                session.product_id = product_id.map(str::to_string);
-            }
+            session.name_product(product_id);
             session.record_tour(flow_id, reason, now, now);
         })
         .await?;
@@ -801,8 +813,8 @@ impl SessionStore for RedisStore {
         let candidates: Vec<String> = per_bucket.into_iter().flat_map(|(ids,)| ids).collect();
         let applies = |s: &Session| {
             !s.is_expired(now, ttl)
-                && s.last_seen >= since
-                && s.product_id.as_deref().is_none_or(|p| p == product_id)
+                && s.last_seen() >= since
+                && s.product_id().as_deref().is_none_or(|p| p == product_id)
         };
         let mut marked = 0;
         // Read in batches to find the sessions the gap concerns; mark those through the
@@ -888,7 +900,7 @@ impl SessionStore for RedisStore {
         }
         SessionId::parse(id)
             .map(Some)
-            .map_err(|e| StoreError::Corrupt(format!("identity index holds a bad id: {e}")))
+            .map_err(|e| StoreError::Corrupt(Corrupt::BadId(e)))
     }
 
     async fn has_product(&self, product_id: &str) -> Result<bool, StoreError> {

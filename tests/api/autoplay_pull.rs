@@ -4,19 +4,17 @@
 //! upstream (the breaker opens, no further calls); 401/403; 429 with `Retry-After`; and the
 //! background refresh.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::helpers::{TestApp, eventually, metric, test_config};
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use common::{TestApp, eventually, metric, test_config};
 use livectx::ServeConfig;
 use livectx::ingest::pull::AutoplayApiConfig;
 use livectx::session::model::SessionId;
@@ -272,8 +270,8 @@ async fn a_fresh_fetch_answers_retrieval_mcp_and_rest() {
         .await
         .unwrap()
         .expect("the pulled session");
-    assert_eq!(session.user_id.as_deref(), Some(USER));
-    assert_eq!(session.product_id.as_deref(), Some(PRODUCT));
+    assert_eq!(session.user_id().as_deref(), Some(USER));
+    assert_eq!(session.product_id().as_deref(), Some(PRODUCT));
 
     let metrics = app.metrics().await;
     assert_eq!(

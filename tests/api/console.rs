@@ -2,11 +2,9 @@
 //! cookie flags, CSRF, log out), security headers, escaping of hostile values, the lookup log's
 //! reasons, the chatbot panel matching `/retrieval`, and refused payload samples.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestApp, action, batch, test_config};
+use crate::helpers::{TestApp, action, batch, test_config};
 use livectx::ServeConfig;
 use livectx::console::pages::encode;
 use livectx::ingest::{Channel, Source};
@@ -535,7 +533,6 @@ async fn refused_payloads_show_redacted_examples() {
     let app = TestApp::spawn(config()).await;
     let payload = json!({"type": "actions", "product_id": "acme_prod", "email": "anon@example.com", "actions": [{"type": "click", "title": "Buy"}]});
     let outcome = app
-        .state
         .ingestor
         .ingest_json(
             Source::Sse,

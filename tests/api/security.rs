@@ -3,12 +3,12 @@
 //! (That logs carry no secrets is checked in `security_logs.rs`: it needs the process-global
 //! log subscriber to itself.)
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestApp, action, batch, metric, test_config};
+use crate::helpers;
+use crate::helpers::{TestApp, action, batch, metric, test_config};
 use livectx::api::identity::IdentitySigner;
+use livectx::config::ConfigError;
 use livectx::{Application, ServeConfig, StartupError};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -210,7 +210,7 @@ async fn genuine_webhook_deliveries_are_never_rate_limited_forged_ones_are() {
     let deliver = |titles: &'static [&'static str], secret: &'static str| {
         let app = &app;
         async move {
-            let body = common::actions_payload(Some(MARIA), None, titles, livectx::clock::now())
+            let body = helpers::actions_payload(Some(MARIA), None, titles, livectx::clock::now())
                 .to_string();
             let signature = livectx::ingest::webhook::sign(secret, body.as_bytes());
             app.http
@@ -528,7 +528,8 @@ async fn blank_secrets_refuse_to_start() {
         config.webhook_secret = webhook.map(str::to_string);
         config.identity_secret = identity.map(str::to_string);
         match Application::build(config).await {
-            Err(StartupError::Config(message)) => {
+            Err(StartupError::Config(error @ ConfigError::BlankSecret { .. })) => {
+                let message = error.to_string();
                 assert!(message.contains("set but empty"), "{message}")
             }
             Err(other) => panic!("wrong error: {other}"),
@@ -542,7 +543,7 @@ async fn webhook_secret_is_trimmed_like_every_other_secret() {
     let mut config = test_config();
     config.webhook_secret = Some("webhook-secret-0123456789\n".into());
     let app = TestApp::spawn(config).await;
-    let body = common::actions_payload(Some(MARIA), None, &["Click Save"], livectx::clock::now())
+    let body = helpers::actions_payload(Some(MARIA), None, &["Click Save"], livectx::clock::now())
         .to_string();
     let signature = livectx::ingest::webhook::sign("webhook-secret-0123456789", body.as_bytes());
     let response = app

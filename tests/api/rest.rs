@@ -1,12 +1,10 @@
 //! The REST context API and `/openapi.json` against the real router: Autoplay's pull API
 //! (`/users/{product_id}/{user_id}/live-activity`), `/v1/context`, and the OpenAPI document.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::faulty_store::FaultyStore;
-use common::{TestApp, action, batch, metric, test_config};
+use crate::helpers::faulty_store::FaultyStore;
+use crate::helpers::{TestApp, action, batch, metric, push_webhook, test_config};
 use livectx::{Overrides, ServeConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -15,8 +13,8 @@ const KEY: &str = "rest-key";
 const MCP_KEY: &str = "mcp-only-key";
 const WEBHOOK_SECRET: &str = "test-secret";
 const MARIA: &str = "01983f2a-6b1c-7d40-9e2f-5a7b3c9d1e84";
-const ACTIONS_BODY: &[u8] = include_bytes!("fixtures/samples/webhook_actions_body.json");
-const SUMMARY_BODY: &[u8] = include_bytes!("fixtures/samples/webhook_summary_body.json");
+const ACTIONS_BODY: &[u8] = include_bytes!("../fixtures/samples/webhook_actions_body.json");
+const SUMMARY_BODY: &[u8] = include_bytes!("../fixtures/samples/webhook_summary_body.json");
 
 /// The fields of an action in Autoplay's wire format (autoplay-wire.md §2 and §5).
 const ACTION_FIELDS: [&str; 12] = [
@@ -44,22 +42,6 @@ fn config() -> ServeConfig {
 }
 
 /// Deliver a body through the real webhook receiver, signed like the connector signs it.
-async fn push(app: &TestApp, body: &[u8]) {
-    let response = app
-        .http
-        .post(app.url("/webhooks/autoplay"))
-        .header("content-type", "application/json")
-        .header(
-            "x-connector-signature",
-            livectx::ingest::webhook::sign(WEBHOOK_SECRET, body),
-        )
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-}
-
 /// GET `path` with an optional key: (status, `WWW-Authenticate`, JSON body).
 async fn get(app: &TestApp, path: &str, key: Option<&str>) -> (StatusCode, Option<String>, Value) {
     let mut request = app.http.get(app.url(path));
@@ -93,7 +75,7 @@ fn titles(body: &Value) -> Vec<&str> {
 #[tokio::test]
 async fn live_activity_answers_in_autoplays_action_format_oldest_first() {
     let app = TestApp::spawn(config()).await;
-    push(&app, ACTIONS_BODY).await;
+    push_webhook(&app, WEBHOOK_SECRET, ACTIONS_BODY).await;
     let sent: Value = serde_json::from_slice(ACTIONS_BODY).unwrap();
 
     let (status, _, body) = get(&app, &live_path("acme_prod", MARIA), Some(KEY)).await;
@@ -132,7 +114,7 @@ async fn live_activity_answers_in_autoplays_action_format_oldest_first() {
     }
 
     // Summarised actions stay listed until the store lets go of them.
-    push(&app, SUMMARY_BODY).await;
+    push_webhook(&app, WEBHOOK_SECRET, SUMMARY_BODY).await;
     let (_, _, after_summary) = get(&app, &live_path("acme_prod", MARIA), Some(KEY)).await;
     assert_eq!(after_summary, body);
     app.stop().await;
@@ -141,7 +123,7 @@ async fn live_activity_answers_in_autoplays_action_format_oldest_first() {
 #[tokio::test]
 async fn live_activity_limit_keeps_the_newest_actions() {
     let app = TestApp::spawn(config()).await;
-    push(&app, ACTIONS_BODY).await;
+    push_webhook(&app, WEBHOOK_SECRET, ACTIONS_BODY).await;
     let path = live_path("acme_prod", MARIA);
 
     let (status, _, body) = get(&app, &format!("{path}?limit=2"), Some(KEY)).await;
@@ -216,7 +198,7 @@ async fn per_action_identity_is_kept_and_the_rest_comes_from_the_session() {
         ],
         "count": 2, "forwarded_at": 1_785_333_663.0,
     });
-    push(&app, body.to_string().as_bytes()).await;
+    push_webhook(&app, WEBHOOK_SECRET, body.to_string().as_bytes()).await;
     let (status, _, body) = get(&app, &live_path("acme_prod", "s-shared"), Some(KEY)).await;
     assert_eq!(status, 200);
     let actions = body["actions"].as_array().unwrap();
@@ -237,7 +219,7 @@ async fn per_action_identity_is_kept_and_the_rest_comes_from_the_session() {
 #[tokio::test]
 async fn live_activity_statuses() {
     let app = TestApp::spawn(config()).await;
-    push(&app, ACTIONS_BODY).await;
+    push_webhook(&app, WEBHOOK_SECRET, ACTIONS_BODY).await;
     let path = live_path("acme_prod", MARIA);
 
     // 401: no key, a wrong key, and the MCP-only key; each with a challenge and a JSON body.
@@ -327,7 +309,7 @@ async fn refused_identifiers_are_403_and_unfilled_variables_400() {
         ..config()
     })
     .await;
-    push(&app, ACTIONS_BODY).await;
+    push_webhook(&app, WEBHOOK_SECRET, ACTIONS_BODY).await;
     let (status, _, body) = get(
         &app,
         &live_path("acme_prod", "maria.lopez@example.com"),
@@ -369,8 +351,8 @@ async fn refused_identifiers_are_403_and_unfilled_variables_400() {
 #[tokio::test]
 async fn context_returns_the_retrieval_records_and_prompt_text() {
     let app = TestApp::spawn(config()).await;
-    push(&app, ACTIONS_BODY).await;
-    push(&app, SUMMARY_BODY).await;
+    push_webhook(&app, WEBHOOK_SECRET, ACTIONS_BODY).await;
+    push_webhook(&app, WEBHOOK_SECRET, SUMMARY_BODY).await;
 
     let (status, _, body) = get(
         &app,
@@ -442,7 +424,7 @@ async fn context_returns_the_retrieval_records_and_prompt_text() {
 #[tokio::test]
 async fn context_statuses() {
     let app = TestApp::spawn(config()).await;
-    push(&app, ACTIONS_BODY).await;
+    push_webhook(&app, WEBHOOK_SECRET, ACTIONS_BODY).await;
 
     let (status, www, body) = get(&app, &format!("/v1/context?session_id={MARIA}"), None).await;
     assert_eq!(status, 401);

@@ -7,15 +7,13 @@
 //! shared test cluster stays healthy for other tests) and stops it at the end. Skipped unless
 //! `LIVECTX_TEST_REDIS_CLUSTER_URL` is set (the suite's switch for cluster tests).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::redis_env::{PrivateCluster, test_redis_cluster_url};
-use common::{TestApp, actions_payload, eventually, metric, test_config};
+use crate::helpers::redis_env::{PrivateCluster, test_redis_cluster_url};
+use crate::helpers::{TestApp, actions_payload, eventually, metric, test_config};
 use livectx::app::store_config;
 use livectx::session::SessionId;
 use livectx::session::redis::{RedisStore, connect};

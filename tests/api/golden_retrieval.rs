@@ -12,7 +12,7 @@
 //! whatever is cached from one answer is reused by the next (times move forward and back, the
 //! user becomes idle, the question changes), and then each runs again on a cold start.
 //!
-//! `LIVECTX_BLESS_GOLDEN=1 cargo test --test golden_retrieval` rewrites the fixtures from the
+//! `LIVECTX_BLESS_GOLDEN=1 cargo test --test api golden_retrieval::` rewrites the fixtures from the
 //! sessions built below. Only for an intended change of behaviour, never to make a failure go
 //! away: the point of the files is that they were written by the code before an optimisation.
 #![cfg(feature = "tools")]
@@ -289,7 +289,7 @@ fn walker_sessions() -> Vec<Built> {
             let batch = workload::batch(&who, &synth, index).unwrap();
             index += take as i64;
             session.append(batch, walker.clock(), LIMITS);
-            if session.raw_actions >= 20 {
+            if session.raw_actions() >= 20 {
                 summarise(&mut session, walker.clock());
             }
         }
@@ -373,7 +373,7 @@ fn persona_sessions() -> Vec<Built> {
             }
             apply_payload(&mut session, e.to_json(&time).as_bytes(), time.unix(e.at));
             if let Some(s) = session.as_mut()
-                && s.raw_actions >= 20
+                && s.raw_actions() >= 20
             {
                 summarise(s, time.unix(e.at));
             }
@@ -422,7 +422,7 @@ fn sample_stream_sessions() -> Vec<Built> {
                 _ => ORIGIN + 1000.0 + i as f64,
             };
             let slot = by_session.entry(id).or_default();
-            let now = slot.as_ref().map_or(at, |s| s.last_seen.max(at));
+            let now = slot.as_ref().map_or(at, |s| s.last_seen().max(at));
             apply_payload(slot, data.as_bytes(), now);
         }
         for (k, (_, session)) in by_session.into_iter().enumerate() {

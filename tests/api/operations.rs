@@ -1,17 +1,15 @@
 //! Running it in production: readiness, metrics, graceful shutdown, durable state.
 
-mod common;
-
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::{
+use crate::helpers::redis_env::free_port;
+use crate::helpers::{
     Connection, FakeConnector, StreamEnd, TestApp, actions_payload, eventually, metric, sse_frame,
     test_config,
 };
+use bytes::Bytes;
 use livectx::ingest::webhook::sign;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -182,14 +180,6 @@ async fn metrics_parse_and_count_what_happened() {
 }
 
 // ---- the real binary: signals and durable state -----------------------------------------
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Server {
     child: Child,

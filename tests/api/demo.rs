@@ -7,15 +7,13 @@
 //! fan-out), webhook pushes signed like the connector, and load mode.
 #![cfg(feature = "tools")]
 
-mod common;
-
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{TestApp, eventually, metric, test_config};
+use crate::helpers::{TestApp, eventually, metric, test_config};
 use futures_util::StreamExt;
 use livectx::demo::SimulateConfig;
 use livectx::demo::simulator::{HEARTBEAT_FRAME, Simulator};
@@ -112,7 +110,7 @@ impl Livectx {
     }
 }
 
-/// Like `common::eventually`, but a timeout shows what the child processes printed.
+/// Like `helpers::eventually`, but a timeout shows what the child processes printed.
 async fn until<F, Fut>(children: &[&Livectx], what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -308,7 +306,7 @@ async fn demo_answers_for_a_live_persona_as_dify_would_and_stops_on_ctrl_c() {
             assert_eq!(record["metadata"]["session_id"], session_id, "{command}");
         }
     } else {
-        eprintln!("skipped running the printed commands: curl is not installed");
+        crate::helpers::redis_env::skipped("running the printed commands", "curl is not installed");
     }
 
     // Every few seconds it shows what priya's chatbot receives, named from PostHog's events.

@@ -4,13 +4,12 @@
 //! Redis at `LIVECTX_TEST_REDIS_URL`, and on the Redis Cluster at
 //! `LIVECTX_TEST_REDIS_CLUSTER_URL`, each with a key prefix of its own; skipped when unset).
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::redis_env::{RedisPrefix, test_redis_cluster_url, test_redis_url};
-use common::{action, batch};
+use crate::helpers;
+use crate::helpers::redis_env::{RedisPrefix, test_redis_cluster_url, test_redis_url};
+use crate::helpers::{action, batch, session_titles};
 use livectx::session::buffered::BufferedStore;
 use livectx::session::memory::MemoryStore;
 use livectx::session::model::{
@@ -66,13 +65,6 @@ fn sid(raw: &str) -> SessionId {
 
 fn click(title: &str, ts: f64) -> livectx::session::Action {
     action("click", title, "https://app.acme.io/x", ts)
-}
-
-fn titles(session: &livectx::session::Session) -> Vec<String> {
-    session
-        .raw_action_iter()
-        .map(|a| a.title().to_string())
-        .collect()
 }
 
 macro_rules! suite {
@@ -164,13 +156,13 @@ async fn appends_keep_order_and_number_chunks(harness: Harness) {
     assert_eq!(other.outcome.seq, 1, "sequence numbers are per session");
 
     let session = store.session(&sid("s1"), T0 + 3.0).await.unwrap().unwrap();
-    assert_eq!(titles(&session), ["A", "B", "C"]);
-    let chunk_seqs: Vec<u64> = session.chunks.iter().map(|c| c.seq).collect();
+    assert_eq!(session_titles(&session), ["A", "B", "C"]);
+    let chunk_seqs: Vec<u64> = session.chunks().iter().map(|c| c.seq).collect();
     assert_eq!(chunk_seqs, [1, 2, 3]);
-    assert_eq!(session.raw_actions, 3);
-    assert_eq!(session.email.as_deref(), Some("maria@x.io"));
-    assert_eq!(session.product_id.as_deref(), Some("acme_prod"));
-    assert_eq!(session.last_seen, T0 + 2.0);
+    assert_eq!(session.raw_actions(), 3);
+    assert_eq!(session.email().as_deref(), Some("maria@x.io"));
+    assert_eq!(session.product_id().as_deref(), Some("acme_prod"));
+    assert_eq!(session.last_seen(), T0 + 2.0);
     assert!(store.has_product("acme_prod").await.unwrap());
     assert!(!store.has_product("other").await.unwrap());
     assert!(store.session(&sid("nope"), T0).await.unwrap().is_none());
@@ -197,14 +189,14 @@ async fn chunk_cap_folds_the_oldest_chunks_into_the_summary(harness: Harness) {
     }
     assert_eq!(folded, [0, 0, 0, 1, 1]);
     let session = store.session(&sid("s1"), T0 + 5.0).await.unwrap().unwrap();
-    let chunk_seqs: Vec<u64> = session.chunks.iter().map(|c| c.seq).collect();
+    let chunk_seqs: Vec<u64> = session.chunks().iter().map(|c| c.seq).collect();
     assert_eq!(chunk_seqs, [3, 4, 5]);
-    let summary = session.summary.as_ref().expect("folded into a summary");
+    let summary = session.summary().as_ref().expect("folded into a summary");
     assert_eq!(summary.covers_through_seq, 2);
     assert_eq!(summary.covered_actions, 2);
     assert_eq!(summary.source, SummarySource::Builtin);
     assert!(summary.text.contains("P0") && summary.text.contains("P1"));
-    assert_eq!(session.recent_covered.len(), 2);
+    assert_eq!(session.recent_covered().len(), 2);
     assert_eq!(store.stats().await.unwrap().chunks, 3);
 }
 
@@ -295,7 +287,7 @@ async fn idle_sessions_expire_after_the_ttl(harness: Harness) {
         .unwrap();
     assert_eq!(restarted.outcome.seq, 1);
     let session = store.session(&sid("s1"), later).await.unwrap().unwrap();
-    assert_eq!(titles(&session), ["C"]);
+    assert_eq!(session_titles(&session), ["C"]);
 
     let much_later = T0 + 200.0;
     assert_eq!(store.expire_idle(much_later).await.unwrap(), 2);
@@ -513,12 +505,12 @@ async fn summary_claims_finish_release_and_lapse(harness: Harness) {
         .unwrap();
     assert_eq!(applied, SummaryApplied::Applied { removed_chunks: 3 });
     let session = store.session(&id, now + 3.0).await.unwrap().unwrap();
-    assert_eq!(titles(&session), ["D"]);
-    let summary = session.summary.as_ref().unwrap();
+    assert_eq!(session_titles(&session), ["D"]);
+    let summary = session.summary().as_ref().unwrap();
     assert_eq!(summary.covers_through_seq, 3);
     assert_eq!(summary.source, SummarySource::Llm);
     assert_eq!(summary.text, "clicked A, B and C");
-    assert_eq!(session.raw_actions, 1);
+    assert_eq!(session.raw_actions(), 1);
     assert_eq!(store.stats().await.unwrap().chunks, 1);
 
     // A released claim can be taken again at once.
@@ -602,14 +594,14 @@ async fn a_stale_summary_is_discarded(harness: Harness) {
         SummaryApplied::Stale
     );
     let session = store.session(&id, T0 + 3.0).await.unwrap().unwrap();
-    let summary = session.summary.as_ref().unwrap();
+    let summary = session.summary().as_ref().unwrap();
     assert!(
         summary.text.contains("connector saw both"),
         "{}",
         summary.text
     );
     assert_eq!(summary.covers_through_seq, 2);
-    assert!(session.chunks.is_empty());
+    assert!(session.chunks().is_empty());
     // The stale job's claim is cleared: a new one can start.
     store
         .append_actions(
@@ -648,23 +640,23 @@ async fn connector_summaries_replace_whole_chunks_only(harness: Harness) {
         .unwrap();
     let session = store.session(&id, T0 + 5.0).await.unwrap().unwrap();
     assert_eq!(
-        titles(&session),
+        session_titles(&session),
         ["C", "D"],
         "the straddling chunk stays raw"
     );
-    let summary = session.summary.as_ref().unwrap();
+    let summary = session.summary().as_ref().unwrap();
     assert_eq!(summary.source, SummarySource::Connector);
     assert_eq!(summary.covers_through_seq, 1);
     assert_eq!(summary.text, "A and B");
-    assert_eq!(session.last_seen, T0 + 5.0);
+    assert_eq!(session.last_seen(), T0 + 5.0);
     // A second one keeps the first in front of it.
     store
         .apply_connector_summary(&id, None, "C and D", 2, T0 + 6.0, None)
         .await
         .unwrap();
     let session = store.session(&id, T0 + 6.0).await.unwrap().unwrap();
-    assert!(session.chunks.is_empty());
-    assert_eq!(session.summary.as_ref().unwrap().text, "A and B\nC and D");
+    assert!(session.chunks().is_empty());
+    assert_eq!(session.summary().as_ref().unwrap().text, "A and B\nC and D");
     // On an unknown session it creates one, with its product.
     let fresh = sid("s9");
     store
@@ -672,7 +664,7 @@ async fn connector_summaries_replace_whole_chunks_only(harness: Harness) {
         .await
         .unwrap();
     let session = store.session(&fresh, T0 + 7.0).await.unwrap().unwrap();
-    assert_eq!(session.product_id.as_deref(), Some("beta"));
+    assert_eq!(session.product_id().as_deref(), Some("beta"));
     assert!(store.has_product("beta").await.unwrap());
     assert_eq!(store.stats().await.unwrap().sessions, 2);
 }
@@ -696,12 +688,12 @@ async fn tours_are_recorded_and_create_sessions(harness: Harness) {
         .await
         .unwrap();
     let session = store.session(&id, T0 + 5.0).await.unwrap().unwrap();
-    let tour = session.tour.as_ref().unwrap();
+    let tour = session.tour().as_ref().unwrap();
     assert_eq!(tour.flow_id, "flow_7");
     assert_eq!(tour.reason.as_deref(), Some("stuck on billing"));
     assert_eq!(tour.at, T0 + 5.0);
-    assert_eq!(session.last_seen, T0 + 5.0);
-    assert_eq!(titles(&session), ["A"]);
+    assert_eq!(session.last_seen(), T0 + 5.0);
+    assert_eq!(session_titles(&session), ["A"]);
 
     let other = sid("s2");
     store
@@ -709,8 +701,8 @@ async fn tours_are_recorded_and_create_sessions(harness: Harness) {
         .await
         .unwrap();
     let session = store.session(&other, T0 + 6.0).await.unwrap().unwrap();
-    assert_eq!(session.tour.as_ref().unwrap().flow_id, "flow_1");
-    assert_eq!(session.product_id.as_deref(), Some("gamma"));
+    assert_eq!(session.tour().as_ref().unwrap().flow_id, "flow_1");
+    assert_eq!(session.product_id().as_deref(), Some("gamma"));
     assert!(store.has_product("gamma").await.unwrap());
 }
 
@@ -744,9 +736,9 @@ async fn gaps_mark_recent_sessions_of_the_product(harness: Harness) {
     );
     for (id, expected) in [("same", 1), ("unknown", 1), ("old", 0), ("other", 0)] {
         let session = store.session(&sid(id), T0 + 32.0).await.unwrap().unwrap();
-        assert_eq!(session.gaps.len(), expected, "{id}");
+        assert_eq!(session.gaps().len(), expected, "{id}");
         if expected == 1 {
-            assert_eq!(session.gaps[0], gap);
+            assert_eq!(session.gaps()[0], gap);
         }
     }
 }
@@ -887,7 +879,7 @@ async fn webhook_deliveries_are_deduplicated(harness: Harness) {
             .unwrap()
     );
     let store_ref = Arc::clone(&store);
-    common::eventually(
+    helpers::eventually(
         Duration::from_secs(5),
         "the dedupe window to pass",
         move || {
@@ -939,8 +931,8 @@ async fn concurrent_appends_to_one_session_all_land(harness: Harness) {
         "every append got its own sequence number"
     );
     let session = store.session(&sid("hot"), T0).await.unwrap().unwrap();
-    assert_eq!(session.chunks.len(), writers * per_writer);
-    let mut got = titles(&session);
+    assert_eq!(session.chunks().len(), writers * per_writer);
+    let mut got = session_titles(&session);
     got.sort();
     got.dedup();
     assert_eq!(got.len(), writers * per_writer);

@@ -5,9 +5,8 @@
 //! the real ingestion path; then every identity is resolved through every `/retrieval` route and
 //! must land on its own newest session, with no other session's text in the response.
 
-mod common;
-
-use common::redis_env::{RedisPrefix, test_redis_url};
+use crate::helpers;
+use crate::helpers::redis_env::{RedisPrefix, test_redis_url};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -92,7 +91,7 @@ fn store_config() -> StoreConfig {
     }
 }
 
-fn state(store: Arc<dyn SessionStore>) -> ApiState {
+fn state(store: Arc<dyn SessionStore>) -> (ApiState, Arc<Ingestor>) {
     let metrics = Arc::new(Metrics::new());
     let ingestor = Arc::new(Ingestor::new(
         store.clone(),
@@ -100,10 +99,9 @@ fn state(store: Arc<dyn SessionStore>) -> ApiState {
         None,
         Duration::ZERO,
     ));
-    Arc::new(ApiContext {
+    let state = Arc::new(ApiContext {
         store,
         metrics: metrics.clone(),
-        ingestor,
         api_keys: Default::default(),
         mcp: livectx::api::mcp::McpSettings::new(&Default::default(), &[], &[]),
         public_url: None,
@@ -112,14 +110,15 @@ fn state(store: Arc<dyn SessionStore>) -> ApiState {
             email_lookup: true,
         },
         activity_window: Duration::from_secs(120),
-        webhook: None,
+        webhook_enabled: false,
         streams: Vec::new(),
         summarizer_engine: "none".into(),
         started_at: 0.0,
         limits: Arc::new(RequestLimits::new(None, Duration::from_secs(10), metrics)),
         diagnostics: Default::default(),
         puller: None,
-    })
+    });
+    (state, ingestor)
 }
 
 fn payload(b: &Batch, index: usize) -> Value {
@@ -171,7 +170,7 @@ async fn retrieval(state: &ApiState, body: Value) -> (Option<String>, String) {
         .iter()
         .map(|r| format!("{} {}", r.content, Value::Object(r.metadata.clone())))
         .collect();
-    (Some(session.id.to_string()), text)
+    (Some(session.id().to_string()), text)
 }
 
 /// Every marker in `text` belongs to `own`.
@@ -192,15 +191,14 @@ async fn check_isolation(
     store: Arc<dyn SessionStore>,
     batches: &[Batch],
 ) -> Result<(), TestCaseError> {
-    let state = state(store);
+    let (state, ingestor) = state(store);
     // The reference model: the session last written for each person key.
     let mut newest_by_email: HashMap<usize, usize> = HashMap::new();
     let mut newest_by_user: HashMap<usize, usize> = HashMap::new();
     let mut sessions: HashSet<usize> = HashSet::new();
     for (index, b) in batches.iter().enumerate() {
         let bytes = serde_json::to_vec(&payload(b, index)).unwrap();
-        state
-            .ingestor
+        ingestor
             .ingest_json(Source::Sse, &bytes, Channel::default())
             .await;
         if let Some(s) = b.session {
@@ -317,7 +315,7 @@ proptest! {
 /// data only.
 #[tokio::test]
 async fn thousands_of_sessions_over_http_stay_isolated() {
-    let app = common::TestApp::spawn(common::test_config()).await;
+    let app = helpers::TestApp::spawn(helpers::test_config()).await;
     let sessions = 3000;
     for s in 0..sessions {
         let b = Batch {
@@ -327,8 +325,7 @@ async fn thousands_of_sessions_over_http_stay_isolated() {
             action_emails: vec![None, None],
         };
         let bytes = serde_json::to_vec(&payload(&b, s)).unwrap();
-        app.state
-            .ingestor
+        app.ingestor
             .ingest_json(Source::Sse, &bytes, Channel::default())
             .await;
     }
@@ -358,22 +355,22 @@ async fn check_reused_session_id_forgets_its_people(store: Arc<dyn SessionStore>
     use livectx::api::identity::{Claim, ClaimKind, ClaimOutcome, IdentityResolver, Via};
     let ttl = store_config().session_ttl.as_secs_f64();
     let t0 = 1_800_000_000.0;
-    let alice = common::batch(
+    let alice = helpers::batch(
         "kiosk",
         Some("alice@x.com"),
         Some("u-alice"),
-        vec![common::action("click", "Alice's", "/a", t0)],
+        vec![helpers::action("click", "Alice's", "/a", t0)],
     );
     store.append_actions(alice, t0, None).await.unwrap();
     let later = t0 + ttl + 5.0;
-    let bob = common::batch(
+    let bob = helpers::batch(
         "kiosk",
         None,
         None,
-        vec![common::action("click", "Bob's", "/b", later)],
+        vec![helpers::action("click", "Bob's", "/b", later)],
     );
     store.append_actions(bob, later, None).await.unwrap();
-    let state = state(store);
+    let (state, _) = state(store);
     let resolver = IdentityResolver {
         store: state.store.as_ref(),
         policy: &state.identity,

@@ -9,12 +9,10 @@
 //! Runs on the Redis at `LIVECTX_TEST_REDIS_URL` and on the cluster at
 //! `LIVECTX_TEST_REDIS_CLUSTER_URL` (each skipped when unset), a key prefix per case.
 
-mod common;
-
 use std::time::Duration;
 
-use common::redis_env::{RedisPrefix, test_redis_cluster_url, test_redis_url};
-use common::{action, batch};
+use crate::helpers::redis_env::{RedisPrefix, test_redis_cluster_url, test_redis_url};
+use crate::helpers::{action, batch};
 use livectx::session::model::{PersonKey, SessionLimits};
 use livectx::session::redis::{PreparedWrite, RedisStore};
 use livectx::session::store::{SessionStore, StoreConfig};

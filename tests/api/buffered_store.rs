@@ -2,15 +2,13 @@
 //! replayed in order, a write whose acknowledgement was lost is not stored twice, and writes
 //! beyond the bound are refused and counted.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::faulty_store::FaultyStore;
-use common::{action, batch};
+use crate::helpers::faulty_store::FaultyStore;
+use crate::helpers::{action, batch, session_titles};
 use livectx::session::buffered::BufferedStore;
-use livectx::session::model::{Session, SessionId, SessionLimits};
+use livectx::session::model::{SessionId, SessionLimits};
 use livectx::session::store::{SessionStore, StoreConfig, StoreError};
 use livectx::telemetry::Metrics;
 
@@ -20,13 +18,6 @@ fn config() -> StoreConfig {
         session_ttl: Duration::from_secs(3600),
         limits: SessionLimits { max_chunks: 50 },
     }
-}
-
-fn titles(session: &Session) -> Vec<String> {
-    session
-        .raw_action_iter()
-        .map(|a| a.title().to_string())
-        .collect()
 }
 
 fn click(title: &str, ts: f64) -> livectx::session::model::ActionBatch {
@@ -45,7 +36,7 @@ async fn drained(store: &BufferedStore) {
 
 async fn stored_titles(store: &BufferedStore, now: f64) -> Vec<String> {
     let id = SessionId::parse("s1").unwrap();
-    titles(&store.session(&id, now).await.unwrap().unwrap())
+    session_titles(&store.session(&id, now).await.unwrap().unwrap())
 }
 
 #[tokio::test]

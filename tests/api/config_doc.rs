@@ -2,7 +2,7 @@
 //! test walks clap's `Command` (every subcommand that takes settings, each setting's flag,
 //! environment variable, default and help) into Markdown, and fails when the file's generated
 //! part differs. To change a setting's text, edit its doc comment in `src/`, then run
-//! `LIVECTX_BLESS_DOCS=1 cargo test --test config_doc` to rewrite the file.
+//! `LIVECTX_BLESS_DOCS=1 cargo test --test api config_doc::` to rewrite the file.
 //!
 //! Only with the `tools` feature (the default): without it, `demo`, `simulate` and `bench` do
 //! not exist and the generated text would lack their sections.
@@ -12,7 +12,7 @@ use clap::{Arg, ArgAction, Command, CommandFactory};
 use livectx::cli::Cli;
 
 const BEGIN: &str =
-    "<!-- generated from the command line by tests/config_doc.rs: do not edit by hand -->";
+    "<!-- generated from the command line by tests/api/config_doc.rs: do not edit by hand -->";
 const END: &str = "<!-- end of the generated part -->";
 
 fn path() -> std::path::PathBuf {
@@ -49,7 +49,7 @@ fn configuration_md_is_generated_from_the_command_line() {
         );
     panic!(
         "docs/configuration.md is out of date with the command line; run \
-         `LIVECTX_BLESS_DOCS=1 cargo test --test config_doc` and commit the result.\n\
+         `LIVECTX_BLESS_DOCS=1 cargo test --test api config_doc::` and commit the result.\n\
          First difference:\n{first_difference}"
     );
 }

@@ -2,12 +2,12 @@
 //! hanging or malformed — while events keep arriving. After every step: every delivered action
 //! is represented in its session (a raw chunk, or a summary whose text and coverage include it).
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{FakeLlm, LlmBehaviour, TestApp, actions_payload, eventually, metric, test_config};
+use crate::helpers::{
+    FakeLlm, LlmBehaviour, TestApp, actions_payload, eventually, metric, test_config,
+};
 use livectx::ingest::{Channel, Ingested, Source};
 use livectx::session::model::{Session, SessionId};
 
@@ -58,7 +58,6 @@ impl Harness {
         .unwrap();
         let result = self
             .app
-            .state
             .ingestor
             .ingest_json(Source::Webhook, &body, Channel::default())
             .await;
@@ -86,8 +85,8 @@ impl Harness {
         for (session, delivered) in &self.delivered {
             let s = self.session(session).await.expect("session exists");
             let raw: Vec<&str> = s.raw_action_iter().map(|a| a.title()).collect();
-            let covered = s.summary.as_ref().map_or(0, |x| x.covers_through_seq);
-            let text = s.summary.as_ref().map_or("", |x| x.text.as_str());
+            let covered = s.summary().as_ref().map_or(0, |x| x.covers_through_seq);
+            let text = s.summary().as_ref().map_or("", |x| x.text.as_str());
             for (seq, title) in delivered {
                 let in_raw = raw.contains(&title.as_str());
                 let named =
@@ -183,9 +182,9 @@ async fn a_hanging_llm_times_out_and_the_chunk_cap_folds_instead_of_dropping() {
         h.assert_nothing_lost(false).await;
     }
     let s = h.session("s1").await.unwrap();
-    assert_eq!(s.chunks.len(), 4, "cap held");
+    assert_eq!(s.chunks().len(), 4, "cap held");
     let summary = s
-        .summary
+        .summary()
         .as_ref()
         .expect("oldest chunks folded into a summary");
     assert_eq!(summary.source.as_str(), "builtin");
@@ -229,8 +228,8 @@ async fn malformed_llm_answers_remove_nothing() {
     })
     .await;
     let s = h.session("s1").await.unwrap();
-    assert!(s.summary.is_none());
-    assert_eq!(s.raw_actions, 12);
+    assert!(s.summary().is_none());
+    assert_eq!(s.raw_actions(), 12);
     h.assert_nothing_lost(true).await;
     h.app.stop().await;
 }
@@ -242,7 +241,7 @@ async fn without_an_llm_the_builtin_summarizer_runs() {
         h.deliver("s1", 2).await;
     }
     eventually(Duration::from_secs(5), "builtin summary", || async {
-        h.session("s1").await.unwrap().summary.is_some()
+        h.session("s1").await.unwrap().summary().is_some()
     })
     .await;
     h.assert_nothing_lost(false).await;

@@ -1,16 +1,14 @@
 //! The stream consumer against a local SSE server: what reached the store after interleaving,
 //! drops mid-frame, half-open connections, configuration errors, ids and a slow store.
 
-mod common;
-
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::faulty_store::FaultyStore;
-use common::{
+use crate::helpers::faulty_store::FaultyStore;
+use crate::helpers::{
     Connection, FakeConnector, StreamEnd, TestApp, actions_payload, eventually, metric, sse_frame,
     test_config,
 };
+use bytes::Bytes;
 use livectx::Overrides;
 use livectx::session::model::{PersonKey, SessionId};
 use serde_json::Value;
@@ -188,7 +186,7 @@ async fn a_silent_connection_is_reconnected_by_the_watchdog() {
             .session(&id, livectx::clock::now())
             .await
             .unwrap()
-            .is_some_and(|s| !s.gaps.is_empty())
+            .is_some_and(|s| !s.gaps().is_empty())
     })
     .await;
     let (_, body) = app.retrieve(None, "s-a", "help").await;

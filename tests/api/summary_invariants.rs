@@ -107,15 +107,15 @@ proptest! {
                 }
             }
             // Invariants after every step.
-            let covered = session.summary.as_ref().map_or(0, |s| s.covers_through_seq);
-            let raw_seqs: Vec<u64> = session.chunks.iter().map(|c| c.seq).collect();
+            let covered = session.summary().as_ref().map_or(0, |s| s.covers_through_seq);
+            let raw_seqs: Vec<u64> = session.chunks().iter().map(|c| c.seq).collect();
             prop_assert!(raw_seqs.windows(2).all(|w| w[0] < w[1]), "chunks out of order: {:?}", raw_seqs);
-            prop_assert!(session.chunks.len() <= max_chunks, "cap exceeded");
-            prop_assert_eq!(session.raw_actions, session.chunks.iter().map(|c| c.actions.len()).sum::<usize>());
+            prop_assert!(session.chunks().len() <= max_chunks, "cap exceeded");
+            prop_assert_eq!(session.raw_actions(), session.chunks().iter().map(|c| c.actions.len()).sum::<usize>());
             prop_assert!(covered <= session.last_seq(), "a summary claims chunks never delivered");
-            let text = session.summary.as_ref().map_or("", |s| s.text.as_str());
+            let text = session.summary().as_ref().map_or("", |s| s.text.as_str());
             for (seq, a) in &delivered {
-                let raw = session.chunks.iter().any(|c| c.seq == *seq && c.actions.iter().any(|x| x.title() == format!("A{a}")));
+                let raw = session.chunks().iter().any(|c| c.seq == *seq && c.actions.iter().any(|x| x.title() == format!("A{a}")));
                 prop_assert!(raw || *seq <= covered, "action A{} (chunk {}) lost; covered through {}", a, seq, covered);
                 if !raw && only_llm {
                     prop_assert!(text.contains(&format!("<A{a}>")), "A{} is covered but not in the summary: {}", a, text);

@@ -1,11 +1,9 @@
 //! `/mcp` driven by the real rmcp client over HTTP: the handshake, the tool list, both tools,
 //! and every way a key, a Host header or an identifier can be refused.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{TestApp, action, batch, metric, test_config};
+use crate::helpers::{TestApp, action, batch, metric, push_webhook, test_config};
 use livectx::ServeConfig;
 use livectx::api::identity::IdentitySigner;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig};
@@ -19,8 +17,8 @@ const API_KEY: &str = "dify-key";
 const MCP_KEY: &str = "mcp-only-key";
 const WEBHOOK_SECRET: &str = "test-secret";
 const MARIA: &str = "01983f2a-6b1c-7d40-9e2f-5a7b3c9d1e84";
-const ACTIONS_BODY: &[u8] = include_bytes!("fixtures/samples/webhook_actions_body.json");
-const SUMMARY_BODY: &[u8] = include_bytes!("fixtures/samples/webhook_summary_body.json");
+const ACTIONS_BODY: &[u8] = include_bytes!("../fixtures/samples/webhook_actions_body.json");
+const SUMMARY_BODY: &[u8] = include_bytes!("../fixtures/samples/webhook_summary_body.json");
 
 type Client = RunningService<RoleClient, ClientConfig>;
 
@@ -35,22 +33,6 @@ fn keyed_config() -> ServeConfig {
 }
 
 /// Deliver a body through the real webhook receiver, signed like the connector signs it.
-async fn push(app: &TestApp, body: &'static [u8]) {
-    let response = app
-        .http
-        .post(app.url("/webhooks/autoplay"))
-        .header("content-type", "application/json")
-        .header(
-            "x-connector-signature",
-            livectx::ingest::webhook::sign(WEBHOOK_SECRET, body),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-}
-
 async fn connect(app: &TestApp, key: Option<&str>) -> Result<Client, ClientInitializeError> {
     let mut config = StreamableHttpClientTransportConfig::with_uri(app.url("/mcp"));
     if let Some(key) = key {
@@ -77,8 +59,8 @@ fn text_of(result: &CallToolResult) -> String {
 #[tokio::test]
 async fn a_client_initializes_lists_tools_and_reads_a_live_session() {
     let app = TestApp::spawn(keyed_config()).await;
-    push(&app, ACTIONS_BODY).await;
-    push(&app, SUMMARY_BODY).await;
+    push_webhook(&app, WEBHOOK_SECRET, ACTIONS_BODY).await;
+    push_webhook(&app, WEBHOOK_SECRET, SUMMARY_BODY).await;
     let client = connect(&app, Some(MCP_KEY)).await.expect("initialized");
 
     let info = client.peer_info().expect("server info");
@@ -204,7 +186,7 @@ async fn a_client_initializes_lists_tools_and_reads_a_live_session() {
 #[tokio::test]
 async fn an_unknown_user_is_a_normal_answer_without_activity() {
     let app = TestApp::spawn(keyed_config()).await;
-    push(&app, ACTIONS_BODY).await;
+    push_webhook(&app, WEBHOOK_SECRET, ACTIONS_BODY).await;
     // The /retrieval key works on /mcp too.
     let client = connect(&app, Some(API_KEY)).await.expect("initialized");
     let result = call(
@@ -412,7 +394,7 @@ async fn identifiers_follow_the_identity_policy() {
         ..keyed_config()
     })
     .await;
-    push(&app, ACTIONS_BODY).await;
+    push_webhook(&app, WEBHOOK_SECRET, ACTIONS_BODY).await;
     let client = connect(&app, Some(MCP_KEY)).await.unwrap();
 
     let unsigned = call(&client, "get_live_user_activity", json!({"user_id": MARIA})).await;

@@ -1,10 +1,8 @@
 //! `POST /webhooks/autoplay` end to end: signatures, deduplication, limits, payload types.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::{TestApp, actions_payload, metric, test_config};
+use crate::helpers::{TestApp, actions_payload, metric, test_config};
 use livectx::ingest::webhook::sign;
 use livectx::session::model::SessionId;
 use reqwest::StatusCode;
@@ -70,8 +68,8 @@ async fn the_sample_delivery_is_stored_and_its_retry_is_deduplicated() {
         .await
         .unwrap()
         .expect("stored");
-    assert_eq!(session.chunks.len(), 1, "stored once");
-    assert_eq!(session.raw_actions, 4);
+    assert_eq!(session.chunks().len(), 1, "stored once");
+    assert_eq!(session.raw_actions(), 4);
     let m = app.metrics().await;
     assert_eq!(
         metric(&m, "livectx_webhook_deliveries_total{outcome=\"ok\"}"),
@@ -100,14 +98,15 @@ async fn the_sample_delivery_is_stored_and_its_retry_is_deduplicated() {
         .unwrap();
     assert!(
         session
-            .summary
+            .summary()
             .as_ref()
             .unwrap()
             .text
             .contains("add a teammate")
     );
     assert_eq!(
-        session.raw_actions, 0,
+        session.raw_actions(),
+        0,
         "its 12 replaced actions cover the 4 raw ones"
     );
 }

@@ -6,13 +6,11 @@
 //! restarted), and livectx is built from its configuration (`LIVECTX_REDIS_URL` path), with
 //! leases on. Skipped unless `LIVECTX_TEST_REDIS_URL` is set (the suite's switch for Redis).
 
-mod common;
-
 use std::time::Duration;
 
-use common::broadcast::BroadcastConnector;
-use common::redis_env::{RedisServer, test_redis_url};
-use common::{TestApp, actions_payload, eventually, metric, test_config};
+use crate::helpers::broadcast::BroadcastConnector;
+use crate::helpers::redis_env::{RedisServer, test_redis_url};
+use crate::helpers::{TestApp, actions_payload, eventually, metric, test_config};
 use livectx::app::store_config;
 use livectx::session::SessionId;
 use livectx::session::redis::{RedisStore, connect};
@@ -275,7 +273,7 @@ async fn activity_replayed_after_an_outage_is_summarized() {
                 .await
                 .ok()
                 .flatten()
-                .is_some_and(|s| s.summary.is_some() && s.raw_actions == 0)
+                .is_some_and(|s| s.summary().is_some() && s.raw_actions() == 0)
         },
     )
     .await;

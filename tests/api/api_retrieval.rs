@@ -1,8 +1,6 @@
 //! `POST /retrieval` against the real router: Dify's contract, rule by rule.
 
-mod common;
-
-use common::{TestApp, action, batch, metric, test_config};
+use crate::helpers::{TestApp, action, batch, metric, test_config};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

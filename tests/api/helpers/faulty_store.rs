@@ -12,7 +12,7 @@ use livectx::session::model::{
     ActionBatch, Gap, PersonKey, Session, SessionId, SummaryApplied, SummaryDraft, SummaryJob,
 };
 use livectx::session::store::{
-    Fence, SessionPage, SessionStore, StoreConfig, StoreError, StoreStats, StoredBatch,
+    Fence, SessionPage, SessionStore, StoreConfig, StoreError, StoreStats, StoredBatch, Unavailable,
 };
 
 /// A [`MemoryStore`] with configurable latency on appends, a switchable outage, and a
@@ -63,7 +63,9 @@ impl FaultyStore {
 
     fn check(&self) -> Result<(), StoreError> {
         if self.down.load(Ordering::SeqCst) {
-            Err(StoreError::Unavailable("test: backend down".into()))
+            Err(StoreError::Unavailable(Unavailable::Other(
+                "test: backend down".into(),
+            )))
         } else {
             Ok(())
         }
@@ -85,7 +87,9 @@ impl SessionStore for FaultyStore {
         tokio::time::sleep(self.append_delay).await;
         let stored = self.inner.append_actions(batch, now, fence).await?;
         if self.lose_next_ack.swap(false, Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("test: response lost".into()));
+            return Err(StoreError::Unavailable(Unavailable::Other(
+                "test: response lost".into(),
+            )));
         }
         Ok(stored)
     }

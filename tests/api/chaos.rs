@@ -3,20 +3,20 @@
 //! of calls and hangs 5 %; retrieval load throughout. Afterwards: no panic, bounded memory,
 //! every well-formed delivered action represented, and every refused frame counted.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::helpers::{
+    FakeLlm, LlmBehaviour, TestApp, actions_payload, eventually, metric, test_config,
+};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use bytes::Bytes;
-use common::{FakeLlm, LlmBehaviour, TestApp, actions_payload, eventually, metric, test_config};
 use livectx::session::model::SessionId;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -281,11 +281,11 @@ async fn chaos_loses_nothing_well_formed_and_counts_everything_refused() {
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("{session} missing"));
-        let covered = s.summary.as_ref().map_or(0, |x| x.covers_through_seq);
+        let covered = s.summary().as_ref().map_or(0, |x| x.covers_through_seq);
         for (k, title) in titles.iter().enumerate() {
             let seq = k as u64 + 1;
             let raw = s
-                .chunks
+                .chunks()
                 .iter()
                 .any(|c| c.seq == seq && c.actions.iter().any(|a| a.title() == title));
             assert!(

@@ -3,14 +3,13 @@
 //! deduplication, reordering, identity across a session rotation, a store outage, and both
 //! backends.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::faulty_store::FaultyStore;
-use common::redis_env::{RedisPrefix, test_redis_url};
-use common::{TestApp, metric, test_config};
+use crate::helpers;
+use crate::helpers::faulty_store::FaultyStore;
+use crate::helpers::redis_env::{RedisPrefix, test_redis_url};
+use crate::helpers::{TestApp, metric, test_config};
 use livectx::Overrides;
 use livectx::app::store_config;
 use livectx::ingest::receivers::segment_signature;
@@ -165,14 +164,14 @@ async fn both_posthog_bodies_and_arrays_are_stored_and_read_back() {
     );
 
     let s1 = session(&app, "ph-s1").await.expect("stored");
-    assert_eq!(s1.source, Some(SourceKind::PostHog));
-    assert_eq!(s1.product_id.as_deref(), Some(PRODUCT));
-    assert_eq!(s1.email.as_deref(), Some("maria.lopez@example.com"));
+    assert_eq!(s1.source(), Some(SourceKind::PostHog));
+    assert_eq!(s1.product_id().as_deref(), Some(PRODUCT));
+    assert_eq!(s1.email().as_deref(), Some("maria.lopez@example.com"));
     assert!(session(&app, "ap-s1").await.is_some());
     let s2 = session(&app, "ph-s2").await.unwrap();
-    assert_eq!(s2.chunks.len(), 1, "one body, one chunk");
+    assert_eq!(s2.chunks().len(), 1, "one body, one chunk");
     assert_eq!(
-        s2.current_page.as_ref().map(|p| p.url.as_str()),
+        s2.current_page().as_ref().map(|p| p.url.as_str()),
         Some("https://app.acme.io/b")
     );
     // What Dify reads.
@@ -232,7 +231,7 @@ async fn amplitude_and_segment_are_stored() {
         "{reply}"
     );
     let stored = session(&app, "1790000000001").await.expect("stored");
-    assert_eq!(stored.source, Some(SourceKind::Segment));
+    assert_eq!(stored.source(), Some(SourceKind::Segment));
     assert_eq!(stored.recent_action_iter().count(), 2);
 
     // A signature over another body is refused.
@@ -459,7 +458,7 @@ async fn duplicates_are_stored_once_and_late_events_go_in_their_place() {
     let s = session(&app, "s1").await.unwrap();
     assert_eq!(urls(&s), ["https://app.acme.io/a", "https://app.acme.io/b"]);
     assert_eq!(
-        s.current_page.as_ref().map(|p| p.url.as_str()),
+        s.current_page().as_ref().map(|p| p.url.as_str()),
         Some("https://app.acme.io/b"),
         "now on is the newest page by time, not by arrival"
     );
@@ -680,7 +679,7 @@ async fn concurrent_events_of_a_session_share_one_chunk() {
     // Every answer came after its write: the session is complete now.
     let s = session(&app, "s-g").await.unwrap();
     assert_eq!(s.recent_action_iter().count(), 5);
-    assert_eq!(s.chunks.len(), 1, "one group commit, one chunk");
+    assert_eq!(s.chunks().len(), 1, "one group commit, one chunk");
     app.stop().await;
 }
 
@@ -718,7 +717,7 @@ async fn on_redis_replicas_share_deduplication_and_idle_sessions() {
     let s = session(&one, "rs1").await.unwrap();
     assert_eq!(urls(&s), ["https://app.acme.io/a", "https://app.acme.io/b"]);
     assert_eq!(
-        s.current_page.as_ref().map(|p| p.url.as_str()),
+        s.current_page().as_ref().map(|p| p.url.as_str()),
         Some("https://app.acme.io/b")
     );
     // Segment without a session id: both replicas place the person in one session.
@@ -768,7 +767,7 @@ async fn a_debounced_webhook_delivery_answers_after_its_write_and_a_failure_is_r
         },
     )
     .await;
-    let body = serde_json::to_vec(&common::actions_payload(
+    let body = serde_json::to_vec(&helpers::actions_payload(
         Some("wh-s1"),
         None,
         &["Save"],
@@ -798,7 +797,7 @@ async fn a_debounced_webhook_delivery_answers_after_its_write_and_a_failure_is_r
         .await
         .expect("stored before the answer");
     assert_eq!(stored.recent_action_iter().count(), 1);
-    assert_eq!(stored.source, Some(SourceKind::AutoplayWebhook));
+    assert_eq!(stored.source(), Some(SourceKind::AutoplayWebhook));
     app.stop().await;
 }
 
@@ -809,11 +808,11 @@ fn as_read(s: &livectx::session::model::Session) -> Value {
         .map(|a| json!([a.kind(), a.title(), a.canonical_url(), a.time()]))
         .collect();
     let page = s
-        .current_page
+        .current_page()
         .as_ref()
         .map(|p| json!([p.url, p.label, p.since]));
-    json!({"actions": actions, "page": page, "email": s.email, "user_id": s.user_id,
-           "people": s.person_keys.len(), "source": s.source})
+    json!({"actions": actions, "page": page, "email": s.email(), "user_id": s.user_id(),
+           "people": s.person_keys().len(), "source": s.source()})
 }
 
 #[test]

@@ -6,13 +6,11 @@
 //! Without chromedriver this test fails (it never skips): `.ci/run` installs it.
 //! `LIVECTX_UPDATE_SCREENSHOT=1` writes the session view to `docs/console.png`.
 
-mod common;
-
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestApp, action, batch, test_config};
+use crate::helpers::redis_env::free_port;
+use crate::helpers::{TestApp, action, batch, test_config};
 use fantoccini::{ClientBuilder, Locator};
 use livectx::ServeConfig;
 use serde_json::{Value, json};
@@ -35,13 +33,6 @@ impl Drop for Driver {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn start_driver() -> Driver {

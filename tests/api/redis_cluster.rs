@@ -5,16 +5,14 @@
 //! Needs the Redis at `LIVECTX_TEST_REDIS_URL` (skipped when unset); keys live under a prefix
 //! of their own.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::helpers::broadcast::BroadcastConnector;
+use crate::helpers::redis_env::{RedisPrefix, test_redis_url};
+use crate::helpers::{TestApp, action, actions_payload, batch, eventually, metric, test_config};
 use async_trait::async_trait;
-use common::broadcast::BroadcastConnector;
-use common::redis_env::{RedisPrefix, test_redis_url};
-use common::{TestApp, action, actions_payload, batch, eventually, metric, test_config};
 use livectx::Overrides;
 use livectx::app::store_config;
 use livectx::cluster::{Leadership, LeaseGuard, LeaseSettings, RedisLeadership};
@@ -371,7 +369,7 @@ async fn one_replica_consumes_and_a_new_leader_takes_over_without_duplicates() {
         || async {
             let id = SessionId::parse("session-one").unwrap();
             let session = reader.session(&id, livectx::clock::now()).await.unwrap();
-            session.is_some_and(|s| !s.gaps.is_empty())
+            session.is_some_and(|s| !s.gaps().is_empty())
         },
     )
     .await;

@@ -1,8 +1,7 @@
 //! Shared integration-test helpers: the real server on a random port, a scriptable local SSE
 //! server (the Autoplay connector), and a scriptable local OpenAI-compatible server.
 //!
-//! Each test file uses what it needs; the rest is dead code there.
-#![allow(dead_code)]
+//! One copy of each, shared by every module of the test binary.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -18,6 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use livectx::api::ApiState;
+use livectx::ingest::Ingestor;
 use livectx::session::model::{Action, ActionBatch, ActionParts, SessionId};
 use livectx::{Application, Overrides, ServeConfig};
 use serde_json::{Value, json};
@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 pub struct TestApp {
     pub addr: SocketAddr,
     pub state: ApiState,
+    /// The ingestion path every source feeds (to load activity without HTTP).
+    pub ingestor: Arc<Ingestor>,
     pub shutdown: CancellationToken,
     pub http: reqwest::Client,
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -54,11 +56,13 @@ impl TestApp {
             .expect("app builds");
         let addr = app.local_addr();
         let state = app.state();
+        let ingestor = app.ingestor();
         let shutdown = app.shutdown_token();
         let task = tokio::spawn(app.run_until_stopped());
         Self {
             addr,
             state,
+            ingestor,
             shutdown,
             http: reqwest::Client::new(),
             task,
@@ -139,6 +143,32 @@ impl TestApp {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
     }
+}
+
+/// The titles of a session's raw actions, oldest first.
+pub fn session_titles(session: &livectx::session::model::Session) -> Vec<String> {
+    session
+        .raw_action_iter()
+        .map(|a| a.title().to_string())
+        .collect()
+}
+
+/// Push `body` to the app's Autoplay webhook, signed with `secret` as the connector signs it;
+/// it must be accepted.
+pub async fn push_webhook(app: &TestApp, secret: &str, body: &[u8]) {
+    let response = app
+        .http
+        .post(app.url("/webhooks/autoplay"))
+        .header("content-type", "application/json")
+        .header(
+            "x-connector-signature",
+            livectx::ingest::webhook::sign(secret, body),
+        )
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
 }
 
 /// The value of a metric line (`name{labels} value`), 0 when absent.

@@ -9,12 +9,20 @@ use std::time::Duration;
 
 use livectx::session::redis::{RedisConnection, RedisTarget, connect};
 
+/// Say that `test` was skipped, and why, in the output of `cargo test` itself: straight to the
+/// process's stderr, which the test harness does not capture (it captures only `eprintln!`),
+/// so a passing-because-skipped test is visible even when it passes.
+pub fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped {test}: {why}");
+}
+
 /// The shared test Redis, or `None` (after printing why the test is skipped).
 pub fn test_redis_url(test: &str) -> Option<String> {
     match std::env::var("LIVECTX_TEST_REDIS_URL") {
         Ok(url) if !url.trim().is_empty() => Some(url.trim().to_string()),
         _ => {
-            eprintln!("skipped {test}: LIVECTX_TEST_REDIS_URL is not set");
+            skipped(test, "LIVECTX_TEST_REDIS_URL is not set");
             None
         }
     }
@@ -26,8 +34,9 @@ pub fn test_redis_cluster_url(test: &str) -> Option<String> {
     match std::env::var("LIVECTX_TEST_REDIS_CLUSTER_URL") {
         Ok(url) if !url.trim().is_empty() => Some(url.trim().to_string()),
         _ => {
-            eprintln!(
-                "skipped {test} on a Redis Cluster: LIVECTX_TEST_REDIS_CLUSTER_URL is not set (.ci/redis-cluster.sh start)"
+            skipped(
+                &format!("{test} on a Redis Cluster"),
+                "LIVECTX_TEST_REDIS_CLUSTER_URL is not set (.ci/redis-cluster.sh start)",
             );
             None
         }
@@ -255,10 +264,6 @@ impl PrivateCluster {
         format!("redis+cluster://{}", seeds.join(","))
     }
 
-    pub fn ports(&self) -> Vec<u16> {
-        (0..6).map(|i| self.base + i).collect()
-    }
-
     /// `CLUSTER NODES` as seen by the node on `port`: (port, flags, master id, node id).
     pub fn nodes(&self, port: u16) -> Vec<ClusterNode> {
         let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
@@ -280,7 +285,6 @@ impl PrivateCluster {
                     id: fields.first()?.to_string(),
                     port: address.rsplit(':').next()?.parse().ok()?,
                     master: fields.get(2)?.contains("master"),
-                    failed: fields.get(2)?.contains("fail"),
                     master_id: fields.get(3)?.to_string(),
                     slots: fields.get(8..).map(|s| s.join(" ")).unwrap_or_default(),
                 })
@@ -306,7 +310,6 @@ pub struct ClusterNode {
     pub id: String,
     pub port: u16,
     pub master: bool,
-    pub failed: bool,
     /// The master's id for a replica (`-` for a master).
     pub master_id: String,
     pub slots: String,
