@@ -473,7 +473,7 @@ mod tests {
         );
     }
 
-    /// The token the README's Python and Node snippets print for this input (both were run
+    /// The token the Python and Node snippets of docs/security.md print for this input (both were run
     /// and printed exactly this): a backend in either language interoperates.
     #[test]
     fn matches_the_documented_backend_snippets() {

@@ -269,7 +269,7 @@ impl Modify for BearerScheme {
 #[openapi(
     info(
         title = "livectx",
-        description = "Live, per-session user activity for support chatbots: Dify's External Knowledge API, an MCP server, and an Autoplay-compatible REST API, fed by Autoplay's event stream or webhooks."
+        description = "Live, per-session user activity for support chatbots: Dify's External Knowledge API, an MCP server, and an Autoplay-compatible REST API, fed by PostHog, Amplitude or Segment-spec events, or by an Autoplay connector's stream or webhooks."
     ),
     paths(
         retrieval,

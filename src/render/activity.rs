@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use crate::clock::{format_duration, format_utc, format_utc_time};
 use crate::session::model::{Action, Session};
 
-/// First line of the activity record; the README's system prompt refers to it by name.
+/// First line of the activity record; the system prompt in docs/dify.md refers to it by name.
 pub const ACTIVITY_HEADER: &str = "Current User Activity";
 
 /// Key actions (clicks, submits, and what analytics sources name) listed at most.

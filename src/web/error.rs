@@ -13,7 +13,7 @@ use serde_json::json;
 /// it through [`ApiError`]).
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
-    /// Dify's codes 1001 and 1002, or livectx's 4xxx / 5xxx (see the README).
+    /// Dify's codes 1001 and 1002, or livectx's 4xxx / 5xxx (see docs/operations.md#errors).
     pub error_code: u32,
     /// What went wrong and what to fix.
     pub error_msg: String,

@@ -173,7 +173,7 @@ const KNOWN_PRODUCTS_MAX: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     #[error(
-        "Redis holds livectx data in key format {found} under the prefix {prefix:?}, and this build reads format {FORMAT_VERSION}; see docs/scaling.md (Migration): start on a new LIVECTX_REDIS_PREFIX, or delete the old keys"
+        "Redis holds livectx data in key format {found} under the prefix {prefix:?}, and this build reads format {FORMAT_VERSION}; see docs/scaling.md (Moving from one Redis to a cluster): start on a new LIVECTX_REDIS_PREFIX, or delete the old keys"
     )]
     Mismatch { found: String, prefix: String },
     #[error(transparent)]
