@@ -14,9 +14,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
+use super::http::{self, HttpConn};
 use super::loadgen::{self, IdentityKind, LoadgenArgs};
 use super::redis_nodes::{self, RedisNodes};
-use super::http::{self, HttpConn};
 use super::server::{BaselineServer, InProcessServer};
 use super::stats;
 use super::workload::{self, Identity, Rng, Walker};
@@ -27,8 +27,8 @@ use crate::bench::BenchArgs;
 use crate::clock;
 use crate::config::ServeConfig;
 use crate::ingest::{Channel, Ingested, Source};
-use crate::session::model::SessionId;
 use crate::session::memory::MemoryStore;
+use crate::session::model::SessionId;
 use crate::session::store::SessionStore;
 
 /// The operator console key of the "console on" server (it is never logged in to: what is
@@ -263,7 +263,10 @@ async fn typical_answer(addr: SocketAddr, sessions: u64) -> anyhow::Result<Bytes
             5,
         );
         let (status, answer) = conn.post_json("/retrieval", body).await?;
-        anyhow::ensure!(status == 200, "livectx answered {status} to a sample request");
+        anyhow::ensure!(
+            status == 200,
+            "livectx answered {status} to a sample request"
+        );
         if http::has_records(&answer) {
             bodies.push(answer);
         }
@@ -387,13 +390,23 @@ async fn run_backend(
         }
         let medians: Vec<f64> = runs
             .iter()
-            .map(|(_, r)| median(&mut r.iter().map(|r| r.report.requests_per_sec).collect::<Vec<_>>()))
+            .map(|(_, r)| {
+                median(
+                    &mut r
+                        .iter()
+                        .map(|r| r.report.requests_per_sec)
+                        .collect::<Vec<_>>(),
+                )
+            })
             .collect();
         let baseline_median = medians[2].max(f64::MIN_POSITIVE);
         // The ratio within each alternation, too: the machine's load changes between them.
         let mut paired: Vec<Vec<f64>> = vec![Vec::new(); 2];
         for repeat in 0..args.repeat as usize {
-            let base = runs[2].1[repeat].report.requests_per_sec.max(f64::MIN_POSITIVE);
+            let base = runs[2].1[repeat]
+                .report
+                .requests_per_sec
+                .max(f64::MIN_POSITIVE);
             for (v, ratios) in paired.iter_mut().enumerate() {
                 ratios.push(runs[v].1[repeat].report.requests_per_sec / base);
             }
@@ -411,7 +424,10 @@ async fn run_backend(
                 format!(
                     " ({}–{})",
                     int(variant_runs[0].report.requests_per_sec.round() as u64),
-                    int(variant_runs[variant_runs.len() - 1].report.requests_per_sec.round() as u64)
+                    int(variant_runs[variant_runs.len() - 1]
+                        .report
+                        .requests_per_sec
+                        .round() as u64)
                 )
             } else {
                 String::new()
@@ -438,7 +454,10 @@ async fn run_backend(
                 ms(l.p99_us),
                 ms(l.p999_us),
                 ms(l.max_us),
-                format!("{} + {} empty", median_run.report.errors, median_run.report.empty),
+                format!(
+                    "{} + {} empty",
+                    median_run.report.errors, median_run.report.empty
+                ),
                 format!("{:.0} %", median_run.server_cpu * 100.0),
                 format!("{:.0} %", median_run.loadgen_cpu * 100.0),
                 format!("{:.0} %", median_run.other_cpu * 100.0),

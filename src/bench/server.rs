@@ -162,10 +162,7 @@ impl Drop for BaselineServer {
 }
 
 /// A multi-threaded runtime whose threads register in `threads`, for CPU accounting.
-fn tracked_runtime(
-    name: &str,
-    threads: &Arc<Threads>,
-) -> anyhow::Result<tokio::runtime::Runtime> {
+fn tracked_runtime(name: &str, threads: &Arc<Threads>) -> anyhow::Result<tokio::runtime::Runtime> {
     let on_start = Arc::clone(threads);
     let on_stop = Arc::clone(threads);
     tokio::runtime::Builder::new_multi_thread()
