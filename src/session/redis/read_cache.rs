@@ -20,9 +20,12 @@ use crate::session::model::{Session, SessionId};
 pub const READ_CACHE_SESSIONS: usize = 4096;
 const SHARDS: usize = 8;
 
+/// One shard: session id → (revision read at, the session).
+type Shard = Mutex<LruCache<SessionId, (String, Arc<Session>)>>;
+
 /// See the module docs.
 pub struct ReadCache {
-    shards: Vec<Mutex<LruCache<SessionId, (String, Arc<Session>)>>>,
+    shards: Vec<Shard>,
 }
 
 impl Default for ReadCache {
@@ -38,7 +41,7 @@ impl Default for ReadCache {
 }
 
 impl ReadCache {
-    fn shard(&self, id: &SessionId) -> &Mutex<LruCache<SessionId, (String, Arc<Session>)>> {
+    fn shard(&self, id: &SessionId) -> &Shard {
         let hash = id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
