@@ -1,11 +1,14 @@
 //! Micro-benchmarks of the hot paths: SSE parsing, payload decoding, the "Current User
-//! Activity" rendering and record scoring. `cargo bench` (a few minutes on two cores); the
+//! Activity" rendering, record scoring and a whole `/retrieval` answer. `cargo bench` (a few minutes on two cores); the
 //! end-to-end figures are `livectx bench <scenario>` (see docs/benchmarks.md).
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::sync::Arc;
+
+use livectx::api::retrieval::{answer_body, chosen_records, records_body};
 use livectx::bench::workload::{self, Identity, Walker};
 use livectx::ingest::sse::SseParser;
 use livectx::render::activity::render_activity;
@@ -120,6 +123,26 @@ fn relevance_scoring(c: &mut Criterion) {
     });
 }
 
+/// The whole per-request work of a `/retrieval` answer for one session (render, score, select,
+/// serialise): `rebuilt` builds every record and serialises them, as every request did before
+/// answers were prepared per session snapshot; `prepared` is what a request costs now while
+/// the session is unchanged (the preparation cached by the first).
+fn retrieval_answer(c: &mut Criterion) {
+    let session = Arc::new(session());
+    let question = "how do I export a csv of my report?";
+    let mut group = c.benchmark_group("retrieval_answer");
+    group.bench_function("rebuilt/20_actions_summarised", |b| {
+        b.iter(|| {
+            let records = chosen_records(black_box(&session), question, None, 0.0, 5, NOW, 120.0);
+            records_body(&records)
+        })
+    });
+    group.bench_function("prepared/20_actions_summarised", |b| {
+        b.iter(|| answer_body(black_box(&session), question, None, 0.0, 5, NOW, 120.0))
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(30)
@@ -130,6 +153,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = hot_paths;
     config = config();
-    targets = sse_parsing, payload_decoding, activity_rendering, relevance_scoring
+    targets = sse_parsing, payload_decoding, activity_rendering, relevance_scoring, retrieval_answer
 }
 criterion_main!(hot_paths);

@@ -485,6 +485,19 @@ pub fn answer_body(
     now: f64,
     window_secs: f64,
 ) -> Answer {
+    // Without a metadata filter (the usual request), the answer is finished from what was
+    // prepared for this snapshot: no record is built, only scored and written.
+    if filter.is_none_or(|f| f.conditions.is_empty()) {
+        let (body, records) = crate::render::answer::answer(
+            session,
+            question,
+            score_threshold,
+            top_k,
+            now,
+            window_secs,
+        );
+        return Answer { body, records };
+    }
     let records = chosen_records(
         session,
         question,

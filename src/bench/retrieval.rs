@@ -5,16 +5,19 @@
 //! load generator — a separate process — asks for random sessions, identified on the query's
 //! first line as a Dify Template node does, with `top_k` 5, at each connection count.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
+use super::http::{self, HttpConn};
 use super::loadgen::{self, IdentityKind, LoadgenArgs};
 use super::redis_nodes::{self, RedisNodes};
-use super::server::InProcessServer;
+use super::server::{BaselineServer, InProcessServer};
 use super::stats;
 use super::workload::{self, Identity, Rng, Walker};
 use super::{Outcome, Table, int, ms, round, server_config};
@@ -22,9 +25,15 @@ use crate::api::ApiState;
 use crate::app::{Overrides, store_config};
 use crate::bench::BenchArgs;
 use crate::clock;
+use crate::config::ServeConfig;
 use crate::ingest::{Channel, Ingested, Ingestor, Source};
+use crate::session::memory::MemoryStore;
 use crate::session::model::SessionId;
 use crate::session::store::SessionStore;
+
+/// The operator console key of the "console on" server (it is never logged in to: what is
+/// measured is the cost of having the console, its lookup log and its routes, on `/retrieval`).
+const CONSOLE_KEY: &str = "livectx-bench-console-key-0123456789";
 
 /// Run tag of the session ids this scenario loads.
 const RUN_TAG: u16 = 0x0a01;
@@ -49,8 +58,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
         ),
         &[
             "backend",
+            "server",
             "connections",
             "req/s",
+            "vs baseline",
             "p50 ms",
             "p99 ms",
             "p99.9 ms",
@@ -118,7 +129,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
         results.push(outcome);
     }
     notes.push(
-        "each level ran --repeat times; the row is the run with the median req/s (range in brackets); \
+        "each level ran --repeat times per server, alternating livectx, livectx with the console on, and the baseline; \
+         the row is the run with the median req/s (range in brackets); \"vs baseline\" is the ratio of the medians \
+         (and the median of the ratios within each alternation); the baseline is a bare axum server in this process \
+         that reads each body and answers a fixed typical livectx answer (same bytes); \
          \"other processes\" is the CPU the rest of the machine used meanwhile (other agents' builds and tests)"
             .to_string(),
     );
@@ -153,20 +167,56 @@ struct LevelRun {
     other_cpu: f64,
 }
 
+/// The servers one backend is measured on, alternately: livectx as configured by default,
+/// livectx with the operator console on (`LIVECTX_CONSOLE_KEY` set), and the bare baseline
+/// that answers the same bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Livectx,
+    Console,
+    Baseline,
+}
+
+impl Variant {
+    const ALL: [Variant; 3] = [Variant::Livectx, Variant::Console, Variant::Baseline];
+
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Livectx => "livectx",
+            Variant::Console => "livectx, console on",
+            Variant::Baseline => "baseline (bare axum, same bytes)",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Variant::Livectx => "livectx",
+            Variant::Console => "livectx_console",
+            Variant::Baseline => "baseline",
+        }
+    }
+}
+
+/// A server the load generator can be pointed at.
+struct Target<'a> {
+    addr: SocketAddr,
+    cpu_ns: &'a (dyn Fn() -> u64 + Sync),
+}
+
 async fn measure_level(
-    server: &InProcessServer,
+    target: &Target<'_>,
     args: &BenchArgs,
     sessions: u64,
     window: Duration,
     connections: usize,
     repeat: u32,
 ) -> anyhow::Result<LevelRun> {
-    let cpu_before = server.cpu_ns();
+    let cpu_before = (target.cpu_ns)();
     let busy_before = stats::machine_busy_ns().unwrap_or(0);
     let own_before = stats::process_cpu_ns(std::process::id()).unwrap_or(0);
     let wall = Instant::now();
     let report = loadgen::spawn(&LoadgenArgs {
-        addr: server.addr,
+        addr: target.addr,
         connections,
         warmup: args.warmup,
         duration: window,
@@ -188,7 +238,7 @@ async fn measure_level(
         .unwrap_or(0)
         .saturating_sub(own_before) as f64
         / 1e9;
-    let server_cpu = server.cpu_ns().saturating_sub(cpu_before) as f64 / 1e9 / wall;
+    let server_cpu = (target.cpu_ns)().saturating_sub(cpu_before) as f64 / 1e9 / wall;
     let loadgen_cpu = report.cpu_secs / wall;
     // The load generator counts its own CPU from its start; it ran for about the whole wall
     // time, so this is a close estimate of everything else.
@@ -201,6 +251,39 @@ async fn measure_level(
     })
 }
 
+/// A typical livectx answer: the median-sized body of `/retrieval` for the first sessions
+/// loaded, as the load generator asks for them. The baseline sends exactly these bytes.
+async fn typical_answer(addr: SocketAddr, sessions: u64) -> anyhow::Result<Bytes> {
+    let mut conn = HttpConn::connect(addr).await?;
+    let mut bodies = Vec::new();
+    for i in 0..sessions.min(51) {
+        let body = http::retrieval_body(
+            &workload::session_id(RUN_TAG, i),
+            workload::QUESTIONS[i as usize % workload::QUESTIONS.len()],
+            5,
+        );
+        let (status, answer) = conn.post_json("/retrieval", body).await?;
+        anyhow::ensure!(
+            status == 200,
+            "livectx answered {status} to a sample request"
+        );
+        if http::has_records(&answer) {
+            bodies.push(answer);
+        }
+    }
+    bodies.sort_by_key(Bytes::len);
+    bodies
+        .get(bodies.len() / 2)
+        .cloned()
+        .context("no sample request found a session to answer with")
+}
+
+/// The median of some values (the upper one of an even count); 0 when there are none.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 async fn run_backend(
     backend: &str,
     store: Option<Arc<dyn SessionStore>>,
@@ -210,11 +293,29 @@ async fn run_backend(
     window: Duration,
     table: &mut Table,
 ) -> anyhow::Result<Value> {
-    let overrides = Overrides {
-        store,
-        ..Overrides::default()
-    };
-    let server = InProcessServer::start(server_config(), overrides).await?;
+    // Both livectx servers share one store: what is loaded once is measured on both.
+    let store = store.unwrap_or_else(|| {
+        Arc::new(MemoryStore::new(store_config(&server_config()))) as Arc<dyn SessionStore>
+    });
+    let server = InProcessServer::start(
+        server_config(),
+        Overrides {
+            store: Some(Arc::clone(&store)),
+            ..Overrides::default()
+        },
+    )
+    .await?;
+    let console = InProcessServer::start(
+        ServeConfig {
+            console_key: Some(CONSOLE_KEY.to_string()),
+            ..server_config()
+        },
+        Overrides {
+            store: Some(Arc::clone(&store)),
+            ..Overrides::default()
+        },
+    )
+    .await?;
     eprintln!("[{backend}] loading {} sessions…", int(sessions));
     let started = Instant::now();
     let loaded = load_sessions(&server.ingestor, RUN_TAG, sessions, clock::now()).await?;
@@ -231,67 +332,157 @@ async fn run_backend(
         started.elapsed().as_secs_f64(),
         settled.as_secs_f64()
     );
+    let answer = typical_answer(server.addr, sessions).await?;
+    let answer_bytes = answer.len();
+    let baseline = BaselineServer::start(answer).await?;
     let redis_before = match redis {
         Some((nodes, prefix)) => Some((nodes.counters().await?, nodes.keys_under(prefix).await?)),
         None => None,
     };
+    let server_cpu = || server.cpu_ns();
+    let console_cpu = || console.cpu_ns();
+    let baseline_cpu = || baseline.cpu_ns();
+    let target = |variant: Variant| match variant {
+        Variant::Livectx => Target {
+            addr: server.addr,
+            cpu_ns: &server_cpu,
+        },
+        Variant::Console => Target {
+            addr: console.addr,
+            cpu_ns: &console_cpu,
+        },
+        Variant::Baseline => Target {
+            addr: baseline.addr,
+            cpu_ns: &baseline_cpu,
+        },
+    };
     let mut answered = 0u64;
     let mut levels = Vec::new();
     for &connections in &args.connections {
-        let mut runs = Vec::new();
+        // Alternate: livectx, livectx with the console, baseline, and again, so that whatever
+        // else loads the machine meanwhile weighs on all three alike.
+        let mut runs: Vec<(Variant, Vec<LevelRun>)> =
+            Variant::ALL.iter().map(|v| (*v, Vec::new())).collect();
         for repeat in 0..args.repeat {
-            let run = measure_level(&server, args, sessions, window, connections, repeat).await?;
-            eprintln!(
-                "[{backend}] {connections:>3} connections: {:.0} req/s, p50 {} ms, p99 {} ms (other processes: {:.0} % CPU)",
-                run.report.requests_per_sec,
-                ms(run.report.latency.p50_us),
-                ms(run.report.latency.p99_us),
-                run.other_cpu * 100.0
-            );
-            answered += run.report.ok + run.report.empty;
-            runs.push(run);
+            for (variant, variant_runs) in runs.iter_mut() {
+                let run = measure_level(
+                    &target(*variant),
+                    args,
+                    sessions,
+                    window,
+                    connections,
+                    repeat,
+                )
+                .await?;
+                eprintln!(
+                    "[{backend}] {connections:>3} connections, {}: {:.0} req/s, p50 {} ms, p99 {} ms (other processes: {:.0} % CPU)",
+                    variant.name(),
+                    run.report.requests_per_sec,
+                    ms(run.report.latency.p50_us),
+                    ms(run.report.latency.p99_us),
+                    run.other_cpu * 100.0
+                );
+                if *variant != Variant::Baseline {
+                    answered += run.report.ok + run.report.empty;
+                }
+                variant_runs.push(run);
+            }
         }
-        runs.sort_by(|a, b| {
-            a.report
+        let medians: Vec<f64> = runs
+            .iter()
+            .map(|(_, r)| {
+                median(
+                    &mut r
+                        .iter()
+                        .map(|r| r.report.requests_per_sec)
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let baseline_median = medians[2].max(f64::MIN_POSITIVE);
+        // The ratio within each alternation, too: the machine's load changes between them.
+        let mut paired: Vec<Vec<f64>> = vec![Vec::new(); 2];
+        for repeat in 0..args.repeat as usize {
+            let base = runs[2].1[repeat]
+                .report
                 .requests_per_sec
-                .total_cmp(&b.report.requests_per_sec)
-        });
-        let median = &runs[runs.len() / 2];
-        let l = &median.report.latency;
-        let range = if runs.len() > 1 {
-            format!(
-                " ({}–{})",
-                int(runs[0].report.requests_per_sec.round() as u64),
-                int(runs[runs.len() - 1].report.requests_per_sec.round() as u64)
-            )
-        } else {
-            String::new()
-        };
-        table.row(vec![
-            backend.to_string(),
-            connections.to_string(),
-            format!(
-                "{}{range}",
-                int(median.report.requests_per_sec.round() as u64)
-            ),
-            ms(l.p50_us),
-            ms(l.p99_us),
-            ms(l.p999_us),
-            ms(l.max_us),
-            format!("{} + {} empty", median.report.errors, median.report.empty),
-            format!("{:.0} %", median.server_cpu * 100.0),
-            format!("{:.0} %", median.loadgen_cpu * 100.0),
-            format!("{:.0} %", median.other_cpu * 100.0),
-        ]);
+                .max(f64::MIN_POSITIVE);
+            for (v, ratios) in paired.iter_mut().enumerate() {
+                ratios.push(runs[v].1[repeat].report.requests_per_sec / base);
+            }
+        }
+        let mut variants_json = serde_json::Map::new();
+        for (v, (variant, variant_runs)) in runs.iter_mut().enumerate() {
+            variant_runs.sort_by(|a, b| {
+                a.report
+                    .requests_per_sec
+                    .total_cmp(&b.report.requests_per_sec)
+            });
+            let median_run = &variant_runs[variant_runs.len() / 2];
+            let l = &median_run.report.latency;
+            let range = if variant_runs.len() > 1 {
+                format!(
+                    " ({}–{})",
+                    int(variant_runs[0].report.requests_per_sec.round() as u64),
+                    int(variant_runs[variant_runs.len() - 1]
+                        .report
+                        .requests_per_sec
+                        .round() as u64)
+                )
+            } else {
+                String::new()
+            };
+            let ratio = if *variant == Variant::Baseline {
+                "1".to_string()
+            } else {
+                format!(
+                    "{:.0} % (per run {:.0} %)",
+                    medians[v] / baseline_median * 100.0,
+                    median(&mut paired[v].clone()) * 100.0
+                )
+            };
+            table.row(vec![
+                backend.to_string(),
+                variant.name().to_string(),
+                connections.to_string(),
+                format!(
+                    "{}{range}",
+                    int(median_run.report.requests_per_sec.round() as u64)
+                ),
+                ratio,
+                ms(l.p50_us),
+                ms(l.p99_us),
+                ms(l.p999_us),
+                ms(l.max_us),
+                format!(
+                    "{} + {} empty",
+                    median_run.report.errors, median_run.report.empty
+                ),
+                format!("{:.0} %", median_run.server_cpu * 100.0),
+                format!("{:.0} %", median_run.loadgen_cpu * 100.0),
+                format!("{:.0} %", median_run.other_cpu * 100.0),
+            ]);
+            variants_json.insert(
+                variant.key().to_string(),
+                json!({
+                    "median_requests_per_sec": round(medians[v], 1),
+                    "ratio_to_baseline": (*variant != Variant::Baseline)
+                        .then(|| round(medians[v] / baseline_median, 4)),
+                    "median_paired_ratio_to_baseline": (*variant != Variant::Baseline)
+                        .then(|| round(median(&mut paired[v].clone()), 4)),
+                    "median_run": variant_runs.len() / 2,
+                    "runs": variant_runs.iter().map(|r| json!({
+                        "report": r.report,
+                        "server_cpu_share": round(r.server_cpu, 3),
+                        "loadgen_cpu_share": round(r.loadgen_cpu, 3),
+                        "other_processes_cpu_share": round(r.other_cpu, 3),
+                    })).collect::<Vec<_>>(),
+                }),
+            );
+        }
         levels.push(json!({
             "connections": connections,
-            "median_run": runs.len() / 2,
-            "runs": runs.iter().map(|r| json!({
-                "report": r.report,
-                "server_cpu_share": round(r.server_cpu, 3),
-                "loadgen_cpu_share": round(r.loadgen_cpu, 3),
-                "other_processes_cpu_share": round(r.other_cpu, 3),
-            })).collect::<Vec<_>>(),
+            "variants": variants_json,
         }));
     }
     let redis_masters = match (redis, redis_before) {
@@ -301,12 +492,15 @@ async fn run_backend(
         }
         _ => None,
     };
+    drop(baseline);
+    console.stop().await;
     server.stop().await;
     Ok(json!({
         "backend": backend,
         "redis_masters": redis_masters,
         "loaded": {"sessions": loaded.sessions, "frames": loaded.frames, "actions": loaded.actions},
         "dataset": dataset,
+        "answer_bytes": answer_bytes,
         "summaries_settled_secs": round(settled.as_secs_f64(), 2),
         "levels": levels,
     }))

@@ -43,24 +43,7 @@ impl InProcessServer {
     /// Build and start the application (`config.listen` should be port 0).
     pub async fn start(config: ServeConfig, overrides: Overrides) -> anyhow::Result<Self> {
         let threads = Arc::new(Threads::default());
-        let on_start = Arc::clone(&threads);
-        let on_stop = Arc::clone(&threads);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .thread_name("livectx-server")
-            .on_thread_start(move || {
-                if let Some(tid) = stats::current_tid() {
-                    lock(&on_start.live).push(tid);
-                }
-            })
-            .on_thread_stop(move || {
-                if let (Some(tid), Some(ns)) = (stats::current_tid(), stats::own_thread_cpu_ns()) {
-                    lock(&on_stop.live).retain(|t| *t != tid);
-                    on_stop.exited_ns.fetch_add(ns, Ordering::Relaxed);
-                }
-            })
-            .build()
-            .context("cannot build the server runtime")?;
+        let runtime = tracked_runtime("livectx-server", &threads)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = runtime.spawn(async move {
             match Application::build_with(config, overrides).await {
@@ -96,11 +79,7 @@ impl InProcessServer {
 
     /// CPU time the server's threads have used so far, in nanoseconds.
     pub fn cpu_ns(&self) -> u64 {
-        let live: u64 = lock(&self.threads.live)
-            .iter()
-            .filter_map(|tid| stats::thread_cpu_ns(*tid))
-            .sum();
-        live + self.threads.exited_ns.load(Ordering::Relaxed)
+        self.threads.cpu_ns()
     }
 
     /// Stop gracefully (bounded), then drop the runtime.
@@ -112,6 +91,114 @@ impl InProcessServer {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
+    }
+}
+
+/// The cheapest server that speaks the same wire: a bare axum router on a runtime of its own
+/// (as many worker threads as the livectx server's), that reads each `POST /retrieval` body
+/// whole and answers a fixed body with `Content-Type: application/json`. `bench retrieval`
+/// gives it a real livectx answer, so both send the same bytes: the ratio of livectx's
+/// requests/s to this one's is what livectx's own work costs.
+pub struct BaselineServer {
+    runtime: Option<tokio::runtime::Runtime>,
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    threads: Arc<Threads>,
+}
+
+impl BaselineServer {
+    /// Bind a free loopback port and answer `body` to every `POST /retrieval`.
+    pub async fn start(body: bytes::Bytes) -> anyhow::Result<Self> {
+        use axum::http::{HeaderValue, header};
+        let threads = Arc::new(Threads::default());
+        let runtime = tracked_runtime("bench-baseline", &threads)?;
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        runtime.spawn(async move {
+            let listener = match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
+                Ok(listener) => listener,
+                Err(error) => {
+                    let _ = tx.send(Err(error));
+                    return;
+                }
+            };
+            let _ = tx.send(listener.local_addr());
+            let answer = move |request: bytes::Bytes| {
+                let body = body.clone();
+                async move {
+                    // Read, as livectx does, then answer the same bytes.
+                    std::hint::black_box(&request);
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        )],
+                        body,
+                    )
+                }
+            };
+            let router = axum::Router::new().route("/retrieval", axum::routing::post(answer));
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        });
+        let addr = rx
+            .await
+            .context("the baseline server task ended before starting")?
+            .context("the baseline server cannot bind")?;
+        Ok(Self {
+            runtime: Some(runtime),
+            addr,
+            shutdown,
+            threads,
+        })
+    }
+
+    /// CPU time the baseline's threads have used so far, in nanoseconds.
+    pub fn cpu_ns(&self) -> u64 {
+        self.threads.cpu_ns()
+    }
+}
+
+impl Drop for BaselineServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A multi-threaded runtime whose threads register in `threads`, for CPU accounting.
+fn tracked_runtime(name: &str, threads: &Arc<Threads>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let on_start = Arc::clone(threads);
+    let on_stop = Arc::clone(threads);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(name)
+        .on_thread_start(move || {
+            if let Some(tid) = stats::current_tid() {
+                lock(&on_start.live).push(tid);
+            }
+        })
+        .on_thread_stop(move || {
+            if let (Some(tid), Some(ns)) = (stats::current_tid(), stats::own_thread_cpu_ns()) {
+                lock(&on_stop.live).retain(|t| *t != tid);
+                on_stop.exited_ns.fetch_add(ns, Ordering::Relaxed);
+            }
+        })
+        .build()
+        .context("cannot build a server runtime")
+}
+
+impl Threads {
+    fn cpu_ns(&self) -> u64 {
+        let live: u64 = lock(&self.live)
+            .iter()
+            .filter_map(|tid| stats::thread_cpu_ns(*tid))
+            .sum();
+        live + self.exited_ns.load(Ordering::Relaxed)
     }
 }
 

@@ -20,14 +20,35 @@ const MAX_LISTED_ACTIONS: usize = 10;
 const MAX_QUOTED_FRUSTRATIONS: usize = 3;
 
 /// Render the activity view of `session` at server time `now`, looking back `window_secs`.
+///
+/// It is [`activity_head`] (what depends on `now`) followed by [`activity_tail`] (what depends
+/// only on the session and on whether the user is idle), trailing whitespace trimmed: the
+/// read path caches the tail per session snapshot and renders only the head per request.
 pub fn render_activity(session: &Session, now: f64, window_secs: f64) -> String {
+    let mut out = activity_head(session, now, window_secs);
+    out.push_str(&activity_tail(
+        session,
+        is_idle(session, now, window_secs),
+        window_secs,
+    ));
+    out.truncate(out.trim_end().len());
+    out
+}
+
+/// Has the user done nothing for longer than the window at `now`? (The tail reads differently.)
+pub fn is_idle(session: &Session, now: f64, window_secs: f64) -> bool {
+    (now - session.last_activity()).max(0.0) > window_secs.max(1.0)
+}
+
+/// The lines of the view that change with `now`: the header, "as of", and where the user is
+/// (for how long, or since when idle).
+pub fn activity_head(session: &Session, now: f64, window_secs: f64) -> String {
     let window_secs = window_secs.max(1.0);
     let last_activity = session.last_activity();
     let idle_for = (now - last_activity).max(0.0);
     let idle = idle_for > window_secs;
-    let window_start = last_activity - window_secs;
 
-    let mut out = String::with_capacity(1024);
+    let mut out = String::with_capacity(256);
     out.push_str(ACTIVITY_HEADER);
     out.push('\n');
     out.push_str(&format!(
@@ -66,6 +87,16 @@ pub fn render_activity(session: &Session, now: f64, window_secs: f64) -> String 
         }
         (None, _) => {}
     }
+    out
+}
+
+/// The lines of the view that depend only on the session and on `idle` (see [`is_idle`]):
+/// the pages and key actions of the window before the last activity, the patterns, tours,
+/// gaps and staleness. Not trimmed: [`render_activity`] trims the whole.
+pub fn activity_tail(session: &Session, idle: bool, window_secs: f64) -> String {
+    let window_secs = window_secs.max(1.0);
+    let window_start = session.last_activity() - window_secs;
+    let mut out = String::with_capacity(1024);
 
     let recent: Vec<&Action> = session
         .recent_action_iter()
@@ -132,7 +163,6 @@ pub fn render_activity(session: &Session, now: f64, window_secs: f64) -> String 
             format_utc(as_of)
         ));
     }
-    out.truncate(out.trim_end().len());
     out
 }
 

@@ -3,4 +3,5 @@
 //! the same words.
 
 pub mod activity;
+pub mod answer;
 pub mod records;

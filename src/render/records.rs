@@ -63,19 +63,38 @@ pub fn session_records(
     let terms = terms_of(question);
     let mut records = Vec::with_capacity(session.chunks().len() + 2);
     records.push(activity_record(session, now, window_secs));
+    for (mut record, recency) in scored_candidates(session) {
+        record.score = blend(relevance(&terms, &record.content), recency);
+        records.push(record);
+    }
+    records[1..].sort_by(|a, b| b.score.total_cmp(&a.score));
+    records
+}
+
+/// The records after the activity record, in their order before sorting (the summary, then
+/// the chunks newest first), each with its recency and a score of 0: what neither the question
+/// nor the time changes, so the read path can prepare it once per session snapshot.
+pub fn scored_candidates(session: &Session) -> Vec<(Record, f64)> {
+    let mut out = Vec::with_capacity(session.chunks().len() + 1);
     if let Some(summary) = &session.summary() {
         let content = summary_content(summary);
-        let score = blend(relevance(&terms, &content), SUMMARY_RECENCY);
-        records.push(summary_record(session, summary, content, score));
+        out.push((
+            summary_record(session, summary, content, 0.0),
+            SUMMARY_RECENCY,
+        ));
     }
     for (age, chunk) in session.chunks().iter().rev().enumerate() {
         let content = chunk_content(chunk);
         let recency = RECENCY_DECAY.powi(age.min(200) as i32);
-        let score = blend(relevance(&terms, &content), recency);
-        records.push(chunk_record(session, chunk, content, score));
+        out.push((chunk_record(session, chunk, content, 0.0), recency));
     }
-    records[1..].sort_by(|a, b| b.score.total_cmp(&a.score));
-    records
+    out
+}
+
+/// The score of a record whose content has relevance `relevance` to the question and the
+/// given recency, as [`session_records`] computes it.
+pub fn score(relevance: f64, recency: f64) -> f64 {
+    blend(relevance, recency)
 }
 
 /// Apply Dify's `score_threshold` (never to the activity record) and `top_k`.
@@ -123,17 +142,26 @@ fn base_metadata(
     m
 }
 
-fn activity_record(session: &Session, now: f64, window_secs: f64) -> Record {
-    let content = render_activity(session, now, window_secs);
+/// The activity record's metadata but for `generated_at` (the only part that changes with
+/// the time of the answer).
+pub fn activity_metadata(session: &Session, window_secs: f64) -> Map<String, Value> {
     let last = session.last_activity();
-    let mut metadata = base_metadata(
+    base_metadata(
         session,
         RecordKind::Activity,
         "activity",
         last - window_secs,
         last,
-    );
-    metadata.insert("generated_at".into(), json!(format_rfc3339(now)));
+    )
+}
+
+/// The metadata key of the time an activity record was generated.
+pub const GENERATED_AT: &str = "generated_at";
+
+fn activity_record(session: &Session, now: f64, window_secs: f64) -> Record {
+    let content = render_activity(session, now, window_secs);
+    let mut metadata = activity_metadata(session, window_secs);
+    metadata.insert(GENERATED_AT.into(), json!(format_rfc3339(now)));
     Record {
         content,
         score: ACTIVITY_SCORE,
@@ -285,7 +313,7 @@ pub fn relevance(terms: &[String], content: &str) -> f64 {
 
 /// A term matches a (lower-cased) word that starts with it, or a word of 4+ bytes it starts
 /// with ("exports" finds "export").
-fn term_matches(term: &str, word: &str) -> bool {
+pub(crate) fn term_matches(term: &str, word: &str) -> bool {
     word.starts_with(term) || term.starts_with(word) && word.len() >= 4
 }
 

@@ -31,6 +31,7 @@ mod readme;
 mod redis_cluster;
 mod redis_cluster_failover;
 mod redis_restart;
+mod replica_reads;
 mod rest;
 mod security;
 mod sse_samples;

@@ -48,14 +48,17 @@
 //!
 //! # Reads
 //!
-//! `session` is one `HGET`; a person lookup is a `GET` and an `HMGET` in the session's slot;
-//! a product found once is remembered (products are never forgotten), so the knowledge-id check
+//! `session` is one `HGET` of the small revision field `r` when this replica holds the session
+//! as last read, and nothing is decoded when it still matches (see [`read_cache`]); otherwise
+//! (first read, or changed since) an `HMGET` of `d` and `r` together. A person lookup is a
+//! `GET` and an `HMGET` in the session's slot; a product found once is remembered (products are never forgotten), so the knowledge-id check
 //! of every `/retrieval` does not read one key on one master over and over.
 //! Redis errors map to [`StoreError::Unavailable`] (connection, timeout, loading, failover) or
 //! [`StoreError::Corrupt`] (what came back cannot be decoded).
 
 pub mod connection;
 pub mod keys;
+mod read_cache;
 mod scripts;
 
 use std::collections::HashSet;
@@ -164,6 +167,8 @@ pub struct RedisStore {
     /// Products known to be stored. Products are never forgotten, so a positive answer can be
     /// kept: without it every `/retrieval` would read the same key (one product, one slot).
     known_products: Mutex<HashSet<String>>,
+    /// Sessions read lately and the revision each was read at (see [`read_cache`]).
+    read_cache: read_cache::ReadCache,
 }
 
 /// Products remembered by [`RedisStore::has_product`] at most (a deployment has a few).
@@ -194,6 +199,7 @@ impl RedisStore {
             config,
             bound_view: Mutex::new(None),
             known_products: Mutex::new(HashSet::new()),
+            read_cache: read_cache::ReadCache::default(),
         }
     }
 
@@ -847,17 +853,47 @@ impl SessionStore for RedisStore {
 
     async fn session(&self, id: &SessionId, now: f64) -> Result<Option<Arc<Session>>, StoreError> {
         let mut connection = self.connection.clone();
-        let blob: Option<Vec<u8>> = redis::cmd("HGET")
-            .arg(self.keys.session(id.as_str()))
+        let key = self.keys.session(id.as_str());
+        let ttl = self.config.ttl_secs();
+        if let Some((read_at, session)) = self.read_cache.get(id) {
+            // Is what this replica read still what Redis holds? One small field says.
+            let revision: Option<String> = redis::cmd("HGET")
+                .arg(&key)
+                .arg("r")
+                .query_async(&mut connection)
+                .await
+                .map_err(store_error)?;
+            match revision {
+                Some(revision) if revision == read_at => {
+                    return Ok((!session.is_expired(now, ttl)).then_some(session));
+                }
+                Some(_) => {}
+                None => {
+                    self.read_cache.remove(id);
+                    return Ok(None);
+                }
+            }
+        }
+        let (blob, revision): (Option<Vec<u8>>, Option<String>) = redis::cmd("HMGET")
+            .arg(&key)
             .arg("d")
+            .arg("r")
             .query_async(&mut connection)
             .await
             .map_err(store_error)?;
         let Some(blob) = blob else {
+            self.read_cache.remove(id);
             return Ok(None);
         };
-        let session = decode_session(&blob)?;
-        Ok((!session.is_expired(now, self.config.ttl_secs())).then(|| Arc::new(session)))
+        let session = Arc::new(decode_session(&blob)?);
+        match revision {
+            Some(revision) => {
+                self.read_cache
+                    .put(id.clone(), revision, Arc::clone(&session));
+            }
+            None => self.read_cache.remove(id),
+        }
+        Ok((!session.is_expired(now, ttl)).then_some(session))
     }
 
     async fn resolve_person(

@@ -1,0 +1,532 @@
+//! The `/retrieval` answer body, prepared once per session snapshot and finished per request.
+//!
+//! A session changes far less often than it is read (Dify asks once per chat turn, MCP agents
+//! in loops), yet rebuilding an answer means rendering the activity view, formatting every
+//! record's text and metadata, and serialising them. Nearly all of that depends only on the
+//! session: what depends on the request is each record's relevance to the question (so the
+//! scores and the order), and what depends on the time is the activity view's first lines
+//! ([`activity_head`]) and its `generated_at`. So a [`Prepared`] holds, per snapshot:
+//!
+//! - the activity view's tail ([`activity_tail`]), already JSON-escaped, and its metadata as
+//!   JSON split around `generated_at`;
+//! - every other record as JSON bytes split around its score, with the distinct lower-cased
+//!   words of its content, so scoring a question allocates nothing per record.
+//!
+//! A request then writes one buffer: the head, the tail, the chosen records' bytes and scores.
+//! The bytes are exactly those of [`crate::render::records::session_records`] followed by
+//! Dify's selection and serialisation (tests below and `tests/golden_retrieval.rs` hold it to
+//! that).
+//!
+//! Preparations are cached per session in a bounded, sharded LRU, keyed by the snapshot's
+//! identity: an entry holds a [`Weak`] to the `Arc<Session>` it was built from and is used only
+//! for that very allocation. Stores never change a snapshot in place while anyone else refers
+//! to it (`Arc::make_mut` moves or copies it to a new allocation when a `Weak` exists), so a
+//! changed session is a new allocation and can never be answered from an old preparation. The
+//! in-memory store hands out its current snapshot; the Redis store keeps the snapshot of the
+//! revision it last read (see `session::redis`), so both hit while a session is unchanged.
+
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+
+use bytes::Bytes;
+use lru::LruCache;
+use serde_json::{Map, Value};
+
+use crate::clock::format_rfc3339;
+use crate::render::activity::{ACTIVITY_HEADER, activity_head, activity_tail, is_idle};
+use crate::render::records::{
+    ACTIVITY_SCORE, GENERATED_AT, Record, activity_metadata, score, scored_candidates, terms_of,
+};
+use crate::session::model::{Session, SessionId};
+
+/// Bytes of preparations kept over all shards; beyond it the least recently used go.
+const CACHE_BUDGET_BYTES: usize = 64 << 20;
+/// Shards of the cache (each its own lock), so concurrent requests rarely wait on each other.
+const SHARDS: usize = 16;
+
+/// One record other than the activity record, ready to be scored and written.
+#[derive(Debug)]
+struct Candidate {
+    /// The distinct lower-cased words of 3+ bytes of its content (see [`relevance_of_words`]).
+    words: Vec<Box<str>>,
+    recency: f64,
+    /// `{"content":…,"metadata":{…},"score":`
+    before_score: Box<[u8]>,
+    /// `,"title":…}`
+    after_score: Box<[u8]>,
+}
+
+/// What an answer for one session snapshot needs beyond the question and the time.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The snapshot this was built from (its identity: see the module docs).
+    session: Weak<Session>,
+    window_bits: u64,
+    idle: bool,
+    /// The activity view after its head, trailing whitespace trimmed, JSON-escaped (no quotes).
+    tail_json: Box<[u8]>,
+    /// Whether that tail is empty (then the head is trimmed instead).
+    tail_empty: bool,
+    /// `","metadata":{…,"generated_at":` (closing the content string first).
+    metadata_before: Box<[u8]>,
+    /// The rest of the metadata, the score and the title: `,…},"score":1.0,"title":"…"}`.
+    metadata_after: Box<[u8]>,
+    candidates: Vec<Candidate>,
+    /// Heap bytes held, for the cache's budget.
+    bytes: usize,
+}
+
+impl Prepared {
+    /// Prepare the answers for `session` with an activity window of `window_secs`, for a time
+    /// at which the user is (or is not) `idle`.
+    pub fn build(session: &Arc<Session>, window_secs: f64, idle: bool) -> Self {
+        let mut tail = activity_tail(session, idle, window_secs);
+        tail.truncate(tail.trim_end().len());
+        let tail_json = json_string_contents(&tail);
+
+        let mut metadata = activity_metadata(session, window_secs);
+        metadata.insert(GENERATED_AT.into(), Value::Null);
+        let mut metadata_before = b"\",\"metadata\":".to_vec();
+        let mut metadata_after = Vec::new();
+        write_map_split(
+            &metadata,
+            GENERATED_AT,
+            &mut metadata_before,
+            &mut metadata_after,
+        );
+        metadata_after.extend_from_slice(b",\"score\":");
+        write_json(&mut metadata_after, &ACTIVITY_SCORE);
+        metadata_after.extend_from_slice(b",\"title\":");
+        write_json(&mut metadata_after, ACTIVITY_HEADER);
+        metadata_after.push(b'}');
+
+        let candidates: Vec<Candidate> = scored_candidates(session)
+            .into_iter()
+            .map(|(record, recency)| Candidate::of(&record, recency))
+            .collect();
+        let bytes = std::mem::size_of::<Self>()
+            + tail_json.len()
+            + metadata_before.len()
+            + metadata_after.len()
+            + candidates.iter().map(Candidate::bytes).sum::<usize>();
+        Self {
+            session: Arc::downgrade(session),
+            window_bits: window_secs.to_bits(),
+            idle,
+            tail_empty: tail.is_empty(),
+            tail_json: tail_json.into_boxed_slice(),
+            metadata_before: metadata_before.into_boxed_slice(),
+            metadata_after: metadata_after.into_boxed_slice(),
+            candidates,
+            bytes,
+        }
+    }
+
+    /// Was this prepared from exactly this snapshot, window and idleness?
+    fn fits(&self, session: &Arc<Session>, window_secs: f64, idle: bool) -> bool {
+        std::ptr::eq(self.session.as_ptr(), Arc::as_ptr(session))
+            && self.window_bits == window_secs.to_bits()
+            && self.idle == idle
+    }
+
+    /// The answer body `{"records": [...]}` for `question` at server time `now`: the activity
+    /// record, then the other records scoring at least `score_threshold`, best first, `top_k`
+    /// records in all; and how many records it holds.
+    pub fn answer(
+        &self,
+        session: &Session,
+        question: &str,
+        score_threshold: f64,
+        top_k: usize,
+        now: f64,
+        window_secs: f64,
+    ) -> (Bytes, usize) {
+        let terms = terms_of(question);
+        let mut scored: Vec<(f64, &Candidate)> = self
+            .candidates
+            .iter()
+            .map(|c| (score(relevance_of_words(&terms, &c.words), c.recency), c))
+            .collect();
+        // Stable, as `session_records` sorts: equal scores keep the summary-then-newest order.
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let chosen = scored
+            .iter()
+            .filter(|(s, _)| *s >= score_threshold)
+            .take(top_k.saturating_sub(1));
+
+        let mut head = activity_head(session, now, window_secs);
+        if self.tail_empty {
+            head.truncate(head.trim_end().len());
+        }
+        let mut out = Vec::with_capacity(
+            64 + head.len()
+                + self.tail_json.len()
+                + self.metadata_before.len()
+                + self.metadata_after.len()
+                + self
+                    .candidates
+                    .iter()
+                    .take(top_k)
+                    .map(|c| c.before_score.len() + c.after_score.len() + 24)
+                    .sum::<usize>(),
+        );
+        out.extend_from_slice(b"{\"records\":[{\"content\":");
+        write_json(&mut out, head.as_str());
+        out.pop(); // the closing quote: the tail continues the string
+        out.extend_from_slice(&self.tail_json);
+        out.extend_from_slice(&self.metadata_before);
+        write_json(&mut out, format_rfc3339(now).as_str());
+        out.extend_from_slice(&self.metadata_after);
+        let mut records = 1;
+        for (score, candidate) in chosen {
+            out.push(b',');
+            out.extend_from_slice(&candidate.before_score);
+            write_json(&mut out, score);
+            out.extend_from_slice(&candidate.after_score);
+            records += 1;
+        }
+        out.extend_from_slice(b"]}");
+        (Bytes::from(out), records)
+    }
+}
+
+impl Candidate {
+    fn of(record: &Record, recency: f64) -> Self {
+        let mut before = b"{\"content\":".to_vec();
+        write_json(&mut before, record.content.as_str());
+        before.extend_from_slice(b",\"metadata\":");
+        write_json(&mut before, &record.metadata);
+        before.extend_from_slice(b",\"score\":");
+        let mut after = b",\"title\":".to_vec();
+        write_json(&mut after, record.title.as_str());
+        after.push(b'}');
+        Self {
+            words: distinct_words(&record.content),
+            recency,
+            before_score: before.into_boxed_slice(),
+            after_score: after.into_boxed_slice(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.before_score.len()
+            + self.after_score.len()
+            + self
+                .words
+                .iter()
+                .map(|w| w.len() + std::mem::size_of::<Box<str>>())
+                .sum::<usize>()
+    }
+}
+
+/// The answer body for `session` (see [`Prepared::answer`]), from the cached preparation of
+/// this snapshot when there is one, else preparing it (and caching it) first.
+pub fn answer(
+    session: &Arc<Session>,
+    question: &str,
+    score_threshold: f64,
+    top_k: usize,
+    now: f64,
+    window_secs: f64,
+) -> (Bytes, usize) {
+    let idle = is_idle(session, now, window_secs);
+    let shard = &CACHE[shard_of(session.id())];
+    let cached = crate::sync::lock(shard)
+        .map
+        .get(session.id())
+        .filter(|p| p.fits(session, window_secs, idle))
+        .map(Arc::clone);
+    let prepared = cached.unwrap_or_else(|| {
+        let prepared = Arc::new(Prepared::build(session, window_secs, idle));
+        crate::sync::lock(shard).insert(session.id().clone(), Arc::clone(&prepared));
+        prepared
+    });
+    prepared.answer(session, question, score_threshold, top_k, now, window_secs)
+}
+
+/// One shard of the cache: an LRU by session id with its bytes counted.
+struct Shard {
+    map: LruCache<SessionId, Arc<Prepared>>,
+    bytes: usize,
+}
+
+impl Shard {
+    fn insert(&mut self, id: SessionId, prepared: Arc<Prepared>) {
+        self.bytes += prepared.bytes;
+        if let Some(old) = self.map.put(id, prepared) {
+            self.bytes -= old.bytes;
+        }
+        while self.bytes > CACHE_BUDGET_BYTES / SHARDS && self.map.len() > 1 {
+            match self.map.pop_lru() {
+                Some((_, old)) => self.bytes -= old.bytes,
+                None => break,
+            }
+        }
+    }
+}
+
+static CACHE: LazyLock<Vec<Mutex<Shard>>> = LazyLock::new(|| {
+    (0..SHARDS)
+        .map(|_| {
+            Mutex::new(Shard {
+                map: LruCache::unbounded(),
+                bytes: 0,
+            })
+        })
+        .collect()
+});
+
+/// FNV-1a of the id: cheap, and spreads ids evenly enough over 16 shards.
+fn shard_of(id: &SessionId) -> usize {
+    let hash = id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % SHARDS as u64) as usize
+}
+
+/// Serialise a value as compact JSON onto `out` (writing into a `Vec` cannot fail).
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// A string's JSON form without its quotes (escaping is per character, so pieces escaped
+/// apart join into the escaping of the whole).
+fn json_string_contents(text: &str) -> Vec<u8> {
+    let mut quoted = Vec::with_capacity(text.len() + 2);
+    write_json(&mut quoted, text);
+    quoted.pop();
+    quoted.remove(0);
+    quoted
+}
+
+/// Write `map` as compact JSON (what `serde_json` writes: keys in the map's order), split just
+/// after `"<split_at>":` — its value is left out, written per answer between the two parts.
+fn write_map_split(
+    map: &Map<String, Value>,
+    split_at: &str,
+    before: &mut Vec<u8>,
+    after: &mut Vec<u8>,
+) {
+    let mut out = &mut *before;
+    out.push(b'{');
+    let mut first = true;
+    for (key, value) in map {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_json(out, key.as_str());
+        out.push(b':');
+        if key == split_at {
+            out = &mut *after;
+        } else {
+            write_json(out, value);
+        }
+    }
+    out.push(b'}');
+}
+
+/// The distinct lower-cased words of 3+ bytes of `content`, as
+/// [`crate::render::records::relevance`] reads them.
+fn distinct_words(content: &str) -> Vec<Box<str>> {
+    let mut seen = HashSet::new();
+    content
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.len() >= 3)
+        .map(str::to_lowercase)
+        .filter(|w| seen.insert(w.clone()))
+        .map(String::into_boxed_str)
+        .collect()
+}
+
+/// [`crate::render::records::relevance`] over a content's [`distinct_words`]: the share of
+/// the terms some word matches. No allocation for up to 64 terms (`terms_of` gives 32 at most).
+fn relevance_of_words(terms: &[String], words: &[Box<str>]) -> f64 {
+    if terms.is_empty() {
+        return 0.0;
+    }
+    if terms.len() > 64 {
+        let hits = terms
+            .iter()
+            .filter(|t| words.iter().any(|w| term_matches(t, w)))
+            .count();
+        return hits as f64 / terms.len() as f64;
+    }
+    let all = if terms.len() == 64 {
+        u64::MAX
+    } else {
+        (1u64 << terms.len()) - 1
+    };
+    let mut matched = 0u64;
+    'words: for word in words {
+        for (i, term) in terms.iter().enumerate() {
+            if matched & (1 << i) == 0 && term_matches(term, word) {
+                matched |= 1 << i;
+                if matched == all {
+                    break 'words;
+                }
+            }
+        }
+    }
+    f64::from(matched.count_ones()) / terms.len() as f64
+}
+
+fn term_matches(term: &str, word: &str) -> bool {
+    crate::render::records::term_matches(term, word)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::records::{relevance, select, session_records};
+    use crate::session::model::tests::{action, batch};
+    use crate::session::model::{Gap, SessionLimits};
+
+    /// The straightforward answer: every record built, selected, serialised.
+    fn reference(
+        session: &Session,
+        question: &str,
+        threshold: f64,
+        top_k: usize,
+        now: f64,
+        window: f64,
+    ) -> (Bytes, usize) {
+        let records = select(
+            session_records(session, question, now, window),
+            threshold,
+            top_k,
+        );
+        let body = serde_json::to_vec(&serde_json::json!({ "records": records })).unwrap();
+        (Bytes::from(body), records.len())
+    }
+
+    fn session(chunks: usize, page: bool, extras: bool) -> Session {
+        let mut s = Session::new(SessionId::parse("s1").unwrap(), 0.0);
+        let limits = SessionLimits { max_chunks: 50 };
+        let titles = [
+            ("pageview", "Page Load: Billing \"settings\" ✓", "/billing"),
+            ("click", "Click Export CSV", "/reports?x=1&y=<2>"),
+            ("submit", "Submit Coupon 🚀", "/checkout"),
+            ("click", "Click Projects link", "/dashboard"),
+        ];
+        for i in 0..chunks {
+            let (kind, title, url) = titles[i % titles.len()];
+            let kind = if page || kind != "pageview" {
+                kind
+            } else {
+                "click"
+            };
+            let t = 100.0 + 10.0 * i as f64;
+            s.append(batch("s1", vec![action(kind, title, url, t)]), t, limits);
+        }
+        if extras {
+            s.note_gap(Gap {
+                from: 120.0,
+                to: 125.0,
+            });
+            s.record_tour("flow_retry", Some("payment \"failed\""), 130.0, 130.0);
+        }
+        s
+    }
+
+    #[test]
+    fn answers_are_the_reference_bytes() {
+        let sessions = [
+            session(0, false, false),
+            session(1, true, false),
+            session(3, false, true),
+            session(6, true, true),
+            session(9, true, false),
+        ];
+        let questions = [
+            "",
+            "how do I export a csv?",
+            "billing settings coupon projects",
+            "Ärger ÖFFNEN straße",
+        ];
+        for s in sessions {
+            let s = Arc::new(s);
+            for window in [60.0, 120.0, 0.5] {
+                for now in [
+                    s.last_activity(),
+                    s.last_activity() + 30.0,
+                    s.last_activity() + 900.0,
+                ] {
+                    for question in questions {
+                        for (threshold, top_k) in
+                            [(0.0, 5), (0.0, 1), (0.6, 3), (0.999, 50), (0.0, 50)]
+                        {
+                            let expected = reference(&s, question, threshold, top_k, now, window);
+                            let got = answer(&s, question, threshold, top_k, now, window);
+                            assert_eq!(
+                                String::from_utf8_lossy(&got.0),
+                                String::from_utf8_lossy(&expected.0),
+                                "{question:?} at {now} window {window} top_k {top_k}"
+                            );
+                            assert_eq!(got.1, expected.1);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_changed_snapshot_is_never_answered_from_the_old_one() {
+        let mut s = Arc::new(session(2, true, false));
+        let now = s.last_activity() + 5.0;
+        let before = answer(&s, "export", 0.0, 5, now, 120.0);
+        let kept = Arc::clone(&s);
+        Arc::make_mut(&mut s).append(
+            batch(
+                "s1",
+                vec![action("click", "Click Invoices", "/billing", now)],
+            ),
+            now,
+            SessionLimits { max_chunks: 50 },
+        );
+        drop(kept);
+        let after = answer(&s, "export", 0.0, 5, now, 120.0);
+        assert_ne!(before.0, after.0);
+        assert_eq!(after, reference(&s, "export", 0.0, 5, now, 120.0));
+        // Changed in place by its only owner, too: the cache's Weak forces a new allocation.
+        let t = now + 1.0;
+        Arc::make_mut(&mut s).append(
+            batch("s1", vec![action("click", "Click Refunds", "/billing", t)]),
+            t,
+            SessionLimits { max_chunks: 50 },
+        );
+        assert_eq!(
+            answer(&s, "export", 0.0, 5, t, 120.0),
+            reference(&s, "export", 0.0, 5, t, 120.0)
+        );
+    }
+
+    #[test]
+    fn word_relevance_is_relevance() {
+        let contents = [
+            "User actions (3 actions):\n- click \"Click Export CSV\" (https://app/reports)",
+            "Ärger mit der Rechnung: ÖFFNEN, Übersicht, ΣΊΣΥΦΟΣ straße ǅemal",
+            "",
+            "a an the exp exports EXPORTING projector",
+        ];
+        let many: Vec<String> = (0..70).map(|i| format!("exp{i}")).collect();
+        for question in [
+            "how do I export a csv?",
+            "rechnung öffnen σίσυφος",
+            "exp proj",
+            "",
+        ] {
+            let terms = terms_of(question);
+            for content in contents {
+                let words = distinct_words(content);
+                assert_eq!(
+                    relevance_of_words(&terms, &words),
+                    relevance(&terms, content)
+                );
+                assert_eq!(relevance_of_words(&many, &words), relevance(&many, content));
+            }
+        }
+    }
+}

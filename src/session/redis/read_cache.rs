@@ -1,0 +1,65 @@
+//! The replica-local read cache of [`super::RedisStore::session`]: the sessions read lately,
+//! each with the revision it was read at.
+//!
+//! Every write of a session installs a new random revision (`r`) in the same script that
+//! writes its JSON (`d`), so "the stored revision is the one I read" means "the stored session
+//! is the one I hold". A read therefore asks Redis for `r` alone (one small `HGET`) and decodes
+//! nothing when it matches; when it does not (another replica wrote, or this one), it reads `d`
+//! and `r` together as before. The check goes to Redis on every read, so a write by any replica
+//! is visible in the next read: the cache saves the transfer and the decoding, never the
+//! question. It also hands out the same `Arc<Session>` while the session is unchanged, so the
+//! prepared answers of [`crate::render::answer`] are reused.
+
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+
+use crate::session::model::{Session, SessionId};
+
+/// Sessions kept per replica (the least recently read beyond it are dropped).
+pub const READ_CACHE_SESSIONS: usize = 4096;
+const SHARDS: usize = 8;
+
+/// One shard: session id → (revision read at, the session).
+type Shard = Mutex<LruCache<SessionId, (String, Arc<Session>)>>;
+
+/// See the module docs.
+pub struct ReadCache {
+    shards: Vec<Shard>,
+}
+
+impl Default for ReadCache {
+    fn default() -> Self {
+        let per_shard = std::num::NonZeroUsize::new(READ_CACHE_SESSIONS.div_ceil(SHARDS))
+            .unwrap_or(std::num::NonZeroUsize::MIN);
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(LruCache::new(per_shard)))
+                .collect(),
+        }
+    }
+}
+
+impl ReadCache {
+    fn shard(&self, id: &SessionId) -> &Shard {
+        let hash = id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        &self.shards[(hash % SHARDS as u64) as usize]
+    }
+
+    /// The session last read, with the revision it was read at.
+    pub fn get(&self, id: &SessionId) -> Option<(String, Arc<Session>)> {
+        crate::sync::lock(self.shard(id)).get(id).cloned()
+    }
+
+    /// Remember a session read at `revision`.
+    pub fn put(&self, id: SessionId, revision: String, session: Arc<Session>) {
+        crate::sync::lock(self.shard(&id)).put(id, (revision, session));
+    }
+
+    /// Forget a session (it is gone from Redis).
+    pub fn remove(&self, id: &SessionId) {
+        crate::sync::lock(self.shard(id)).pop(id);
+    }
+}
