@@ -183,7 +183,12 @@ impl Application {
         }
         let engine = summarizer.engine_name();
 
-        let diagnostics = Arc::new(Diagnostics::default());
+        // Only the console reads the recent lookups: without it they are not recorded.
+        let diagnostics = Arc::new(Diagnostics::new(if console_key.is_some() {
+            crate::diagnostics::DEFAULT_LOOKUPS
+        } else {
+            0
+        }));
         let ingestor = Arc::new(
             Ingestor::new(
                 Arc::clone(&store),

@@ -230,12 +230,14 @@ struct LookupRing {
 }
 
 impl LookupLog {
+    /// A ring of `capacity` lookups; 0 records nothing (no console to read them), so a
+    /// server without the console pays nothing for it on the request path.
     pub fn new(capacity: usize) -> Self {
         Self {
-            capacity: capacity.max(1),
+            capacity,
             inner: Mutex::new(LookupRing {
                 next_seq: 1,
-                entries: VecDeque::with_capacity(capacity.max(1)),
+                entries: VecDeque::with_capacity(capacity),
             }),
         }
     }
@@ -243,6 +245,9 @@ impl LookupLog {
     /// Record one lookup (its `seq` is assigned here). The entry it pushes out is dropped
     /// after the lock is released.
     pub fn record(&self, mut entry: LookupEntry) {
+        if self.capacity == 0 {
+            return;
+        }
         let evicted = {
             let mut ring = lock(&self.inner);
             entry.seq = ring.next_seq;
@@ -563,6 +568,14 @@ mod tests {
         assert_eq!(log.get(4).map(|e| e.knowledge_id), Some("d".to_string()));
         assert_eq!(log.get(1), None);
         assert_eq!(log.newest(1).len(), 1);
+    }
+
+    #[test]
+    fn a_log_of_no_capacity_records_nothing() {
+        let log = LookupLog::new(0);
+        log.record(entry("a"));
+        assert!(log.newest(10).is_empty());
+        assert_eq!(log.get(1), None);
     }
 
     #[test]
