@@ -58,9 +58,8 @@ impl Debouncer {
         Self::with_max_wait(window, window * MAX_WAIT_FACTOR)
     }
 
-    /// A debouncer whose batches wait at most `max_wait` after their first (a group commit
-    /// bounds its senders' latency this way).
-    pub fn with_max_wait(window: Duration, max_wait: Duration) -> Self {
+    /// A debouncer whose batches wait at most `max_wait` after their first.
+    fn with_max_wait(window: Duration, max_wait: Duration) -> Self {
         Self {
             window,
             max_wait: max_wait.max(window),

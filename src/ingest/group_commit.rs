@@ -105,12 +105,14 @@ impl GroupCommit {
             .collect()
     }
 
-    /// Sessions with a writer.
-    pub fn len(&self) -> usize {
+    /// Sessions with a writer (the tests' view of the hand-off).
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
