@@ -2,6 +2,7 @@
 //! human formats the records use. Every rule that depends on time takes `now` as an argument,
 //! so tests and the simulator can drive it; only the edges call [`now`].
 
+use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The server clock, in Unix seconds.
@@ -20,13 +21,35 @@ fn to_system_time(ts: f64) -> Option<SystemTime> {
 
 /// `2026-07-29 14:00:02 UTC` — what every record header uses, so a model can compare times.
 pub fn format_utc(ts: f64) -> String {
-    match to_system_time(ts) {
-        Some(t) => {
-            let text = humantime::format_rfc3339_seconds(t).to_string();
-            // 2026-07-29T14:00:02Z → 2026-07-29 14:00:02 UTC
-            format!("{} UTC", text.trim_end_matches('Z').replacen('T', " ", 1))
+    Utc(ts).to_string()
+}
+
+/// [`format_utc`] as a `Display`, to write into a buffer without a `String` of its own (the
+/// activity view's head is written on every `/retrieval` answer).
+#[derive(Debug, Clone, Copy)]
+pub struct Utc(pub f64);
+
+impl fmt::Display for Utc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(t) = to_system_time(self.0) else {
+            return f.write_str("unknown time");
+        };
+        // 2026-07-29T14:00:02Z → 2026-07-29 14:00:02 UTC (20 bytes up to the year 9999).
+        let mut buf = [0u8; 32];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        let written = std::io::Write::write_fmt(
+            &mut cursor,
+            format_args!("{}", humantime::format_rfc3339_seconds(t)),
+        );
+        let len = usize::try_from(cursor.position()).unwrap_or(0);
+        let text = match (written, std::str::from_utf8(&buf[..len])) {
+            (Ok(()), Ok(text)) => text.trim_end_matches('Z'),
+            _ => return f.write_str("unknown time"),
+        };
+        match text.split_once('T') {
+            Some((day, time)) => write!(f, "{day} {time} UTC"),
+            None => write!(f, "{text} UTC"),
         }
-        None => "unknown time".to_string(),
     }
 }
 
@@ -52,27 +75,41 @@ pub fn format_rfc3339(ts: f64) -> String {
 
 /// A duration for people: `45 s`, `3 min 5 s`, `2 h 10 min`, `3 days`.
 pub fn format_duration(secs: f64) -> String {
-    let secs = if secs.is_finite() { secs.max(0.0) } else { 0.0 };
-    let whole = secs.round() as u64;
-    match whole {
-        0..=59 => format!("{whole} s"),
-        60..=3599 => {
-            let (m, s) = (whole / 60, whole % 60);
-            if s == 0 {
-                format!("{m} min")
-            } else {
-                format!("{m} min {s} s")
+    HumanDuration(secs).to_string()
+}
+
+/// [`format_duration`] as a `Display` (see [`Utc`] for why).
+#[derive(Debug, Clone, Copy)]
+pub struct HumanDuration(pub f64);
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = if self.0.is_finite() {
+            self.0.max(0.0)
+        } else {
+            0.0
+        };
+        let whole = secs.round() as u64;
+        match whole {
+            0..=59 => write!(f, "{whole} s"),
+            60..=3599 => {
+                let (m, s) = (whole / 60, whole % 60);
+                if s == 0 {
+                    write!(f, "{m} min")
+                } else {
+                    write!(f, "{m} min {s} s")
+                }
             }
-        }
-        3600..=172_799 => {
-            let (h, m) = (whole / 3600, (whole % 3600) / 60);
-            if m == 0 {
-                format!("{h} h")
-            } else {
-                format!("{h} h {m} min")
+            3600..=172_799 => {
+                let (h, m) = (whole / 3600, (whole % 3600) / 60);
+                if m == 0 {
+                    write!(f, "{h} h")
+                } else {
+                    write!(f, "{h} h {m} min")
+                }
             }
+            _ => write!(f, "{} days", whole / 86_400),
         }
-        _ => format!("{} days", whole / 86_400),
     }
 }
 

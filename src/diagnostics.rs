@@ -283,6 +283,12 @@ impl LookupLog {
             .cloned()
     }
 
+    /// Does this log keep anything? (A capacity of 0, without the console, keeps nothing, so
+    /// callers need not build entries.)
+    pub fn is_recording(&self) -> bool {
+        self.capacity > 0
+    }
+
     pub fn capacity(&self) -> usize {
         self.capacity
     }

@@ -1,10 +1,20 @@
 //! Locking that survives a panic elsewhere.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Lock `mutex`, recovering it if a thread panicked while holding it. Every critical section in
 /// livectx is a single map or field update, so the data behind a poisoned lock is never
 /// half-written, and one panicking request must not take every later one down with it.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Read-lock `lock`, recovering it as [`lock`] does.
+pub fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Write-lock `lock`, recovering it as [`lock`] does.
+pub fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }

@@ -4,6 +4,7 @@
 //! registry), so integration tests that start several servers in one process see exactly what
 //! their own server counted.
 
+pub mod http;
 pub mod pull;
 
 use std::fmt;
@@ -264,6 +265,8 @@ pub struct Metrics {
     pub identity_rejected: Family<ReasonLabels, Counter>,
     pub rate_limited: Family<RouteLabels, Counter>,
     pub request_timeouts: Family<RouteLabels, Counter>,
+    /// Per-route handles on `http_requests` and `http_request_duration` (see [`http`]).
+    pub http_routes: http::HttpRoutes,
     pub store_errors: Family<OpLabels, Counter>,
     pub mcp_tool_calls: Family<ToolLabels, Counter>,
     pub redis_buffered: Gauge,
@@ -290,6 +293,9 @@ impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("livectx");
+        let http_requests = Family::default();
+        let http_request_duration: Family<RouteLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
         let m = Self {
             registry: Registry::default(),
             sse_frames: Family::default(),
@@ -311,8 +317,12 @@ impl Metrics {
             summaries: Family::default(),
             summary_queue: Gauge::default(),
             llm_request_duration: llm_histogram(),
-            http_requests: Family::default(),
-            http_request_duration: Family::new_with_constructor(latency_histogram),
+            http_routes: http::HttpRoutes::new(
+                http_requests.clone(),
+                http_request_duration.clone(),
+            ),
+            http_requests,
+            http_request_duration,
             webhook_deliveries: Family::default(),
             identity_lookups: Family::default(),
             identity_rejected: Family::default(),

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
-use axum::middleware;
 use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -29,7 +28,8 @@ use crate::telemetry::Metrics;
 use crate::web;
 use crate::web::auth::ApiKeys;
 use crate::web::error::{ApiError, codes};
-use crate::web::limits::{self, RequestLimits};
+use crate::web::guard::GuardLayer;
+use crate::web::limits::RequestLimits;
 use identity::IdentityPolicy;
 use mcp::McpSettings;
 
@@ -94,18 +94,7 @@ pub fn router_with(state: ApiState, sources: Router) -> Router {
         .merge(sources)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(&state.limits),
-            limits::request_timeout,
-        ))
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(&state.limits),
-            limits::rate_limit,
-        ))
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(&state.metrics),
-            web::track_http,
-        ))
+        .layer(GuardLayer::new(Arc::clone(&state.limits)))
         .layer(SetResponseHeaderLayer::overriding(
             header::SERVER,
             HeaderValue::from_static(SERVER_HEADER),

@@ -63,16 +63,10 @@ pub fn parse_request(bytes: &[u8]) -> Result<ParsedRequest, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(ParsedRequest::Probe);
     }
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
-    let Value::Object(body) = value else {
-        return Err(ApiError::bad_request(
-            "request body must be a JSON object like {\"knowledge_id\": \"...\", \"query\": \"...\", \"retrieval_setting\": {\"top_k\": 5, \"score_threshold\": 0.5}}",
-        ));
-    };
-    let knowledge_id = text_field(body.get("knowledge_id"), "knowledge_id")?;
-    let query = text_field(body.get("query"), "query")?;
-    let (top_k, score_threshold) = match body.get("retrieval_setting") {
+    let body = read_fields(bytes)?;
+    let knowledge_id = text_field(body.knowledge_id.as_ref(), "knowledge_id")?;
+    let query = text_field(body.query.as_ref(), "query")?;
+    let (top_k, score_threshold) = match &body.retrieval_setting {
         None | Some(Value::Null) => (DEFAULT_TOP_K, 0.0),
         Some(Value::Object(setting)) => (
             number_field(setting.get("top_k"), "retrieval_setting.top_k")?
@@ -85,7 +79,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<ParsedRequest, ApiError> {
         ),
         Some(_) => return Err(ApiError::bad_request("retrieval_setting must be an object")),
     };
-    let metadata_condition = match body.get("metadata_condition") {
+    let metadata_condition = match &body.metadata_condition {
         None | Some(Value::Null) => None,
         Some(value) => Some(MetadataCondition::parse(value)?),
     };
@@ -99,6 +93,106 @@ pub fn parse_request(bytes: &[u8]) -> Result<ParsedRequest, ApiError> {
         score_threshold,
         metadata_condition,
     }))
+}
+
+/// The four top-level fields of a retrieval body, each as it came. A repeated key keeps its
+/// last value, as reading the object whole would; any other key is skipped unread.
+///
+/// Why not `serde_json::Value` for the whole body: building every key and value of it (a
+/// tree of maps) was most of what parsing cost on every `/retrieval` request, and Dify's
+/// bodies carry fields livectx never reads (`inputs`, ids). A skipped value is still checked
+/// for JSON syntax; only its number range and `\u` escapes are not, which is more lenient
+/// than before and never refuses a body that was accepted.
+#[derive(Debug, Default)]
+struct BodyFields {
+    knowledge_id: Option<Value>,
+    query: Option<Value>,
+    retrieval_setting: Option<Value>,
+    metadata_condition: Option<Value>,
+}
+
+fn read_fields(bytes: &[u8]) -> Result<BodyFields, ApiError> {
+    // Strings that are skipped are not checked for UTF-8 by serde_json: check the body once.
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(ApiError::bad_request(format!(
+            "request body is not valid JSON: it is not UTF-8 (from byte {})",
+            e.valid_up_to()
+        )));
+    }
+    serde_json::from_slice::<BodyFields>(bytes).map_err(|e| {
+        if e.classify() == serde_json::error::Category::Data {
+            ApiError::bad_request(
+                "request body must be a JSON object like {\"knowledge_id\": \"...\", \"query\": \"...\", \"retrieval_setting\": {\"top_k\": 5, \"score_threshold\": 0.5}}",
+            )
+        } else {
+            ApiError::bad_request(format!("request body is not valid JSON: {e}"))
+        }
+    })
+}
+
+impl<'de> serde::Deserialize<'de> for BodyFields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(BodyVisitor)
+    }
+}
+
+/// A top-level key of the body, read without allocating.
+enum BodyKey {
+    KnowledgeId,
+    Query,
+    RetrievalSetting,
+    MetadataCondition,
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for BodyKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = BodyKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<BodyKey, E> {
+                Ok(match key {
+                    "knowledge_id" => BodyKey::KnowledgeId,
+                    "query" => BodyKey::Query,
+                    "retrieval_setting" => BodyKey::RetrievalSetting,
+                    "metadata_condition" => BodyKey::MetadataCondition,
+                    _ => BodyKey::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+struct BodyVisitor;
+
+impl<'de> serde::de::Visitor<'de> for BodyVisitor {
+    type Value = BodyFields;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<BodyFields, A::Error> {
+        let mut fields = BodyFields::default();
+        while let Some(key) = map.next_key::<BodyKey>()? {
+            let slot = match key {
+                BodyKey::KnowledgeId => &mut fields.knowledge_id,
+                BodyKey::Query => &mut fields.query,
+                BodyKey::RetrievalSetting => &mut fields.retrieval_setting,
+                BodyKey::MetadataCondition => &mut fields.metadata_condition,
+                BodyKey::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value::<Value>()?);
+        }
+        Ok(fields)
+    }
 }
 
 fn text_field(value: Option<&Value>, name: &str) -> Result<String, ApiError> {
@@ -601,42 +695,56 @@ pub async fn retrieve(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let mut lookup = LookupEntry::new(LookupChannel::Retrieval, "/retrieval");
+    // The console's lookup entry, only while the console keeps a log: its text copies are
+    // not made for nobody on the hottest route.
+    let mut lookup = state
+        .diagnostics
+        .lookups
+        .is_recording()
+        .then(|| LookupEntry::new(LookupChannel::Retrieval, "/retrieval"));
     let response = match retrieve_inner(&state, body, &mut lookup).await {
         Ok(answer) => json_response(answer),
         Err(error) => {
             tracing::warn!(status = error.status.as_u16(), code = error.code, message = %error.message, "retrieval refused");
-            lookup.miss = Some(if error.status == StatusCode::FORBIDDEN {
-                LookupMiss::BadKey
-            } else {
-                LookupMiss::BadRequest
-            });
+            if let Some(lookup) = lookup.as_mut() {
+                lookup.miss = Some(if error.status == StatusCode::FORBIDDEN {
+                    LookupMiss::BadKey
+                } else {
+                    LookupMiss::BadRequest
+                });
+            }
             error.into_response()
         }
     };
-    lookup.latency = started.elapsed();
-    state.diagnostics.lookups.record(lookup);
+    if let Some(mut lookup) = lookup {
+        lookup.latency = started.elapsed();
+        state.diagnostics.lookups.record(lookup);
+    }
     response
 }
 
 async fn retrieve_inner(
     state: &ApiState,
     body: Body,
-    lookup: &mut LookupEntry,
+    lookup: &mut Option<LookupEntry>,
 ) -> Result<Bytes, ApiError> {
     let bytes = read_body(body, BODY_LIMIT).await?;
     let request = match parse_request(&bytes)? {
         ParsedRequest::Probe => {
             tracing::info!("answered Dify's registration probe");
-            lookup.miss = Some(LookupMiss::Probe);
+            if let Some(lookup) = lookup.as_mut() {
+                lookup.miss = Some(LookupMiss::Probe);
+            }
             return Ok(records_body(&[]));
         }
         ParsedRequest::Retrieve(request) => request,
     };
-    lookup.knowledge_id = clip(&request.knowledge_id);
-    lookup.query_line = clip(request.query.lines().next().unwrap_or(""));
-    if let Some(condition) = &request.metadata_condition {
-        lookup.metadata_condition = describe_condition(condition);
+    if let Some(lookup) = lookup.as_mut() {
+        lookup.knowledge_id = clip(&request.knowledge_id);
+        lookup.query_line = clip(request.query.lines().next().unwrap_or(""));
+        if let Some(condition) = &request.metadata_condition {
+            lookup.metadata_condition = describe_condition(condition);
+        }
     }
     let now = clock::now();
     let resolved = match resolve_request(state, &request, now).await {
@@ -645,17 +753,21 @@ async fn retrieve_inner(
             // Never a 5xx storm: Dify would retry three times. Answer with nothing, loudly.
             state.metrics.store_error("retrieval");
             tracing::warn!(%error, "storage unavailable during retrieval; answering with no records");
-            lookup.miss = Some(LookupMiss::StoreUnavailable);
+            if let Some(lookup) = lookup.as_mut() {
+                lookup.miss = Some(LookupMiss::StoreUnavailable);
+            }
             return Ok(records_body(&[]));
         }
     };
-    lookup.via = resolved.via.map(Via::as_str);
-    lookup.signed = resolved.signed;
-    lookup.miss = resolved.miss;
-    if let Some(unmatched) = &resolved.unmatched
-        && resolved.via != Some(Via::KnowledgeId)
-    {
-        lookup.identifier = clip(unmatched);
+    if let Some(lookup) = lookup.as_mut() {
+        lookup.via = resolved.via.map(Via::as_str);
+        lookup.signed = resolved.signed;
+        lookup.miss = resolved.miss;
+        if let Some(unmatched) = &resolved.unmatched
+            && resolved.via != Some(Via::KnowledgeId)
+        {
+            lookup.identifier = clip(unmatched);
+        }
     }
     let Some(session) = resolved.session else {
         tracing::debug!(
@@ -674,8 +786,10 @@ async fn retrieve_inner(
         state.activity_window.as_secs_f64(),
     );
     tracing::debug!(session = %session.id(), via = resolved.via.map(Via::as_str), records = answer.records, "retrieval answered");
-    lookup.session = Some(session.id().to_string());
-    lookup.records = answer.records;
+    if let Some(lookup) = lookup.as_mut() {
+        lookup.session = Some(session.id().to_string());
+        lookup.records = answer.records;
+    }
     Ok(answer.body)
 }
 
@@ -715,6 +829,61 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&RecordsBody(&empty)).unwrap(),
             r#"{"records":[]}"#
+        );
+    }
+
+    /// The body is read field by field; what it gives is what reading it whole as a JSON
+    /// value gave, for every body that was accepted before.
+    #[test]
+    fn field_reading_agrees_with_reading_the_whole_body() {
+        fn whole(bytes: &[u8]) -> Result<BodyFields, ()> {
+            let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(bytes) else {
+                return Err(());
+            };
+            Ok(BodyFields {
+                knowledge_id: map.get("knowledge_id").cloned(),
+                query: map.get("query").cloned(),
+                retrieval_setting: map.get("retrieval_setting").cloned(),
+                metadata_condition: map.get("metadata_condition").cloned(),
+            })
+        }
+        for body in [
+            &br#"{"knowledge_id": "k", "query": "session_id: a\nhi", "retrieval_setting": {"top_k": 3}}"#[..],
+            br#"{"knowledge_id": "k", "knowledge_id": "last", "query": null, "inputs": {"a": [1, 2.5e3, "\u00e9"]}}"#,
+            br#"{"kn\u006fwledge_id": "escaped key", "metadata_condition": {"conditions": []}}"#,
+            br#"{}"#,
+            br#"  {"query": 5}  "#,
+            "{\"query\": \"Ärger ✓\", \"x\": \"🚀\"}".as_bytes(),
+        ] {
+            let fields = read_fields(body).unwrap();
+            let expected = whole(body).unwrap();
+            assert_eq!(format!("{fields:?}"), format!("{expected:?}"));
+        }
+        for refused in [
+            &b"{not json"[..],
+            b"[1]",
+            b"\"text\"",
+            b"null",
+            b"{\"a\": 1,}",
+            b"{\"x\": 01}",
+            b"{\"x\": \"\xff\"}",
+            b"{\"knowledge_id\": \"k\"} trailing",
+        ] {
+            assert!(whole(refused).is_err());
+            let error = read_fields(refused).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        }
+        assert!(
+            read_fields(b"[1]")
+                .unwrap_err()
+                .message
+                .contains("must be a JSON object")
+        );
+        assert!(
+            read_fields(b"{\"a\": ")
+                .unwrap_err()
+                .message
+                .contains("not valid JSON")
         );
     }
 

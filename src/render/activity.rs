@@ -6,8 +6,9 @@
 //! user is idle, looks lost, was offered a tour, or when activity may be missing.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 
-use crate::clock::{format_duration, format_utc, format_utc_time};
+use crate::clock::{HumanDuration, Utc, format_duration, format_utc, format_utc_time};
 use crate::session::model::{Action, Session};
 
 /// First line of the activity record; the system prompt in docs/dify.md refers to it by name.
@@ -37,56 +38,69 @@ pub fn render_activity(session: &Session, now: f64, window_secs: f64) -> String 
 
 /// Has the user done nothing for longer than the window at `now`? (The tail reads differently.)
 pub fn is_idle(session: &Session, now: f64, window_secs: f64) -> bool {
-    (now - session.last_activity()).max(0.0) > window_secs.max(1.0)
+    idle_since(session.last_activity(), now, window_secs)
+}
+
+/// [`is_idle`] given the session's [`Session::last_activity`].
+pub fn idle_since(last_activity: f64, now: f64, window_secs: f64) -> bool {
+    (now - last_activity).max(0.0) > window_secs.max(1.0)
 }
 
 /// The lines of the view that change with `now`: the header, "as of", and where the user is
 /// (for how long, or since when idle).
 pub fn activity_head(session: &Session, now: f64, window_secs: f64) -> String {
+    activity_head_at(session, now, window_secs, session.last_activity())
+}
+
+/// [`activity_head`] given the session's [`Session::last_activity`] (a prepared answer holds
+/// it, so the chunks are not walked again on every request).
+pub fn activity_head_at(
+    session: &Session,
+    now: f64,
+    window_secs: f64,
+    last_activity: f64,
+) -> String {
     let window_secs = window_secs.max(1.0);
-    let last_activity = session.last_activity();
     let idle_for = (now - last_activity).max(0.0);
     let idle = idle_for > window_secs;
 
+    // Written straight into one buffer: this runs on every `/retrieval` answer. (Writing to
+    // a `String` cannot fail.)
     let mut out = String::with_capacity(256);
     out.push_str(ACTIVITY_HEADER);
     out.push('\n');
-    out.push_str(&format!(
-        "What this user is doing in the product, from their own browser session only (as of {}).\n",
-        format_utc(now)
-    ));
+    let _ = writeln!(
+        out,
+        "What this user is doing in the product, from their own browser session only (as of {}).",
+        Utc(now)
+    );
 
-    match (session.current_page(), session.left_page()) {
-        (Some(page), Some(left)) => {
-            out.push_str(&format!(
-                "Left \"{}\" ({}) {} ago, after {} there.\n",
-                page.label,
-                page.url,
-                format_duration((now - left).max(0.0)),
-                format_duration((left - page.since).max(0.0))
-            ));
-        }
-        (Some(page), None) if idle => {
-            out.push_str(&format!(
-                "Last active {} ago on \"{}\" ({}); nothing since.\n",
-                format_duration(idle_for),
-                page.label,
-                page.url
-            ));
-        }
-        (Some(page), None) => {
-            out.push_str(&format!(
-                "Now on: \"{}\" ({}) for {}.\n",
-                page.label,
-                page.url,
-                format_duration(now - page.since)
-            ));
-        }
-        (None, _) if idle => {
-            out.push_str(&format!("Last active {} ago.\n", format_duration(idle_for)));
-        }
-        (None, _) => {}
-    }
+    let _ = match (session.current_page(), session.left_page()) {
+        (Some(page), Some(left)) => writeln!(
+            out,
+            "Left \"{}\" ({}) {} ago, after {} there.",
+            page.label,
+            page.url,
+            HumanDuration((now - left).max(0.0)),
+            HumanDuration((left - page.since).max(0.0))
+        ),
+        (Some(page), None) if idle => writeln!(
+            out,
+            "Last active {} ago on \"{}\" ({}); nothing since.",
+            HumanDuration(idle_for),
+            page.label,
+            page.url
+        ),
+        (Some(page), None) => writeln!(
+            out,
+            "Now on: \"{}\" ({}) for {}.",
+            page.label,
+            page.url,
+            HumanDuration(now - page.since)
+        ),
+        (None, _) if idle => writeln!(out, "Last active {} ago.", HumanDuration(idle_for)),
+        (None, _) => Ok(()),
+    };
     out
 }
 

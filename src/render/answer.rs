@@ -5,7 +5,7 @@
 //! record's text and metadata, and serialising them. Nearly all of that depends only on the
 //! session: what depends on the request is each record's relevance to the question (so the
 //! scores and the order), and what depends on the time is the activity view's first lines
-//! ([`activity_head`]) and its `generated_at`. So a [`Prepared`] holds, per snapshot:
+//! ([`crate::render::activity::activity_head`]) and its `generated_at`. So a [`Prepared`] holds, per snapshot:
 //!
 //! - the activity view's tail ([`activity_tail`]), already JSON-escaped, and its metadata as
 //!   JSON split around `generated_at`;
@@ -25,7 +25,6 @@
 //! in-memory store hands out its current snapshot; the Redis store keeps the snapshot of the
 //! revision it last read (see `session::redis`), so both hit while a session is unchanged.
 
-use std::collections::HashSet;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use bytes::Bytes;
@@ -33,10 +32,11 @@ use lru::LruCache;
 use serde_json::{Map, Value};
 
 use crate::clock::format_rfc3339;
-use crate::render::activity::{ACTIVITY_HEADER, activity_head, activity_tail, is_idle};
+use crate::render::activity::{ACTIVITY_HEADER, activity_head_at, activity_tail, idle_since};
 use crate::render::records::{
     ACTIVITY_SCORE, GENERATED_AT, Record, activity_metadata, score, scored_candidates, terms_of,
 };
+use crate::render::word_index::WordIndex;
 use crate::session::model::{Session, SessionId};
 
 /// Bytes of preparations kept over all shards; beyond it the least recently used go.
@@ -47,8 +47,6 @@ const SHARDS: usize = 16;
 /// One record other than the activity record, ready to be scored and written.
 #[derive(Debug)]
 struct Candidate {
-    /// The distinct lower-cased words of 3+ bytes of its content (see [`relevance_of_words`]).
-    words: Vec<Box<str>>,
     recency: f64,
     /// `{"content":…,"metadata":{…},"score":`
     before_score: Box<[u8]>,
@@ -72,6 +70,10 @@ pub struct Prepared {
     /// The rest of the metadata, the score and the title: `,…},"score":1.0,"title":"…"}`.
     metadata_after: Box<[u8]>,
     candidates: Vec<Candidate>,
+    /// The candidates' words, for scoring a question against all of them at once.
+    words: WordIndex,
+    /// [`Session::last_activity`] of the snapshot (read on every answer).
+    last_activity: f64,
     /// Heap bytes held, for the cache's budget.
     bytes: usize,
 }
@@ -100,15 +102,18 @@ impl Prepared {
         write_json(&mut metadata_after, ACTIVITY_HEADER);
         metadata_after.push(b'}');
 
-        let candidates: Vec<Candidate> = scored_candidates(session)
-            .into_iter()
-            .map(|(record, recency)| Candidate::of(&record, recency))
+        let scored = scored_candidates(session);
+        let words = WordIndex::build(scored.iter().map(|(record, _)| record.content.as_str()));
+        let candidates: Vec<Candidate> = scored
+            .iter()
+            .map(|(record, recency)| Candidate::of(record, *recency))
             .collect();
         let bytes = std::mem::size_of::<Self>()
             + tail_json.len()
             + metadata_before.len()
             + metadata_after.len()
-            + candidates.iter().map(Candidate::bytes).sum::<usize>();
+            + candidates.iter().map(Candidate::bytes).sum::<usize>()
+            + words.bytes();
         Self {
             session: Arc::downgrade(session),
             window_bits: window_secs.to_bits(),
@@ -118,15 +123,18 @@ impl Prepared {
             metadata_before: metadata_before.into_boxed_slice(),
             metadata_after: metadata_after.into_boxed_slice(),
             candidates,
+            words,
+            last_activity: session.last_activity(),
             bytes,
         }
     }
 
-    /// Was this prepared from exactly this snapshot, window and idleness?
-    fn fits(&self, session: &Arc<Session>, window_secs: f64, idle: bool) -> bool {
+    /// Was this prepared from exactly this snapshot and window, for a time as idle (or not)
+    /// as `now`?
+    fn fits(&self, session: &Arc<Session>, window_secs: f64, now: f64) -> bool {
         std::ptr::eq(self.session.as_ptr(), Arc::as_ptr(session))
             && self.window_bits == window_secs.to_bits()
-            && self.idle == idle
+            && self.idle == idle_since(self.last_activity, now, window_secs)
     }
 
     /// The answer body `{"records": [...]}` for `question` at server time `now`: the activity
@@ -145,7 +153,8 @@ impl Prepared {
         let mut scored: Vec<(f64, &Candidate)> = self
             .candidates
             .iter()
-            .map(|c| (score(relevance_of_words(&terms, &c.words), c.recency), c))
+            .zip(self.words.relevance(&terms))
+            .map(|(c, relevance)| (score(relevance, c.recency), c))
             .collect();
         // Stable, as `session_records` sorts: equal scores keep the summary-then-newest order.
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -154,7 +163,7 @@ impl Prepared {
             .filter(|(s, _)| *s >= score_threshold)
             .take(top_k.saturating_sub(1));
 
-        let mut head = activity_head(session, now, window_secs);
+        let mut head = activity_head_at(session, now, window_secs, self.last_activity);
         if self.tail_empty {
             head.truncate(head.trim_end().len());
         }
@@ -201,7 +210,6 @@ impl Candidate {
         write_json(&mut after, record.title.as_str());
         after.push(b'}');
         Self {
-            words: distinct_words(&record.content),
             recency,
             before_score: before.into_boxed_slice(),
             after_score: after.into_boxed_slice(),
@@ -209,14 +217,7 @@ impl Candidate {
     }
 
     fn bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.before_score.len()
-            + self.after_score.len()
-            + self
-                .words
-                .iter()
-                .map(|w| w.len() + std::mem::size_of::<Box<str>>())
-                .sum::<usize>()
+        std::mem::size_of::<Self>() + self.before_score.len() + self.after_score.len()
     }
 }
 
@@ -230,14 +231,14 @@ pub fn answer(
     now: f64,
     window_secs: f64,
 ) -> (Bytes, usize) {
-    let idle = is_idle(session, now, window_secs);
     let shard = &CACHE[shard_of(session.id())];
     let cached = crate::sync::lock(shard)
         .map
         .get(session.id())
-        .filter(|p| p.fits(session, window_secs, idle))
+        .filter(|p| p.fits(session, window_secs, now))
         .map(Arc::clone);
     let prepared = cached.unwrap_or_else(|| {
+        let idle = idle_since(session.last_activity(), now, window_secs);
         let prepared = Arc::new(Prepared::build(session, window_secs, idle));
         crate::sync::lock(shard).insert(session.id().clone(), Arc::clone(&prepared));
         prepared
@@ -327,59 +328,10 @@ fn write_map_split(
     out.push(b'}');
 }
 
-/// The distinct lower-cased words of 3+ bytes of `content`, as
-/// [`crate::render::records::relevance`] reads them.
-fn distinct_words(content: &str) -> Vec<Box<str>> {
-    let mut seen = HashSet::new();
-    content
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| w.len() >= 3)
-        .map(str::to_lowercase)
-        .filter(|w| seen.insert(w.clone()))
-        .map(String::into_boxed_str)
-        .collect()
-}
-
-/// [`crate::render::records::relevance`] over a content's [`distinct_words`]: the share of
-/// the terms some word matches. No allocation for up to 64 terms (`terms_of` gives 32 at most).
-fn relevance_of_words(terms: &[String], words: &[Box<str>]) -> f64 {
-    if terms.is_empty() {
-        return 0.0;
-    }
-    if terms.len() > 64 {
-        let hits = terms
-            .iter()
-            .filter(|t| words.iter().any(|w| term_matches(t, w)))
-            .count();
-        return hits as f64 / terms.len() as f64;
-    }
-    let all = if terms.len() == 64 {
-        u64::MAX
-    } else {
-        (1u64 << terms.len()) - 1
-    };
-    let mut matched = 0u64;
-    'words: for word in words {
-        for (i, term) in terms.iter().enumerate() {
-            if matched & (1 << i) == 0 && term_matches(term, word) {
-                matched |= 1 << i;
-                if matched == all {
-                    break 'words;
-                }
-            }
-        }
-    }
-    f64::from(matched.count_ones()) / terms.len() as f64
-}
-
-fn term_matches(term: &str, word: &str) -> bool {
-    crate::render::records::term_matches(term, word)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::records::{relevance, select, session_records};
+    use crate::render::records::{select, session_records};
     use crate::session::model::tests::{action, batch};
     use crate::session::model::{Gap, SessionLimits};
 
@@ -501,32 +453,5 @@ mod tests {
             answer(&s, "export", 0.0, 5, t, 120.0),
             reference(&s, "export", 0.0, 5, t, 120.0)
         );
-    }
-
-    #[test]
-    fn word_relevance_is_relevance() {
-        let contents = [
-            "User actions (3 actions):\n- click \"Click Export CSV\" (https://app/reports)",
-            "Ärger mit der Rechnung: ÖFFNEN, Übersicht, ΣΊΣΥΦΟΣ straße ǅemal",
-            "",
-            "a an the exp exports EXPORTING projector",
-        ];
-        let many: Vec<String> = (0..70).map(|i| format!("exp{i}")).collect();
-        for question in [
-            "how do I export a csv?",
-            "rechnung öffnen σίσυφος",
-            "exp proj",
-            "",
-        ] {
-            let terms = terms_of(question);
-            for content in contents {
-                let words = distinct_words(content);
-                assert_eq!(
-                    relevance_of_words(&terms, &words),
-                    relevance(&terms, content)
-                );
-                assert_eq!(relevance_of_words(&many, &words), relevance(&many, content));
-            }
-        }
     }
 }

@@ -5,3 +5,4 @@
 pub mod activity;
 pub mod answer;
 pub mod records;
+pub mod word_index;

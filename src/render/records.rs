@@ -5,8 +5,6 @@
 //! score 1.0; the summary and the raw chunks are scored by how well their text matches the
 //! question, blended with recency, and every score stays inside 0..1.
 
-use std::collections::HashSet;
-
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -261,15 +259,26 @@ const STOPWORDS: &[&str] = &[
 
 /// Lower-cased word terms of a text (3+ characters, no stopwords), deduplicated.
 pub fn terms_of(text: &str) -> Vec<String> {
-    let mut seen = HashSet::new();
-    text.split(|c: char| !c.is_alphanumeric())
+    // At most 32 terms: a linear check for repeats is cheaper than hashing them.
+    let mut terms: Vec<String> = Vec::new();
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
         .filter(|w| w.chars().count() >= 3)
-        .map(str::to_lowercase)
-        .filter(|w| !STOPWORDS.contains(&w.as_str()))
-        .filter(|w| seen.insert(w.clone()))
-        .take(32)
-        .collect()
+    {
+        let word = word.to_lowercase();
+        if STOPWORDS.contains(&word.as_str()) || terms.contains(&word) {
+            continue;
+        }
+        terms.push(word);
+        if terms.len() == MAX_TERMS {
+            break;
+        }
+    }
+    terms
 }
+
+/// Terms read from one question, at most.
+const MAX_TERMS: usize = 32;
 
 /// Share of the question's terms that occur in `content` (prefix match, so "project" finds
 /// "projects"), in 0..1; 0 for a question without terms.
@@ -322,6 +331,7 @@ mod tests {
     use super::*;
     use crate::session::model::tests::{action, batch};
     use crate::session::model::{SessionId, SessionLimits};
+    use std::collections::HashSet;
 
     fn session() -> Session {
         let mut s = Session::new(SessionId::parse("s1").unwrap(), 0.0);

@@ -14,9 +14,8 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use lru::LruCache;
 
@@ -192,13 +191,6 @@ pub fn last_forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
         .or_else(|| last.parse::<SocketAddr>().ok().map(|s| s.ip()))
 }
 
-fn route_of(request: &Request) -> String {
-    request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string())
-}
-
 /// Marks a request to a receiver that arrived over its sender's rate: the receiver refuses it
 /// only if it is not authentic (see [`rate_limit`]).
 #[derive(Debug, Clone, Copy)]
@@ -208,42 +200,39 @@ pub struct OverRateLimit {
     pub wait: Duration,
 }
 
-/// Middleware: refuse requests over the per-IP rate with `429` (exempt paths pass).
+/// The `429` answer to a request over the per-IP rate, `None` to let it through (exempt
+/// paths always pass).
+/// Run by [`crate::web::guard`] for every route; `route` names it in the metric and log.
 ///
 /// Marked paths are the exception: a sender that never retries a 4xx (the Autoplay connector)
 /// would lose a refused genuine delivery. A request over the rate there is marked with
 /// [`OverRateLimit`] and refused by the receiver only when its signature fails, so floods of
 /// forged deliveries are limited and the sender's own never are.
-pub async fn rate_limit(
-    State(state): State<Arc<RequestLimits>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let Some(limiter) = state.rate_limiter.as_ref() else {
-        return next.run(request).await;
-    };
+pub fn refusal(state: &RequestLimits, request: &mut Request, route: &str) -> Option<Response> {
+    // No limiter: the rate limit is off.
+    let limiter = state.rate_limiter.as_ref()?;
     if state.exempt_paths.contains(&request.uri().path()) {
-        return next.run(request).await;
+        return None;
     }
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let Some(client) = limiter.client_of(request.headers(), peer) else {
-        // Served without connection info (embedded in another server): nothing to key on.
-        return next.run(request).await;
-    };
-    let Err(wait) = limiter.check(client, Instant::now()) else {
-        return next.run(request).await;
-    };
+    // Served without connection info (embedded in another server): nothing to key on.
+    let client = limiter.client_of(request.headers(), peer)?;
+    let wait = limiter.check(client, Instant::now()).err()?;
     if state.marked_paths.contains(&request.uri().path()) {
         request
             .extensions_mut()
             .insert(OverRateLimit { client, wait });
-        return next.run(request).await;
+        return None;
     }
-    let route = route_of(&request);
-    refuse(&state, limiter, &route, OverRateLimit { client, wait })
+    Some(refuse(
+        state,
+        limiter,
+        route,
+        OverRateLimit { client, wait },
+    ))
 }
 
 /// The `429` answer to a request over the rate: counted, logged (at most once per 10 s).
@@ -297,38 +286,29 @@ fn refuse(
     response
 }
 
-/// Middleware: answer `503` (JSON) when a request takes longer than `LIVECTX_REQUEST_TIMEOUT`
-/// to produce its response head. Covers reading the body, so a client that trickles its body
-/// cannot hold a handler forever; a streamed response body (SSE) is not cut.
-pub async fn request_timeout(
-    State(state): State<Arc<RequestLimits>>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// The `503` (JSON) answer to a request that took longer than `LIVECTX_REQUEST_TIMEOUT` to
+/// produce its response head ([`crate::web::guard`] times every request, body reading
+/// included, so a client that trickles its body cannot hold a handler forever; a streamed
+/// response body, SSE, is not cut): counted and logged.
+pub fn timed_out(state: &RequestLimits, route: &str) -> Response {
     let limit = state.request_timeout;
-    let route = route_of(&request);
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            state
-                .metrics
-                .request_timeouts
-                .get_or_create(&RouteLabels {
-                    route: route.clone(),
-                })
-                .inc();
-            tracing::warn!(route, timeout = ?limit, "request timed out; answered 503");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                codes::TIMED_OUT,
-                format!(
-                    "the request did not complete within {} (LIVECTX_REQUEST_TIMEOUT)",
-                    humantime::format_duration(limit)
-                ),
-            )
-            .into_response()
-        }
-    }
+    state
+        .metrics
+        .request_timeouts
+        .get_or_create(&RouteLabels {
+            route: route.to_string(),
+        })
+        .inc();
+    tracing::warn!(route, timeout = ?limit, "request timed out; answered 503");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        codes::TIMED_OUT,
+        format!(
+            "the request did not complete within {} (LIVECTX_REQUEST_TIMEOUT)",
+            humantime::format_duration(limit)
+        ),
+    )
+    .into_response()
 }
 
 #[cfg(test)]
