@@ -576,7 +576,7 @@ async fn build_storage(
         .map_err(|rule| ConfigError::rule("LIVECTX_REDIS_PREFIX", rule))?;
     let target = redis_store::RedisTarget::parse(url).map_err(StartupError::RedisUrl)?;
     let connection = target
-        .lazy_connection()
+        .lazy_connection(config.redis_tracking)
         .map_err(StartupError::RedisClient)?;
     let redis_store = RedisStore::new(
         connection.clone(),

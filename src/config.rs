@@ -280,6 +280,12 @@ pub struct ServeConfig {
     #[arg(long, env = "LIVECTX_REDIS_BUFFER", default_value_t = crate::session::buffered::DEFAULT_BUFFER_BOUND)]
     pub redis_buffer: usize,
 
+    /// Answer reads of unchanged sessions from this replica's cache, told of every change by
+    /// Redis (`CLIENT TRACKING` over RESP3, one server only; needs Redis 6 or Valkey). Set
+    /// false for a server without RESP3: each read then checks the session's revision.
+    #[arg(long, env = "LIVECTX_REDIS_TRACKING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub redis_tracking: bool,
+
     /// Turn on the operator console at /console: the key an operator types to log in
     /// (unset: /console is 404).
     #[arg(long, env = "LIVECTX_CONSOLE_KEY", hide_env_values = true)]
@@ -386,6 +392,7 @@ impl Default for ServeConfig {
             redis_prefix: crate::session::redis::DEFAULT_PREFIX.to_string(),
             lease_ttl: crate::cluster::redis_lease::DEFAULT_LEASE_TTL,
             redis_buffer: crate::session::buffered::DEFAULT_BUFFER_BOUND,
+            redis_tracking: true,
             console_key: None,
             console_show_identities: false,
             autoplay_api: Default::default(),

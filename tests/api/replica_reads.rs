@@ -11,7 +11,7 @@ use crate::helpers::{TestApp, action, batch, test_config};
 use livectx::Overrides;
 use livectx::app::store_config;
 use livectx::session::model::SessionId;
-use livectx::session::redis::RedisStore;
+use livectx::session::redis::{RedisStore, RedisTarget};
 use livectx::session::store::SessionStore;
 use serde_json::Value;
 
@@ -158,4 +158,151 @@ async fn an_unchanged_session_is_not_read_again() {
     // Expiry is still judged on every read.
     let late = now + store_config(&config).ttl_secs() + 10.0;
     assert!(store.session(&id, late).await.unwrap().is_none());
+}
+
+/// With `CLIENT TRACKING` (the default on one server), an unchanged session is answered with
+/// no command at all; a write by another replica is still seen in the very next read, and so
+/// is this replica's own write. Without tracking, every cached read checks the revision.
+#[tokio::test]
+async fn tracked_reads_cost_no_command_until_the_session_changes() {
+    let Some(url) = test_redis_url("tracked_reads_cost_no_command_until_the_session_changes")
+    else {
+        return;
+    };
+    let prefix = RedisPrefix::new(&url, "replica_reads_tracked");
+    let config = test_config();
+    let target = RedisTarget::parse(&url).unwrap();
+    let tracked = !matches!(target, RedisTarget::Cluster(_));
+    let store = |tracking: bool| {
+        RedisStore::new(
+            target.lazy_connection(tracking).unwrap(),
+            prefix.prefix.clone(),
+            store_config(&config),
+        )
+    };
+    let (reader, writer, untracked) = (store(true), store(true), store(false));
+    let id = SessionId::parse("ps_tracked").unwrap();
+    let now = livectx::clock::now();
+    let click = |title: &str, t: f64| {
+        batch(
+            "ps_tracked",
+            None,
+            None,
+            vec![action("click", title, "https://app/x", t)],
+        )
+    };
+    writer
+        .append_actions(click("Click A", now), now, None)
+        .await
+        .unwrap();
+
+    let first = reader.session(&id, now).await.unwrap().unwrap();
+    for _ in 0..5 {
+        let again = reader.session(&id, now).await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+    }
+    let stats = reader.read_stats();
+    if tracked {
+        assert_eq!(
+            (stats.whole, stats.revision, stats.local),
+            (1, 0, 5),
+            "{stats:?}"
+        );
+    } else {
+        assert_eq!(
+            (stats.whole, stats.revision, stats.local),
+            (1, 5, 0),
+            "{stats:?}"
+        );
+    }
+
+    // Another replica writes: the next read sees it.
+    for step in 1..=10 {
+        let t = now + f64::from(step);
+        writer
+            .append_actions(click(&format!("Click {step}"), t), t, None)
+            .await
+            .unwrap();
+        let read = reader.session(&id, t).await.unwrap().unwrap();
+        assert_eq!(read.chunks().len(), 2 * step as usize, "step {step}");
+        // Its own write, too.
+        let t = t + 0.5;
+        reader
+            .append_actions(click(&format!("Own {step}"), t), t, None)
+            .await
+            .unwrap();
+        let read = reader.session(&id, t).await.unwrap().unwrap();
+        assert_eq!(
+            read.chunks().len(),
+            2 * step as usize + 1,
+            "own write at step {step}"
+        );
+        writer.session(&id, t).await.unwrap().unwrap();
+    }
+
+    // Tracking off: every cached read asks for the revision.
+    untracked.session(&id, now + 20.0).await.unwrap().unwrap();
+    untracked.session(&id, now + 20.0).await.unwrap().unwrap();
+    assert_eq!(untracked.read_stats().revision, 1);
+    assert_eq!(untracked.read_stats().local, 0);
+}
+
+/// A Redis that cannot give a tracked connection (no RESP3, tracking refused, a proxy in the
+/// way) costs nothing but the saving: reads check revisions, and nothing is refused.
+#[tokio::test]
+async fn reads_go_on_when_the_tracked_connection_cannot_open() {
+    let Some(url) = test_redis_url("reads_go_on_when_the_tracked_connection_cannot_open") else {
+        return;
+    };
+    if matches!(RedisTarget::parse(&url), Ok(RedisTarget::Cluster(_))) {
+        println!("skipped on a cluster: a cluster has no tracked connection");
+        return;
+    }
+    let prefix = RedisPrefix::new(&url, "replica_reads_no_tracking");
+    let config = test_config();
+    let manager = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .unwrap();
+    // Nothing listens on port 1.
+    let unreachable = livectx::session::redis::tracking::TrackedConnection::new(
+        redis::Client::open("redis://127.0.0.1:1/?protocol=resp3").unwrap(),
+        redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_millis(200))),
+    );
+    let store = RedisStore::new(
+        livectx::session::redis::RedisConnection::Single(manager, Some(Arc::new(unreachable))),
+        prefix.prefix.clone(),
+        store_config(&config),
+    );
+    let id = SessionId::parse("ps_untracked").unwrap();
+    let now = livectx::clock::now();
+    for step in 0..3 {
+        let t = now + f64::from(step);
+        store
+            .append_actions(
+                batch(
+                    "ps_untracked",
+                    None,
+                    None,
+                    vec![action(
+                        "click",
+                        &format!("Click {step}"),
+                        "https://app/x",
+                        t,
+                    )],
+                ),
+                t,
+                None,
+            )
+            .await
+            .unwrap();
+        let read = store.session(&id, t).await.unwrap().unwrap();
+        assert_eq!(read.chunks().len(), step as usize + 1);
+        store.session(&id, t).await.unwrap().unwrap();
+    }
+    let stats = store.read_stats();
+    assert_eq!(stats.local, 0, "{stats:?}");
+    assert!(stats.revision >= 3, "{stats:?}");
 }

@@ -7,13 +7,19 @@
 //! client learns the slot map from them, follows `MOVED` and `ASK` redirects, refreshes the map
 //! when a replica takes over a failed master, and retries meanwhile.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
+use redis::{
+    AsyncConnectionConfig, Cmd, ErrorKind, IntoConnectionInfo, Pipeline, ProtocolVersion,
+    RedisError, RedisFuture, ServerErrorKind, Value,
+};
+
+use super::tracking::TrackedConnection;
 
 use crate::session::store::{Corrupt, StoreError, Unavailable};
 
@@ -105,13 +111,15 @@ impl RedisTarget {
     }
 
     /// A connection that connects on first use and reconnects by itself, so a replica can
-    /// start (and answer empty) while Redis is down.
-    pub fn lazy_connection(&self) -> Result<RedisConnection, RedisError> {
+    /// start (and answer empty) while Redis is down. On one server it also carries a tracked
+    /// connection (RESP3, `CLIENT TRACKING`) for the read cache, unless `tracking` is false
+    /// (see [`super::tracking`]); a cluster never does.
+    pub fn lazy_connection(&self, tracking: bool) -> Result<RedisConnection, RedisError> {
         match self {
             Self::Single(url) => {
-                let client = redis::Client::open(url.as_str())?;
-                ConnectionManager::new_lazy_with_config(client, manager_config())
-                    .map(RedisConnection::Single)
+                let (client, tracked, config) = single_server(url, tracking)?;
+                ConnectionManager::new_lazy_with_config(client, config)
+                    .map(|manager| RedisConnection::Single(manager, tracked))
             }
             Self::Cluster(nodes) => Ok(RedisConnection::Cluster(
                 cluster_builder(nodes)
@@ -121,13 +129,17 @@ impl RedisTarget {
         }
     }
 
-    /// Connect now (tests and tools): fails when Redis cannot be reached.
+    /// Connect now (tests and tools), with tracking on one server: fails when Redis cannot
+    /// be reached.
     pub async fn connect(&self) -> Result<RedisConnection, RedisError> {
         match self {
-            Self::Single(url) => redis::Client::open(url.as_str())?
-                .get_connection_manager_with_config(manager_config())
-                .await
-                .map(RedisConnection::Single),
+            Self::Single(url) => {
+                let (client, tracked, config) = single_server(url, true)?;
+                client
+                    .get_connection_manager_with_config(config)
+                    .await
+                    .map(|manager| RedisConnection::Single(manager, tracked))
+            }
             Self::Cluster(nodes) => cluster_builder(nodes)
                 .build()?
                 .get_async_connection_with_config(cluster_config())
@@ -135,6 +147,37 @@ impl RedisTarget {
                 .map(RedisConnection::Cluster),
         }
     }
+}
+
+/// The client and settings of one server, and its tracked connection (with `tracking`).
+fn single_server(
+    url: &str,
+    tracking: bool,
+) -> Result<
+    (
+        redis::Client,
+        Option<Arc<TrackedConnection>>,
+        ConnectionManagerConfig,
+    ),
+    RedisError,
+> {
+    let client = redis::Client::open(url)?;
+    if !tracking {
+        return Ok((client, None, manager_config()));
+    }
+    let info = url.into_connection_info()?;
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    let tracked_client = redis::Client::open(info.set_redis_settings(settings))?;
+    let tracked = TrackedConnection::new(
+        tracked_client,
+        AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT)),
+    );
+    Ok((client, Some(Arc::new(tracked)), manager_config()))
 }
 
 /// The settings of a one-server connection (see the constants above).
@@ -175,15 +218,24 @@ pub async fn connect(url: &str) -> Result<RedisConnection, StoreError> {
 /// sockets), and usable wherever the `redis` crate takes an async connection.
 #[derive(Clone)]
 pub enum RedisConnection {
-    Single(ConnectionManager),
+    /// One server, with its tracked connection when tracking is on.
+    Single(ConnectionManager, Option<Arc<TrackedConnection>>),
     Cluster(ClusterConnection),
 }
 
 impl RedisConnection {
+    /// The tracked connection (`CLIENT TRACKING`), on one server with tracking on.
+    pub fn tracked(&self) -> Option<&Arc<TrackedConnection>> {
+        match self {
+            Self::Single(_, tracked) => tracked.as_ref(),
+            Self::Cluster(_) => None,
+        }
+    }
+
     /// `single` or `cluster`.
     pub fn mode(&self) -> &'static str {
         match self {
-            Self::Single(_) => "single",
+            Self::Single(..) => "single",
             Self::Cluster(_) => "cluster",
         }
     }
@@ -209,7 +261,7 @@ impl RedisConnection {
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Self::Single(connection) => connection.req_packed_command(cmd),
+            Self::Single(connection, _) => connection.req_packed_command(cmd),
             Self::Cluster(connection) => connection.req_packed_command(cmd),
         }
     }
@@ -221,14 +273,14 @@ impl ConnectionLike for RedisConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Self::Single(connection) => connection.req_packed_commands(cmd, offset, count),
+            Self::Single(connection, _) => connection.req_packed_commands(cmd, offset, count),
             Self::Cluster(connection) => connection.req_packed_commands(cmd, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Self::Single(connection) => connection.get_db(),
+            Self::Single(connection, _) => connection.get_db(),
             Self::Cluster(connection) => connection.get_db(),
         }
     }

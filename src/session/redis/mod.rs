@@ -60,8 +60,10 @@ pub mod connection;
 pub mod keys;
 mod read_cache;
 mod scripts;
+pub mod tracking;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -169,7 +171,32 @@ pub struct RedisStore {
     known_products: Mutex<HashSet<String>>,
     /// Sessions read lately and the revision each was read at (see [`read_cache`]).
     read_cache: read_cache::ReadCache,
+    /// When the tracked connection last failed (logged at most once per [`TRACKING_RETRY`]).
+    tracking_refused: Mutex<Option<Instant>>,
+    reads: ReadCounters,
 }
+
+/// How this replica's session reads were answered, since it started.
+#[derive(Debug, Default)]
+struct ReadCounters {
+    local: AtomicU64,
+    revision: AtomicU64,
+    whole: AtomicU64,
+}
+
+/// How session reads were answered (see [`RedisStore::read_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReadStats {
+    /// From the cache, with no command: Redis had said nothing of the key since.
+    pub local: u64,
+    /// From the cache after one `HGET` of the revision found it unchanged.
+    pub revision: u64,
+    /// Read whole from Redis (first read, changed since, or gone).
+    pub whole: u64,
+}
+
+/// The least time between two log lines about the tracked connection failing.
+const TRACKING_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Products remembered by [`RedisStore::has_product`] at most (a deployment has a few).
 const KNOWN_PRODUCTS_MAX: usize = 1024;
@@ -200,6 +227,49 @@ impl RedisStore {
             bound_view: Mutex::new(None),
             known_products: Mutex::new(HashSet::new()),
             read_cache: read_cache::ReadCache::default(),
+            tracking_refused: Mutex::new(None),
+            reads: ReadCounters::default(),
+        }
+    }
+
+    /// Send `read` of `key`: on the tracked connection when there is one (its value then
+    /// comes with the stamp it can be trusted by), else, or when that fails, untracked on the
+    /// main connection.
+    async fn read<T: redis::FromRedisValue>(
+        &self,
+        key: &str,
+        read: &redis::Cmd,
+    ) -> Result<(T, Option<tracking::Stamp>), StoreError> {
+        if let Some(tracked) = self.connection.tracked() {
+            match tracked.read(key, read).await {
+                Ok((value, stamp)) => return Ok((value, Some(stamp))),
+                Err(error) => self.note_untracked(&error),
+            }
+        }
+        let mut connection = self.connection.clone();
+        let value = read
+            .query_async(&mut connection)
+            .await
+            .map_err(store_error)?;
+        Ok((value, None))
+    }
+
+    /// The tracked connection failed: say so now and then (reads go on untracked).
+    fn note_untracked(&self, error: &redis::RedisError) {
+        let mut last = crate::sync::lock(&self.tracking_refused);
+        if last.is_none_or(|at| at.elapsed() >= TRACKING_RETRY) {
+            *last = Some(Instant::now());
+            tracing::warn!(%error, "the tracked Redis connection failed; reads check each session's revision meanwhile (LIVECTX_REDIS_TRACKING=false turns tracking off)");
+        }
+    }
+
+    /// How this replica's session reads were answered so far (tests and benchmarks read it
+    /// to show that unchanged sessions cost no command with tracking on).
+    pub fn read_stats(&self) -> ReadStats {
+        ReadStats {
+            local: self.reads.local.load(Ordering::Relaxed),
+            revision: self.reads.revision.load(Ordering::Relaxed),
+            whole: self.reads.whole.load(Ordering::Relaxed),
         }
     }
 
@@ -421,11 +491,14 @@ impl RedisStore {
             fresh: write.fresh,
         };
         let mut connection = self.connection.clone();
-        let reply: Vec<i64> = args
-            .invocation()
-            .invoke_async(&mut connection)
-            .await
-            .map_err(store_error)?;
+        let reply = args.invocation().invoke_async(&mut connection).await;
+        // Whatever the outcome (an error may hide a write that ran), this replica's next read
+        // of the session asks Redis instead of trusting its cache, without waiting for
+        // Redis's invalidation to arrive.
+        if let Some(tracked) = self.connection.tracked() {
+            tracked.invalidations().invalidate(write.key.as_bytes());
+        }
+        let reply: Vec<i64> = reply.map_err(store_error)?;
         match reply.as_slice() {
             [1] => Ok(CommitStatus::Written),
             [0] => Ok(CommitStatus::Conflict),
@@ -663,9 +736,10 @@ impl RedisStore {
     }
 }
 
+/// A plain manager carries no invalidations (its pushes go nowhere): reads check revisions.
 impl From<redis::aio::ConnectionManager> for RedisConnection {
     fn from(connection: redis::aio::ConnectionManager) -> Self {
-        Self::Single(connection)
+        Self::Single(connection, None)
     }
 }
 
@@ -852,20 +926,32 @@ impl SessionStore for RedisStore {
     }
 
     async fn session(&self, id: &SessionId, now: f64) -> Result<Option<Arc<Session>>, StoreError> {
-        let mut connection = self.connection.clone();
         let key = self.keys.session(id.as_str());
         let ttl = self.config.ttl_secs();
-        if let Some((read_at, session)) = self.read_cache.get(id) {
+        let fresh = |session: Arc<Session>| (!session.is_expired(now, ttl)).then_some(session);
+        if let Some(cached) = self.read_cache.get(id) {
+            // Tracked, and Redis has said nothing of the key since it was read — counting
+            // what it sent up to now (the barrier): it is what Redis holds.
+            if let (Some(tracked), Some(stamp)) = (self.connection.tracked(), cached.stamp) {
+                match tracked.barrier().await {
+                    Ok(()) if tracked.invalidations().holds(&key, stamp) => {
+                        self.reads.local.fetch_add(1, Ordering::Relaxed);
+                        return Ok(fresh(cached.session));
+                    }
+                    Ok(()) => {}
+                    Err(error) => self.note_untracked(&error),
+                }
+            }
             // Is what this replica read still what Redis holds? One small field says.
-            let revision: Option<String> = redis::cmd("HGET")
-                .arg(&key)
-                .arg("r")
-                .query_async(&mut connection)
-                .await
-                .map_err(store_error)?;
+            let (revision, stamp): (Option<String>, _) = self
+                .read(&key, redis::cmd("HGET").arg(&key).arg("r"))
+                .await?;
             match revision {
-                Some(revision) if revision == read_at => {
-                    return Ok((!session.is_expired(now, ttl)).then_some(session));
+                Some(revision) if revision == cached.revision => {
+                    self.reads.revision.fetch_add(1, Ordering::Relaxed);
+                    self.read_cache
+                        .put(id.clone(), revision, Arc::clone(&cached.session), stamp);
+                    return Ok(fresh(cached.session));
                 }
                 Some(_) => {}
                 None => {
@@ -874,13 +960,10 @@ impl SessionStore for RedisStore {
                 }
             }
         }
-        let (blob, revision): (Option<Vec<u8>>, Option<String>) = redis::cmd("HMGET")
-            .arg(&key)
-            .arg("d")
-            .arg("r")
-            .query_async(&mut connection)
-            .await
-            .map_err(store_error)?;
+        self.reads.whole.fetch_add(1, Ordering::Relaxed);
+        let ((blob, revision), stamp): ((Option<Vec<u8>>, Option<String>), _) = self
+            .read(&key, redis::cmd("HMGET").arg(&key).arg("d").arg("r"))
+            .await?;
         let Some(blob) = blob else {
             self.read_cache.remove(id);
             return Ok(None);
@@ -889,11 +972,11 @@ impl SessionStore for RedisStore {
         match revision {
             Some(revision) => {
                 self.read_cache
-                    .put(id.clone(), revision, Arc::clone(&session));
+                    .put(id.clone(), revision, Arc::clone(&session), stamp);
             }
             None => self.read_cache.remove(id),
         }
-        Ok((!session.is_expired(now, ttl)).then_some(session))
+        Ok(fresh(session))
     }
 
     async fn resolve_person(

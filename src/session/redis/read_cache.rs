@@ -14,14 +14,24 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
+use super::tracking::Stamp;
 use crate::session::model::{Session, SessionId};
 
 /// Sessions kept per replica (the least recently read beyond it are dropped).
 pub const READ_CACHE_SESSIONS: usize = 4096;
 const SHARDS: usize = 8;
 
-/// One shard: session id → (revision read at, the session).
-type Shard = Mutex<LruCache<SessionId, (String, Arc<Session>)>>;
+/// A session as read, with the revision it was read at and, when the read was tracked, the
+/// stamp taken before it (see [`super::tracking`]).
+#[derive(Debug, Clone)]
+pub struct Cached {
+    pub revision: String,
+    pub session: Arc<Session>,
+    pub stamp: Option<Stamp>,
+}
+
+/// One shard: session id → what was read.
+type Shard = Mutex<LruCache<SessionId, Cached>>;
 
 /// See the module docs.
 pub struct ReadCache {
@@ -49,13 +59,26 @@ impl ReadCache {
     }
 
     /// The session last read, with the revision it was read at.
-    pub fn get(&self, id: &SessionId) -> Option<(String, Arc<Session>)> {
+    pub fn get(&self, id: &SessionId) -> Option<Cached> {
         crate::sync::lock(self.shard(id)).get(id).cloned()
     }
 
-    /// Remember a session read at `revision`.
-    pub fn put(&self, id: SessionId, revision: String, session: Arc<Session>) {
-        crate::sync::lock(self.shard(&id)).put(id, (revision, session));
+    /// Remember a session read at `revision` (under `stamp`, if tracked).
+    pub fn put(
+        &self,
+        id: SessionId,
+        revision: String,
+        session: Arc<Session>,
+        stamp: Option<Stamp>,
+    ) {
+        crate::sync::lock(self.shard(&id)).put(
+            id,
+            Cached {
+                revision,
+                session,
+                stamp,
+            },
+        );
     }
 
     /// Forget a session (it is gone from Redis).

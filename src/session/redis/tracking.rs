@@ -1,0 +1,455 @@
+//! Server-assisted invalidation for the read cache (`CLIENT TRACKING`, RESP3), so that a
+//! session unchanged since this replica last read it is answered with one shared `PING`
+//! instead of a read of its own.
+//!
+//! Without it, every read of a cached session costs one `HGET` of its revision: a round trip
+//! whose CPU (the connection task, Redis, the wake-ups) was most of a `/retrieval` answer on
+//! Redis (docs/benchmarks.md). With it, a one-server store keeps a second connection, RESP3,
+//! with `CLIENT TRACKING ON OPTIN`: each read that fills the cache goes there, right after
+//! `CLIENT CACHING YES` in one pipeline, so Redis remembers that this replica holds the key.
+//! When anyone writes the key (another replica, or this one), Redis pushes an `invalidate`
+//! message on that connection, and its connection task hands it to [`Invalidations::on_push`]
+//! before it reads anything after it.
+//!
+//! Never stale, and why each piece is there:
+//! - **Stamps.** An invalidation can be handled between the moment Redis answers a read and
+//!   the moment the reader stores what it read (two tasks). So each key maps to one of
+//!   [`STRIPES`] counters, bumped by every invalidation of a key in it; a reader takes a
+//!   [`Stamp`] *before* it sends its read, and the entry is trusted only while the stamp
+//!   holds. A stripe shared with another key only costs a needless read.
+//! - **The barrier.** A write acknowledged to anyone was invalidated on this connection
+//!   before Redis answered the writer, but this replica may not have read that message off
+//!   its socket yet. So a cached entry is trusted only after a `PING` sent *after the read
+//!   began* comes back on the tracked connection: Redis answers in order, so every message it
+//!   sent before has been handled by then. Reads waiting at the same time share one `PING`
+//!   ([`TrackedConnection::barrier`]), which is where the saving is under load.
+//! - **Epochs.** Anything that may have lost messages — the connection dropping, tracking not
+//!   confirmed on the current connection, a flush, an unknown message — moves the epoch, which
+//!   voids every stamp at once; reads then check revisions as without tracking.
+//!
+//! A replica's own writes also bump their key's stripe at once. docs/scaling.md says when to
+//! turn this off (`LIVECTX_REDIS_TRACKING=false`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, RedisError, Value};
+use tokio::sync::{Mutex as AsyncMutex, watch};
+
+/// Invalidation counters (a key maps to one by hash).
+pub const STRIPES: usize = 4096;
+
+/// The bit of [`Invalidations::state`] that says tracking is confirmed on the current
+/// connection; the rest counts epochs.
+const ON: u64 = 1;
+
+/// What a reader saw before it sent its read: trusted while nothing it depends on moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    state: u64,
+    stripe: u64,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Invalidations {
+    /// `epoch * 2 + ON` while tracking is confirmed on the current connection.
+    state: AtomicU64,
+    stripes: Box<[AtomicU64]>,
+}
+
+impl Default for Invalidations {
+    fn default() -> Self {
+        Self {
+            state: AtomicU64::new(0),
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+fn stripe_of(key: &[u8]) -> usize {
+    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % STRIPES as u64) as usize
+}
+
+impl Invalidations {
+    /// Is tracking confirmed on the current connection (so stamps can be taken)?
+    pub fn is_on(&self) -> bool {
+        self.state.load(Ordering::Acquire) & ON == ON
+    }
+
+    /// The state before enabling tracking; pass it to [`Self::confirm`] once Redis accepted
+    /// `CLIENT TRACKING ON`, so a drop in between is not mistaken for success.
+    pub fn before_enabling(&self) -> u64 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    /// Tracking was accepted on the connection current at `before` (see
+    /// [`Self::before_enabling`]): trust stamps from now on, unless the connection changed.
+    pub fn confirm(&self, before: u64) -> bool {
+        before & ON == 0
+            && self
+                .state
+                .compare_exchange(before, before | ON, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// Void every stamp and wait for tracking to be confirmed again (the connection dropped,
+    /// a tracked command failed, Redis was flushed).
+    pub fn void_all(&self) {
+        // To the next epoch, with tracking off: (epoch + 1) * 2.
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                Some((s | ON).wrapping_add(1))
+            });
+    }
+
+    /// A stamp for a read of `key` about to be sent; `None` while tracking is not confirmed.
+    pub fn stamp(&self, key: &str) -> Option<Stamp> {
+        let state = self.state.load(Ordering::Acquire);
+        if state & ON == 0 {
+            return None;
+        }
+        Some(Stamp {
+            state,
+            stripe: self.stripes[stripe_of(key.as_bytes())].load(Ordering::Acquire),
+        })
+    }
+
+    /// Has nothing that `key`, read under `stamp`, depends on moved since?
+    pub fn holds(&self, key: &str, stamp: Stamp) -> bool {
+        self.state.load(Ordering::Acquire) == stamp.state
+            && self.stripes[stripe_of(key.as_bytes())].load(Ordering::Acquire) == stamp.stripe
+    }
+
+    /// `key` changed (this replica wrote it, or Redis said so).
+    pub fn invalidate(&self, key: &[u8]) {
+        self.stripes[stripe_of(key)].fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A push message from the connection task (runs in it: cheap, never blocks).
+    pub fn on_push(&self, push: &PushInfo) {
+        match push.kind {
+            PushKind::Invalidate => match push.data.first() {
+                Some(Value::Array(keys)) => {
+                    for key in keys {
+                        match key {
+                            Value::BulkString(bytes) => self.invalidate(bytes),
+                            Value::SimpleString(text) => self.invalidate(text.as_bytes()),
+                            // Nothing else names a key: be safe, forget everything.
+                            _ => self.void_all(),
+                        }
+                    }
+                }
+                // FLUSHALL / FLUSHDB (a null), or a shape this build does not know.
+                _ => self.void_all(),
+            },
+            // The connection is gone: its tracking, and any message in flight, with it.
+            PushKind::Disconnection => self.void_all(),
+            _ => {}
+        }
+    }
+}
+
+/// The tracked connection of a one-server store: reads that fill the cache, and barriers.
+pub struct TrackedConnection {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+    invalidations: Arc<Invalidations>,
+    /// The current connection; `None` until first use, and after it failed.
+    current: AsyncMutex<Option<MultiplexedConnection>>,
+    /// Barriers sent so far, and (in the watch) the highest one answered and a counter of
+    /// rounds finished either way, so waiters wake when a barrier fails too.
+    barriers_sent: AtomicU64,
+    barriers: watch::Sender<(u64, u64)>,
+    /// Held by the caller whose `PING` is out: one at a time, so the others share it. (Four
+    /// at a time measured no faster and sent three times the `PING`s: docs/benchmarks.md.)
+    sending: AsyncMutex<()>,
+    /// Until when a failed connection is not tried again: without it, a Redis that refuses
+    /// RESP3 or tracking would be dialled on every read.
+    retry_after: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// How long the tracked connection rests after it could not be opened.
+pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl std::fmt::Debug for TrackedConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrackedConnection").finish_non_exhaustive()
+    }
+}
+
+impl TrackedConnection {
+    /// A tracked connection to `client` (RESP3), opened on first use with `config`'s timeouts.
+    pub fn new(client: redis::Client, config: AsyncConnectionConfig) -> Self {
+        let invalidations = Arc::new(Invalidations::default());
+        let handler = Arc::clone(&invalidations);
+        let config = config.set_push_sender(move |push: PushInfo| {
+            handler.on_push(&push);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        Self {
+            client,
+            config,
+            invalidations,
+            current: AsyncMutex::new(None),
+            barriers_sent: AtomicU64::new(0),
+            barriers: watch::Sender::new((0, 0)),
+            sending: AsyncMutex::new(()),
+            retry_after: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// What stamps are checked against.
+    pub fn invalidations(&self) -> &Invalidations {
+        &self.invalidations
+    }
+
+    /// The connection, opened (and tracking confirmed on it) if there is none.
+    async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
+        let mut current = self.current.lock().await;
+        if let Some(connection) = current.as_ref()
+            && self.invalidations.is_on()
+        {
+            return Ok(connection.clone());
+        }
+        *current = None;
+        if crate::sync::lock(&self.retry_after)
+            .is_some_and(|until| std::time::Instant::now() < until)
+        {
+            return Err(RedisError::from((
+                redis::ErrorKind::Io,
+                "the tracked connection failed lately; not tried again yet",
+            )));
+        }
+        let before = self.invalidations.before_enabling();
+        let opened = async {
+            let mut connection = self
+                .client
+                .get_multiplexed_async_connection_with_config(&self.config)
+                .await?;
+            redis::cmd("CLIENT")
+                .arg("TRACKING")
+                .arg("ON")
+                .arg("OPTIN")
+                .query_async::<()>(&mut connection)
+                .await?;
+            Ok::<_, RedisError>(connection)
+        }
+        .await;
+        let connection = match opened {
+            Ok(connection) => connection,
+            Err(error) => {
+                *crate::sync::lock(&self.retry_after) =
+                    Some(std::time::Instant::now() + RETRY_AFTER);
+                return Err(error);
+            }
+        };
+        if !self.invalidations.confirm(before) {
+            return Err(RedisError::from((
+                redis::ErrorKind::Io,
+                "the tracked connection dropped while tracking was enabled",
+            )));
+        }
+        *current = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Something failed on the connection: forget it and everything it vouched for.
+    async fn failed(&self) {
+        self.invalidations.void_all();
+        *self.current.lock().await = None;
+    }
+
+    /// Send `read` of `key` tracked; its value and the stamp taken before it was sent.
+    pub async fn read<T: redis::FromRedisValue>(
+        &self,
+        key: &str,
+        read: &redis::Cmd,
+    ) -> Result<(T, Stamp), RedisError> {
+        let mut connection = self.connection().await?;
+        let Some(stamp) = self.invalidations.stamp(key) else {
+            return Err(RedisError::from((
+                redis::ErrorKind::Io,
+                "tracking is not confirmed on the tracked connection",
+            )));
+        };
+        let reply: Result<(T,), RedisError> = redis::pipe()
+            .cmd("CLIENT")
+            .arg("CACHING")
+            .arg("YES")
+            .ignore()
+            .add_command(read.clone())
+            .query_async(&mut connection)
+            .await;
+        match reply {
+            Ok((value,)) => Ok((value, stamp)),
+            Err(error) => {
+                self.failed().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Return once every message Redis sent on the tracked connection before this call has
+    /// been handled (see the module docs). Concurrent callers share `PING`s: a `PING` sent
+    /// after a caller began serves it, whoever sent it.
+    pub async fn barrier(&self) -> Result<(), RedisError> {
+        // A `PING` sent after this load serves this call.
+        let target = self.barriers_sent.load(Ordering::SeqCst) + 1;
+        let mut rounds = self.barriers.subscribe();
+        loop {
+            if rounds.borrow_and_update().0 >= target {
+                return Ok(());
+            }
+            if let Ok(_sending) = self.sending.try_lock() {
+                if self.barriers.borrow().0 >= target {
+                    return Ok(());
+                }
+                let sequence = self.barriers_sent.fetch_add(1, Ordering::SeqCst) + 1;
+                let answered = match self.connection().await {
+                    Ok(mut connection) => redis::cmd("PING")
+                        .query_async::<()>(&mut connection)
+                        .await
+                        .map(|()| true),
+                    Err(error) => Err(error),
+                };
+                self.barriers.send_modify(|(done, round)| {
+                    if matches!(answered, Ok(true)) {
+                        *done = (*done).max(sequence);
+                    }
+                    *round += 1;
+                });
+                if let Err(error) = answered {
+                    self.failed().await;
+                    return Err(error);
+                }
+                return Ok(());
+            }
+            // Someone else's `PING` is out: wait for its round to finish, then look again.
+            if rounds.changed().await.is_err() {
+                return Err(RedisError::from((
+                    redis::ErrorKind::Io,
+                    "the tracked connection is gone",
+                )));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalidate(keys: &[&str]) -> PushInfo {
+        PushInfo {
+            kind: PushKind::Invalidate,
+            data: vec![Value::Array(
+                keys.iter()
+                    .map(|k| Value::BulkString(k.as_bytes().to_vec()))
+                    .collect(),
+            )],
+        }
+    }
+
+    fn tracking() -> Invalidations {
+        let t = Invalidations::default();
+        assert!(t.confirm(t.before_enabling()));
+        t
+    }
+
+    #[test]
+    fn no_stamp_until_tracking_is_confirmed() {
+        let t = Invalidations::default();
+        assert!(!t.is_on());
+        assert_eq!(t.stamp("k"), None);
+        let before = t.before_enabling();
+        assert!(t.confirm(before));
+        assert!(t.is_on());
+        assert!(t.stamp("k").is_some());
+        // Confirming twice, or from a stale state, changes nothing.
+        assert!(!t.confirm(before));
+    }
+
+    #[test]
+    fn a_drop_while_enabling_is_not_confirmed() {
+        let t = Invalidations::default();
+        let before = t.before_enabling();
+        t.on_push(&PushInfo {
+            kind: PushKind::Disconnection,
+            data: vec![],
+        });
+        assert!(
+            !t.confirm(before),
+            "the connection tracking was sent on is gone"
+        );
+        assert!(!t.is_on());
+        assert!(t.confirm(t.before_enabling()));
+    }
+
+    #[test]
+    fn an_invalidation_voids_the_stamps_of_its_key_only_in_its_stripe() {
+        let t = tracking();
+        let a = t.stamp("session:a").unwrap();
+        let b = t.stamp("session:b").unwrap();
+        t.on_push(&invalidate(&["session:a"]));
+        assert!(!t.holds("session:a", a));
+        let shares_a_stripe = stripe_of(b"session:a") == stripe_of(b"session:b");
+        assert_eq!(t.holds("session:b", b), !shares_a_stripe);
+        // A stamp taken after the invalidation holds.
+        let again = t.stamp("session:a").unwrap();
+        assert!(t.holds("session:a", again));
+    }
+
+    /// The race the stamps exist for: the invalidation is handled after Redis answered the
+    /// read but before the reader stored it. The stamp was taken before the read was sent.
+    #[test]
+    fn an_invalidation_between_read_and_store_is_not_missed() {
+        let t = tracking();
+        let before_read = t.stamp("session:a").unwrap();
+        // ... Redis answers the read, then pushes the invalidation of a later write ...
+        t.on_push(&invalidate(&["session:a"]));
+        // ... and only now the reader stores what it read, with its stamp.
+        assert!(!t.holds("session:a", before_read));
+    }
+
+    #[test]
+    fn drops_flushes_and_unknown_shapes_void_everything() {
+        for push in [
+            PushInfo {
+                kind: PushKind::Disconnection,
+                data: vec![],
+            },
+            PushInfo {
+                kind: PushKind::Invalidate,
+                data: vec![Value::Nil],
+            },
+            PushInfo {
+                kind: PushKind::Invalidate,
+                data: vec![Value::Array(vec![Value::Int(3)])],
+            },
+        ] {
+            let t = tracking();
+            let stamp = t.stamp("k").unwrap();
+            t.on_push(&push);
+            assert!(!t.holds("k", stamp), "{push:?}");
+            assert!(
+                !t.is_on(),
+                "tracking must be confirmed again after {push:?}"
+            );
+            assert_eq!(t.stamp("k"), None);
+        }
+        // Other pushes (pub/sub) change nothing.
+        let t = tracking();
+        let stamp = t.stamp("k").unwrap();
+        t.on_push(&PushInfo {
+            kind: PushKind::Message,
+            data: vec![],
+        });
+        assert!(t.holds("k", stamp));
+    }
+}
