@@ -50,19 +50,22 @@
 //!   the store (debounce, deduplication, never pooling anonymous traffic).
 //! - [`sources`]: each analytics tool's wire format turned into named actions of the common model.
 //! - [`session`]: the per-session model and its rules (chunks, rolling summary, bounds), the
-//!   storage trait with its in-memory and Redis backends (and the buffer that carries ingestion
-//!   through a Redis outage), and the background summarizer (built-in or any
-//!   OpenAI-compatible LLM).
+//!   storage trait with its in-memory and Redis backends (the Redis one with a read cache kept
+//!   true by `CLIENT TRACKING`, and the buffer that carries ingestion through a Redis outage),
+//!   and the background summarizer (built-in or any OpenAI-compatible LLM).
 //! - [`render`]: what the APIs answer, rendered from a session: the "Current User Activity"
-//!   view and the scored records.
+//!   view and the scored records, and the `/retrieval` answer prepared once per session
+//!   snapshot (with a word index to score questions by).
 //! - [`api`]: the HTTP surface: Dify's External Knowledge API with identity resolution and
 //!   record scoring, the MCP server and the REST context API for other chatbots, the OpenAPI
 //!   document, operator routes, and the one API-key check they share (`api::auth`).
 //! - [`web`]: HTTP plumbing below both the APIs and the receivers: the JSON error type, body
-//!   limits, bearer and HMAC helpers, API keys, the per-IP rate limit and the request timeout.
+//!   limits, bearer and HMAC helpers, API keys, and the one route guard (metrics, the per-IP
+//!   rate limit, the request timeout).
 //! - [`cluster`]: stream leadership when several replicas share a backend (Redis leases with
 //!   fencing tokens).
-//! - [`telemetry`]: tracing set-up and the Prometheus metrics of one running server.
+//! - [`telemetry`]: tracing set-up and the Prometheus metrics of one running server (with
+//!   per-route handles, so counting a request allocates nothing).
 //! - [`clock`]: time as Unix seconds, and the human formats records use.
 //! - [`demo`]: `livectx demo` and `livectx simulate`: simulated users streamed by a stand-in
 //!   Autoplay connector, to see the whole loop on one machine.

@@ -9,8 +9,9 @@
 //!
 //! - the activity view's tail ([`activity_tail`]), already JSON-escaped, and its metadata as
 //!   JSON split around `generated_at`;
-//! - every other record as JSON bytes split around its score, with the distinct lower-cased
-//!   words of its content, so scoring a question allocates nothing per record.
+//! - every other record as JSON bytes split around its score, and the words of all of them in
+//!   one [`WordIndex`], so a question is scored by looking up its terms, not by comparing them
+//!   with every word.
 //!
 //! A request then writes one buffer: the head, the tail, the chosen records' bytes and scores.
 //! The bytes are exactly those of [`crate::render::records::session_records`] followed by

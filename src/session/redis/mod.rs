@@ -48,9 +48,12 @@
 //!
 //! # Reads
 //!
-//! `session` is one `HGET` of the small revision field `r` when this replica holds the session
-//! as last read, and nothing is decoded when it still matches (see [`read_cache`]); otherwise
-//! (first read, or changed since) an `HMGET` of `d` and `r` together. A person lookup is a
+//! `session` answers from this replica's cache when it holds the session as last read and Redis
+//! has said nothing of the key since (`CLIENT TRACKING` on a second connection, checked after a
+//! shared `PING`: see [`tracking`]). Without tracking (a cluster, `LIVECTX_REDIS_TRACKING=false`,
+//! or while the tracked connection is down) it is one `HGET` of the small revision field `r`,
+//! and nothing is decoded while it matches (see [`read_cache`]); otherwise (first read, or
+//! changed since) an `HMGET` of `d` and `r` together. A person lookup is a
 //! `GET` and an `HMGET` in the session's slot; a product found once is remembered (products are never forgotten), so the knowledge-id check
 //! of every `/retrieval` does not read one key on one master over and over.
 //! Redis errors map to [`StoreError::Unavailable`] (connection, timeout, loading, failover) or

@@ -5,10 +5,12 @@
 //! writes its JSON (`d`), so "the stored revision is the one I read" means "the stored session
 //! is the one I hold". A read therefore asks Redis for `r` alone (one small `HGET`) and decodes
 //! nothing when it matches; when it does not (another replica wrote, or this one), it reads `d`
-//! and `r` together as before. The check goes to Redis on every read, so a write by any replica
-//! is visible in the next read: the cache saves the transfer and the decoding, never the
-//! question. It also hands out the same `Arc<Session>` while the session is unchanged, so the
-//! prepared answers of [`crate::render::answer`] are reused.
+//! and `r` together as before. Without tracking the check goes to Redis on every read, so a
+//! write by any replica is visible in the next read: the cache saves the transfer and the
+//! decoding, never the question. With tracking ([`super::tracking`]) an entry also carries the
+//! stamp its read was sent under, and while that holds the question is not asked at all. The
+//! cache hands out the same `Arc<Session>` while the session is unchanged, so the prepared
+//! answers of [`crate::render::answer`] are reused.
 
 use std::sync::{Arc, Mutex};
 
