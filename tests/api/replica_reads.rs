@@ -208,6 +208,10 @@ async fn tracked_reads_cost_no_command_until_the_session_changes() {
             (1, 0, 5),
             "{stats:?}"
         );
+        // What /readyz shows under store.health.
+        let health = reader.health().await.unwrap().unwrap();
+        assert_eq!(health.details["tracking"], "on", "{}", health.details);
+        assert_eq!(health.details["session_reads"]["from_cache"], 5);
     } else {
         assert_eq!(
             (stats.whole, stats.revision, stats.local),
@@ -245,6 +249,10 @@ async fn tracked_reads_cost_no_command_until_the_session_changes() {
     untracked.session(&id, now + 20.0).await.unwrap().unwrap();
     assert_eq!(untracked.read_stats().revision, 1);
     assert_eq!(untracked.read_stats().local, 0);
+    if tracked {
+        let health = untracked.health().await.unwrap().unwrap();
+        assert_eq!(health.details["tracking"], "off", "{}", health.details);
+    }
 }
 
 /// A Redis that cannot give a tracked connection (no RESP3, tracking refused, a proxy in the
