@@ -147,6 +147,25 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+        /// Any contents and any question (ASCII, Latin, Greek, Kelvin signs, digits,
+        /// punctuation): the index scores exactly as `relevance` reads the content.
+        #[test]
+        fn any_text_scores_as_relevance(
+            contents in proptest::collection::vec("[a-zA-Z0-9 Ää ÖößΣσς\u{212a}.,:/-]{0,60}", 0..6),
+            question in "[a-zA-Z0-9 ÄäÖößΣσς\u{212a}?]{0,40}",
+        ) {
+            let index = WordIndex::build(contents.iter().map(String::as_str));
+            let terms = terms_of(&question);
+            let got = index.relevance(&terms);
+            proptest::prop_assert_eq!(got.len(), contents.len());
+            for (content, score) in contents.iter().zip(got) {
+                proptest::prop_assert_eq!(score, relevance(&terms, content));
+            }
+        }
+    }
+
     #[test]
     fn no_records_no_scores() {
         let index = WordIndex::build([]);
