@@ -9,6 +9,15 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Which of `shards` a key falls in: FNV-1a of its bytes, cheap, and even enough to spread
+/// ids over a few lock shards or counter stripes (std's hasher would cost more per call).
+pub fn shard_of(key: &[u8], shards: usize) -> usize {
+    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % shards.max(1) as u64) as usize
+}
+
 /// Read-lock `lock`, recovering it as [`lock`] does.
 pub fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(PoisonError::into_inner)

@@ -279,12 +279,8 @@ static CACHE: LazyLock<Vec<Mutex<Shard>>> = LazyLock::new(|| {
         .collect()
 });
 
-/// FNV-1a of the id: cheap, and spreads ids evenly enough over 16 shards.
 fn shard_of(id: &SessionId) -> usize {
-    let hash = id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    (hash % SHARDS as u64) as usize
+    crate::sync::shard_of(id.as_str().as_bytes(), SHARDS)
 }
 
 /// Serialise a value as compact JSON onto `out` (writing into a `Vec` cannot fail).

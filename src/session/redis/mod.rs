@@ -85,6 +85,7 @@ use crate::session::store::{
     BackendHealth, Fence, GAP_LOOKBACK_SECS, SessionInfo, SessionPage, SessionStore, StoreConfig,
     StoreError, StoreStats, StoredBatch, Unavailable, decode_cursor, encode_cursor,
 };
+use crate::telemetry::LogThrottle;
 
 /// Key prefix when none is configured.
 pub const DEFAULT_PREFIX: &str = "livectx:";
@@ -174,8 +175,8 @@ pub struct RedisStore {
     known_products: Mutex<HashSet<String>>,
     /// Sessions read lately and the revision each was read at (see [`read_cache`]).
     read_cache: read_cache::ReadCache,
-    /// When the tracked connection last failed (logged at most once per [`TRACKING_RETRY`]).
-    tracking_refused: Mutex<Option<Instant>>,
+    /// Lines about the tracked connection failing, at most one per [`TRACKING_LOG_INTERVAL`].
+    tracking_log: LogThrottle,
     reads: ReadCounters,
 }
 
@@ -199,7 +200,7 @@ pub struct ReadStats {
 }
 
 /// The least time between two log lines about the tracked connection failing.
-const TRACKING_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+const TRACKING_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Products remembered by [`RedisStore::has_product`] at most (a deployment has a few).
 const KNOWN_PRODUCTS_MAX: usize = 1024;
@@ -230,7 +231,7 @@ impl RedisStore {
             bound_view: Mutex::new(None),
             known_products: Mutex::new(HashSet::new()),
             read_cache: read_cache::ReadCache::default(),
-            tracking_refused: Mutex::new(None),
+            tracking_log: LogThrottle::new(TRACKING_LOG_INTERVAL),
             reads: ReadCounters::default(),
         }
     }
@@ -259,10 +260,8 @@ impl RedisStore {
 
     /// The tracked connection failed: say so now and then (reads go on untracked).
     fn note_untracked(&self, error: &redis::RedisError) {
-        let mut last = crate::sync::lock(&self.tracking_refused);
-        if last.is_none_or(|at| at.elapsed() >= TRACKING_RETRY) {
-            *last = Some(Instant::now());
-            tracing::warn!(%error, "the tracked Redis connection failed; reads check each session's revision meanwhile (LIVECTX_REDIS_TRACKING=false turns tracking off)");
+        if let Some(unlogged) = self.tracking_log.note(1) {
+            tracing::warn!(%error, also_failed_since_last_line = unlogged, "the tracked Redis connection failed; reads check each session's revision meanwhile (LIVECTX_REDIS_TRACKING=false turns tracking off)");
         }
     }
 
@@ -934,8 +933,11 @@ impl SessionStore for RedisStore {
         let fresh = |session: Arc<Session>| (!session.is_expired(now, ttl)).then_some(session);
         if let Some(cached) = self.read_cache.get(id) {
             // Tracked, and Redis has said nothing of the key since it was read — counting
-            // what it sent up to now (the barrier): it is what Redis holds.
-            if let (Some(tracked), Some(stamp)) = (self.connection.tracked(), cached.stamp) {
+            // what it sent up to now (the barrier): it is what Redis holds. An invalidation
+            // already handled needs no barrier to be believed.
+            if let (Some(tracked), Some(stamp)) = (self.connection.tracked(), cached.stamp)
+                && tracked.invalidations().holds(&key, stamp)
+            {
                 match tracked.barrier().await {
                     Ok(()) if tracked.invalidations().holds(&key, stamp) => {
                         self.reads.local.fetch_add(1, Ordering::Relaxed);

@@ -54,10 +54,7 @@ impl Default for ReadCache {
 
 impl ReadCache {
     fn shard(&self, id: &SessionId) -> &Shard {
-        let hash = id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        &self.shards[(hash % SHARDS as u64) as usize]
+        &self.shards[crate::sync::shard_of(id.as_str().as_bytes(), SHARDS)]
     }
 
     /// The session last read, with the revision it was read at.

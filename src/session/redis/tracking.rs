@@ -69,10 +69,12 @@ impl Default for Invalidations {
 }
 
 fn stripe_of(key: &[u8]) -> usize {
-    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    (hash % STRIPES as u64) as usize
+    crate::sync::shard_of(key, STRIPES)
+}
+
+/// An I/O-kind error: what the read path treats as "the tracked connection is unusable".
+fn unusable(reason: &'static str) -> RedisError {
+    RedisError::from((redis::ErrorKind::Io, reason))
 }
 
 impl Invalidations {
@@ -221,10 +223,9 @@ impl TrackedConnection {
         if crate::sync::lock(&self.retry_after)
             .is_some_and(|until| std::time::Instant::now() < until)
         {
-            return Err(RedisError::from((
-                redis::ErrorKind::Io,
+            return Err(unusable(
                 "the tracked connection failed lately; not tried again yet",
-            )));
+            ));
         }
         let before = self.invalidations.before_enabling();
         let opened = async {
@@ -250,10 +251,9 @@ impl TrackedConnection {
             }
         };
         if !self.invalidations.confirm(before) {
-            return Err(RedisError::from((
-                redis::ErrorKind::Io,
+            return Err(unusable(
                 "the tracked connection dropped while tracking was enabled",
-            )));
+            ));
         }
         *current = Some(connection.clone());
         Ok(connection)
@@ -273,10 +273,9 @@ impl TrackedConnection {
     ) -> Result<(T, Stamp), RedisError> {
         let mut connection = self.connection().await?;
         let Some(stamp) = self.invalidations.stamp(key) else {
-            return Err(RedisError::from((
-                redis::ErrorKind::Io,
+            return Err(unusable(
                 "tracking is not confirmed on the tracked connection",
-            )));
+            ));
         };
         let reply: Result<(T,), RedisError> = redis::pipe()
             .cmd("CLIENT")
@@ -332,10 +331,7 @@ impl TrackedConnection {
             }
             // Someone else's `PING` is out: wait for its round to finish, then look again.
             if rounds.changed().await.is_err() {
-                return Err(RedisError::from((
-                    redis::ErrorKind::Io,
-                    "the tracked connection is gone",
-                )));
+                return Err(unusable("the tracked connection is gone"));
             }
         }
     }
