@@ -13,12 +13,15 @@ use std::collections::HashSet;
 
 use crate::render::records::term_matches;
 
-/// One distinct lower-cased word of one record.
+/// One distinct lower-cased word of one record: the word is `words[start..start + len]`.
+/// Sixteen bytes, with the text in one buffer, so the entries a key selects are compared
+/// without a pointer chase to a heap string each.
 #[derive(Debug)]
 struct Entry {
     key: u32,
     record: u32,
-    word: Box<str>,
+    start: u32,
+    len: u32,
 }
 
 /// See the module docs.
@@ -26,6 +29,8 @@ struct Entry {
 pub struct WordIndex {
     /// Sorted by `key`.
     entries: Vec<Entry>,
+    /// Every entry's word, one after the other.
+    words: String,
     records: usize,
 }
 
@@ -46,6 +51,7 @@ impl WordIndex {
     /// Index the contents of the records, in order (record `i` is the `i`-th content).
     pub fn build<'a>(contents: impl IntoIterator<Item = &'a str>) -> Self {
         let mut entries = Vec::new();
+        let mut words = String::new();
         let mut records = 0;
         for (record, content) in contents.into_iter().enumerate() {
             records += 1;
@@ -55,18 +61,30 @@ impl WordIndex {
                 .filter(|w| w.len() >= 3)
                 .map(str::to_lowercase)
             {
+                // Offsets are u32: a record set past 4 GiB is not indexed further (records
+                // are a few kilobytes; the answer cache's budget is far below that).
+                let (Ok(start), Ok(len)) = (u32::try_from(words.len()), u32::try_from(word.len()))
+                else {
+                    break;
+                };
                 if !seen.insert(word.clone()) {
                     continue;
                 }
                 entries.push(Entry {
                     key: key_of(word.as_bytes()),
                     record: u32::try_from(record).unwrap_or(u32::MAX),
-                    word: word.into_boxed_str(),
+                    start,
+                    len,
                 });
+                words.push_str(&word);
             }
         }
         entries.sort_by_key(|e| e.key);
-        Self { entries, records }
+        Self {
+            entries,
+            words,
+            records,
+        }
     }
 
     /// For each record, the share of `terms` some word of it matches (0 without terms).
@@ -88,7 +106,11 @@ impl WordIndex {
                 &self.entries[..]
             };
             for entry in candidates {
-                if term_matches(term, &entry.word) {
+                let word = self
+                    .words
+                    .get(entry.start as usize..entry.start as usize + entry.len as usize)
+                    .unwrap_or_default();
+                if term_matches(term, word) {
                     matched[entry.record as usize * blocks + block] |= bit;
                 }
             }
@@ -104,8 +126,7 @@ impl WordIndex {
 
     /// Heap bytes held, for the answer cache's budget.
     pub fn bytes(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<Entry>()
-            + self.entries.iter().map(|e| e.word.len()).sum::<usize>()
+        self.entries.capacity() * std::mem::size_of::<Entry>() + self.words.capacity()
     }
 }
 
