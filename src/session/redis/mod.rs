@@ -928,31 +928,33 @@ impl SessionStore for RedisStore {
     }
 
     async fn session(&self, id: &SessionId, now: f64) -> Result<Option<Arc<Session>>, StoreError> {
-        let key = self.keys.session(id.as_str());
         let ttl = self.config.ttl_secs();
         let fresh = |session: Arc<Session>| (!session.is_expired(now, ttl)).then_some(session);
-        if let Some(cached) = self.read_cache.get(id) {
-            // Tracked, and Redis has said nothing of the key since it was read — counting
-            // what it sent up to now (the barrier): it is what Redis holds. An invalidation
-            // already handled needs no barrier to be believed.
-            if let (Some(tracked), Some(stamp)) = (self.connection.tracked(), cached.stamp)
-                && tracked.invalidations().holds(&key, stamp)
-            {
-                match tracked.barrier().await {
-                    Ok(()) if tracked.invalidations().holds(&key, stamp) => {
-                        self.reads.local.fetch_add(1, Ordering::Relaxed);
-                        return Ok(fresh(cached.session));
-                    }
-                    Ok(()) => {}
-                    Err(error) => self.note_untracked(&error),
+        let cached = self.read_cache.get(id);
+        // Tracked, and Redis has said nothing of the key since it was read — counting what it
+        // sent up to now (the barrier): it is what Redis holds. An invalidation already
+        // handled needs no barrier to be believed. (No key is built on this path.)
+        if let Some(cached) = &cached
+            && let (Some(tracked), Some(stamp)) = (self.connection.tracked(), cached.stamp)
+            && tracked.invalidations().holds(stamp)
+        {
+            match tracked.barrier().await {
+                Ok(()) if tracked.invalidations().holds(stamp) => {
+                    self.reads.local.fetch_add(1, Ordering::Relaxed);
+                    return Ok(fresh(Arc::clone(&cached.session)));
                 }
+                Ok(()) => {}
+                Err(error) => self.note_untracked(&error),
             }
+        }
+        let key = self.keys.session(id.as_str());
+        if let Some(cached) = cached {
             // Is what this replica read still what Redis holds? One small field says.
             let (revision, stamp): (Option<String>, _) = self
                 .read(&key, redis::cmd("HGET").arg(&key).arg("r"))
                 .await?;
             match revision {
-                Some(revision) if revision == cached.revision => {
+                Some(revision) if *revision == *cached.revision => {
                     self.reads.revision.fetch_add(1, Ordering::Relaxed);
                     self.read_cache
                         .put(id.clone(), revision, Arc::clone(&cached.session), stamp);

@@ -27,7 +27,8 @@ const SHARDS: usize = 8;
 /// stamp taken before it (see [`super::tracking`]).
 #[derive(Debug, Clone)]
 pub struct Cached {
-    pub revision: String,
+    /// Shared, so a cache hit copies no string.
+    pub revision: Arc<str>,
     pub session: Arc<Session>,
     pub stamp: Option<Stamp>,
 }
@@ -73,7 +74,7 @@ impl ReadCache {
         crate::sync::lock(self.shard(&id)).put(
             id,
             Cached {
-                revision,
+                revision: revision.into(),
                 session,
                 stamp,
             },
