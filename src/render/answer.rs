@@ -80,9 +80,11 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Prepare the answers for `session` with an activity window of `window_secs`, for a time
-    /// at which the user is (or is not) `idle`.
-    pub fn build(session: &Arc<Session>, window_secs: f64, idle: bool) -> Self {
+    /// Prepare the answers for `session` with an activity window of `window_secs`, for times
+    /// as idle (or not) as `now` (see [`Self::fits`]).
+    pub fn build(session: &Arc<Session>, window_secs: f64, now: f64) -> Self {
+        let last_activity = session.last_activity();
+        let idle = idle_since(last_activity, now, window_secs);
         let mut tail = activity_tail(session, idle, window_secs);
         tail.truncate(tail.trim_end().len());
         let tail_json = json_string_contents(&tail);
@@ -125,7 +127,7 @@ impl Prepared {
             metadata_after: metadata_after.into_boxed_slice(),
             candidates,
             words,
-            last_activity: session.last_activity(),
+            last_activity,
             bytes,
         }
     }
@@ -239,8 +241,7 @@ pub fn answer(
         .filter(|p| p.fits(session, window_secs, now))
         .map(Arc::clone);
     let prepared = cached.unwrap_or_else(|| {
-        let idle = idle_since(session.last_activity(), now, window_secs);
-        let prepared = Arc::new(Prepared::build(session, window_secs, idle));
+        let prepared = Arc::new(Prepared::build(session, window_secs, now));
         crate::sync::lock(shard).insert(session.id().clone(), Arc::clone(&prepared));
         prepared
     });
