@@ -956,8 +956,13 @@ impl SessionStore for RedisStore {
             match revision {
                 Some(revision) if *revision == *cached.revision => {
                     self.reads.revision.fetch_add(1, Ordering::Relaxed);
-                    self.read_cache
-                        .put(id.clone(), revision, Arc::clone(&cached.session), stamp);
+                    // Kept under the new stamp; the revision held is the one just read.
+                    self.read_cache.put(
+                        id.clone(),
+                        cached.revision,
+                        Arc::clone(&cached.session),
+                        stamp,
+                    );
                     return Ok(fresh(cached.session));
                 }
                 Some(_) => {}
@@ -979,7 +984,7 @@ impl SessionStore for RedisStore {
         match revision {
             Some(revision) => {
                 self.read_cache
-                    .put(id.clone(), revision, Arc::clone(&session), stamp);
+                    .put(id.clone(), revision.into(), Arc::clone(&session), stamp);
             }
             None => self.read_cache.remove(id),
         }

@@ -67,14 +67,14 @@ impl ReadCache {
     pub fn put(
         &self,
         id: SessionId,
-        revision: String,
+        revision: Arc<str>,
         session: Arc<Session>,
         stamp: Option<Stamp>,
     ) {
         crate::sync::lock(self.shard(&id)).put(
             id,
             Cached {
-                revision: revision.into(),
+                revision,
                 session,
                 stamp,
             },
