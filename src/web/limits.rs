@@ -202,6 +202,7 @@ pub struct OverRateLimit {
 
 /// The `429` answer to a request over the per-IP rate, `None` to let it through (exempt
 /// paths always pass).
+///
 /// Run by [`crate::web::guard`] for every route; `route` names it in the metric and log.
 ///
 /// Marked paths are the exception: a sender that never retries a 4xx (the Autoplay connector)
