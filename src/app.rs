@@ -427,9 +427,12 @@ impl Application {
         if let Some(settings) = console {
             router = router.merge(console::router(Arc::clone(&state), settings));
         }
+        let service = api::ApiService::new(router, Arc::clone(&state));
         let server = axum::serve(
             listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                SocketAddr,
+            >(service),
         )
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();

@@ -1,25 +1,31 @@
 //! The one middleware in front of every route: count and time the request by route and
-//! status, apply the per-IP rate limit, and bound the time to the response head.
+//! status, apply the per-IP rate limit, bound the time to the response head, answer a
+//! panicking handler with a JSON 500, and stamp the `Server` header.
 //!
-//! Why one hand-written layer instead of three `axum::middleware::from_fn` layers: each
-//! `from_fn` layer clones and boxes the route and boxes its future on every request, and the
-//! metrics took an owned label set (an allocation and two hashes under a lock). On
-//! `/retrieval`, where the whole answer costs a few microseconds, that was a measurable share
-//! (docs/benchmarks.md). Here a request costs one boxed future and a route lookup in
-//! [`crate::telemetry::http::HttpRoutes`].
+//! Why one hand-written layer instead of a stack of `from_fn`, `CatchPanicLayer` and
+//! `SetResponseHeaderLayer`: each layer a `Router` applies clones and boxes the route and boxes
+//! its future on every request, and the metrics took an owned label set (an allocation and two
+//! hashes under a lock). On `/retrieval`, where the whole answer costs a few microseconds, that
+//! was a measurable share (docs/benchmarks.md). Here a request costs one boxed future and a
+//! route lookup in [`crate::telemetry::http::HttpRoutes`], and [`guarded`] serves a route
+//! that is dispatched without the router at all (`api::ApiService`) with the very same rules.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderValue, header};
 use axum::response::Response;
+use futures_util::FutureExt;
 use tower::{Layer, Service, ServiceExt};
 
 use super::limits::{self, RequestLimits};
+use super::{SERVER_HEADER, panic_response};
 
 /// Route label of requests no route matched (404s, wrong methods answered by the fallback).
 pub const UNMATCHED: &str = "unmatched";
@@ -76,25 +82,129 @@ where
     }
 }
 
-async fn guard<S>(limits: &RequestLimits, inner: S, mut request: Request) -> Response
+async fn guard<S>(limits: &RequestLimits, inner: S, request: Request) -> Response
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
-    let started = Instant::now();
     let matched = request.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
-    let response = match limits::refusal(limits, &mut request, route) {
+    guarded(limits, route, request, |request| async move {
+        match inner.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    })
+    .await
+}
+
+/// Serve `request` with `serve` under every route's rules (see the module docs), counted as
+/// `route`.
+pub async fn guarded<F, Fut>(
+    limits: &RequestLimits,
+    route: &str,
+    mut request: Request,
+    serve: F,
+) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let started = Instant::now();
+    let mut response = match limits::refusal(limits, &mut request, route) {
         Some(refusal) => refusal,
-        None => match tokio::time::timeout(limits.request_timeout, inner.oneshot(request)).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(never)) => match never {},
-            Err(_elapsed) => limits::timed_out(limits, route),
-        },
+        None => {
+            // Building the future inside the caught one: a panic while starting is caught too.
+            let served = AssertUnwindSafe(async move { serve(request).await }).catch_unwind();
+            match tokio::time::timeout(limits.request_timeout, served).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(panic)) => panic_response(panic),
+                Err(_elapsed) => limits::timed_out(limits, route),
+            }
+        }
     };
+    response
+        .headers_mut()
+        .insert(header::SERVER, HeaderValue::from_static(SERVER_HEADER));
     limits
         .metrics
         .http_routes
         .route(route)
         .observe(response.status().as_u16(), started.elapsed().as_secs_f64());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::body::{Body, to_bytes};
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::telemetry::Metrics;
+
+    fn limits(timeout: Duration) -> Arc<RequestLimits> {
+        Arc::new(RequestLimits::new(None, timeout, Arc::new(Metrics::new())))
+    }
+
+    async fn call(router: Router, path: &str) -> (StatusCode, Option<String>, Value) {
+        let request = Request::builder().uri(path).body(Body::empty()).unwrap();
+        let Ok(response) = router.oneshot(request).await;
+        let server = response
+            .headers()
+            .get(header::SERVER)
+            .map(|v| v.to_str().unwrap().to_string());
+        let status = response.status();
+        let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, server, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_gets_a_counted_json_500_with_the_server_header() {
+        let limits = limits(Duration::from_secs(5));
+        async fn boom() -> &'static str {
+            panic!("handler bug")
+        }
+        let router = Router::new()
+            .route("/boom", get(boom))
+            .layer(GuardLayer::new(Arc::clone(&limits)));
+        let (status, server, body) = call(router, "/boom").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(server.as_deref(), Some(SERVER_HEADER));
+        assert_eq!(body["error_msg"], "internal error", "{body}");
+        let metrics = limits.metrics.encode();
+        assert!(
+            metrics.contains("livectx_http_requests_total{route=\"/boom\",status=\"500\"} 1"),
+            "{metrics}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_handler_is_cut_off_at_the_timeout_and_unmatched_paths_are_labelled() {
+        let limits = limits(Duration::from_millis(20));
+        async fn slow() -> &'static str {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            "late"
+        }
+        let router = Router::new()
+            .route("/slow", get(slow))
+            .fallback(|| async { StatusCode::NOT_FOUND })
+            .layer(GuardLayer::new(Arc::clone(&limits)));
+        let (status, server, _) = call(router.clone(), "/slow").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(server.as_deref(), Some(SERVER_HEADER));
+        let request = Request::builder().uri("/none").body(Body::empty()).unwrap();
+        let Ok(response) = router.oneshot(request).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let metrics = limits.metrics.encode();
+        for line in [
+            "livectx_http_requests_total{route=\"/slow\",status=\"503\"} 1",
+            "livectx_http_requests_total{route=\"unmatched\",status=\"404\"} 1",
+        ] {
+            assert!(metrics.contains(line), "{line}\n{metrics}");
+        }
+    }
 }

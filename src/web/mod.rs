@@ -15,7 +15,7 @@ use error::{ApiError, codes};
 /// The `Server` header every response carries.
 pub const SERVER_HEADER: &str = concat!("livectx/", env!("CARGO_PKG_VERSION"));
 
-/// The answer to a handler that panicked (for `CatchPanicLayer`): a logged JSON 500.
+/// The answer to a handler that panicked (caught by [`guard::guarded`]): a logged JSON 500.
 pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked; answered 500");
     ApiError::new(

@@ -466,3 +466,152 @@ async fn unknown_routes_and_methods_answer_json() {
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(body.contains("4050"));
 }
+
+/// `POST /retrieval` is served without the router (`api::ApiService`); every answer it gives
+/// must be the router's, header for header: the probe, a real answer, refused keys, bad
+/// bodies, the rate limit, and the other methods and paths (which it hands to the router).
+#[tokio::test]
+async fn the_direct_retrieval_path_answers_exactly_as_the_router() {
+    let mut config = test_config();
+    config.api_keys = vec![KEY.into()];
+    // One request per client, then 429: each side below uses its own client address.
+    config.rate_limit = 0.001;
+    config.rate_limit_burst = Some(1);
+    let app = TestApp::spawn(config).await;
+    app.seed(batch(
+        MARIA,
+        None,
+        None,
+        vec![action(
+            "click",
+            "Click Notifications bell",
+            "https://app.acme.io/consultants",
+            livectx::clock::now() - 5.0,
+        )],
+    ))
+    .await;
+    let direct =
+        livectx::api::ApiService::new(livectx::api::router(app.state.clone()), app.state.clone());
+    let router = livectx::api::router(app.state.clone());
+
+    let ask =
+        r#"{"knowledge_id": "01983f2a-6b1c-7d40-9e2f-5a7b3c9d1e84", "query": "notifications"}"#;
+    let nobody = r#"{"knowledge_id": "nobody", "query": "q"}"#;
+    let cases: [(&str, &str, Option<&str>, &str); 8] = [
+        ("POST", "/retrieval", Some(KEY), ask),
+        ("POST", "//retrieval", Some(KEY), ""),
+        ("POST", "/retrieval/retrieval", Some(KEY), nobody),
+        ("POST", "/retrieval", None, ask),
+        ("POST", "/retrieval", Some("wrong"), ask),
+        ("POST", "/retrieval", Some(KEY), "{not json"),
+        ("GET", "/retrieval", Some(KEY), ""),
+        ("POST", "/retrieval/", Some(KEY), ask),
+    ];
+    let mut statuses = Vec::new();
+    for (index, (method, path, key, body)) in cases.into_iter().enumerate() {
+        let request = Sent {
+            method,
+            path,
+            key,
+            body,
+        };
+        let client = u8::try_from(index * 2 + 1).unwrap();
+        // Each side from its own address: once allowed, then over the rate.
+        for attempt in 0..2 {
+            let (status, headers, text) = request.to(direct.clone(), client).await;
+            let (router_status, router_headers, router_text) =
+                request.to(router.clone(), client + 1).await;
+            let case = format!("{method} {path} key {key:?} body {body:?}, attempt {attempt}");
+            assert_eq!(status, router_status, "{case}");
+            assert_eq!(headers, router_headers, "{case}");
+            assert_eq!(
+                without_digits(&text),
+                without_digits(&router_text),
+                "{case}"
+            );
+            assert_eq!(
+                status == StatusCode::TOO_MANY_REQUESTS,
+                attempt == 1,
+                "{case}"
+            );
+            statuses.push(status.as_u16());
+        }
+    }
+    assert_eq!(
+        statuses,
+        [
+            200, 429, 200, 429, 200, 429, 403, 429, 403, 429, 400, 429, 405, 429, 404, 429
+        ]
+    );
+    let metrics = app.metrics().await;
+    for (route, status, count) in [
+        ("/retrieval", "200", 2.0),
+        ("//retrieval", "429", 2.0),
+        ("/retrieval/retrieval", "200", 2.0),
+    ] {
+        let line = format!("livectx_http_requests_total{{route=\"{route}\",status=\"{status}\"}}");
+        assert_eq!(metric(&metrics, &line), count, "{line}\n{metrics}");
+    }
+}
+
+/// One request of the test above, sent in-process to a service from a client address.
+struct Sent {
+    method: &'static str,
+    path: &'static str,
+    key: Option<&'static str>,
+    body: &'static str,
+}
+
+impl Sent {
+    async fn to<S>(&self, service: S, client: u8) -> (StatusCode, Vec<(String, String)>, String)
+    where
+        S: tower::Service<
+                axum::http::Request<axum::body::Body>,
+                Response = axum::response::Response,
+                Error = std::convert::Infallible,
+            >,
+    {
+        use tower::ServiceExt;
+        let mut request = axum::http::Request::builder()
+            .method(self.method)
+            .uri(self.path);
+        if let Some(key) = self.key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        let mut request = request.body(axum::body::Body::from(self.body)).unwrap();
+        let peer = std::net::SocketAddr::from(([10, 0, 0, client], 4000));
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        let Ok(response) = service.oneshot(request).await;
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_string()))
+            .collect();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, headers, String::from_utf8(body.to_vec()).unwrap())
+    }
+}
+
+/// `text` with every run of digits as `#`: the two sides answered a few milliseconds apart, so
+/// the clock readings in an answer (`generated_at`, "as of ...") may differ, never the rest.
+fn without_digits(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut digits = false;
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            if !digits {
+                out.push('#');
+            }
+            digits = true;
+        } else {
+            out.push(c);
+            digits = false;
+        }
+    }
+    out
+}
