@@ -29,10 +29,22 @@ pub fn format_utc(ts: f64) -> String {
 #[derive(Debug, Clone, Copy)]
 pub struct Utc(pub f64);
 
+impl Utc {
+    /// What is written for a time out of range.
+    pub const UNKNOWN: &str = "unknown time";
+
+    /// The second a time is written as (`None`: it is written as [`Self::UNKNOWN`]); `Utc` of
+    /// that second reads the same as `Utc` of the time.
+    pub fn whole_second(ts: f64) -> Option<u64> {
+        let t = to_system_time(ts)?;
+        t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
+    }
+}
+
 impl fmt::Display for Utc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Some(t) = to_system_time(self.0) else {
-            return f.write_str("unknown time");
+            return f.write_str(Self::UNKNOWN);
         };
         // 2026-07-29T14:00:02Z → 2026-07-29 14:00:02 UTC (20 bytes up to the year 9999).
         let mut buf = [0u8; 32];
@@ -82,14 +94,17 @@ pub fn format_duration(secs: f64) -> String {
 #[derive(Debug, Clone, Copy)]
 pub struct HumanDuration(pub f64);
 
+impl HumanDuration {
+    /// The whole seconds a duration is written as: equal for two durations that read the same.
+    pub fn whole_seconds(secs: f64) -> u64 {
+        let secs = if secs.is_finite() { secs.max(0.0) } else { 0.0 };
+        secs.round() as u64
+    }
+}
+
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = if self.0.is_finite() {
-            self.0.max(0.0)
-        } else {
-            0.0
-        };
-        let whole = secs.round() as u64;
+        let whole = Self::whole_seconds(self.0);
         match whole {
             0..=59 => write!(f, "{whole} s"),
             60..=3599 => {

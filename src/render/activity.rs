@@ -60,46 +60,120 @@ pub fn activity_head_at(
     window_secs: f64,
     last_activity: f64,
 ) -> String {
-    let window_secs = window_secs.max(1.0);
-    let idle_for = (now - last_activity).max(0.0);
-    let idle = idle_for > window_secs;
+    let clock = HeadFacts::of(session).clock(now, window_secs, last_activity);
+    write_head(session, clock)
+}
 
-    // Written straight into one buffer: this runs on every `/retrieval` answer. (Writing to
-    // a `String` cannot fail.)
+/// What of a session the head reads besides its page's label and URL: fixed for a snapshot,
+/// so a prepared answer takes it once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeadFacts {
+    /// Since when the user is on the current page, if there is one.
+    page_since: Option<f64>,
+    /// When the user left that page ([`Session::left_page`]).
+    left: Option<f64>,
+}
+
+impl HeadFacts {
+    /// The facts of `session`.
+    pub fn of(session: &Session) -> Self {
+        Self {
+            page_since: session.current_page().as_ref().map(|page| page.since),
+            left: session.left_page(),
+        }
+    }
+
+    /// What the head says at `now`, in the whole seconds it is written in: two times with
+    /// equal clocks get the same head, so it can be written once and reused (see
+    /// [`crate::render::answer`]).
+    pub fn clock(&self, now: f64, window_secs: f64, last_activity: f64) -> HeadClock {
+        let window_secs = window_secs.max(1.0);
+        let idle_for = (now - last_activity).max(0.0);
+        let idle = idle_for > window_secs;
+        let line = match (self.page_since, self.left) {
+            (Some(since), Some(left)) => HeadLine::Left {
+                ago: HumanDuration::whole_seconds((now - left).max(0.0)),
+                stayed: HumanDuration::whole_seconds((left - since).max(0.0)),
+            },
+            (Some(_), None) if idle => HeadLine::IdleOnPage {
+                idle: HumanDuration::whole_seconds(idle_for),
+            },
+            (Some(since), None) => HeadLine::OnPage {
+                on_for: HumanDuration::whole_seconds(now - since),
+            },
+            (None, _) if idle => HeadLine::Idle {
+                idle: HumanDuration::whole_seconds(idle_for),
+            },
+            (None, _) => HeadLine::Nothing,
+        };
+        HeadClock {
+            as_of: Utc::whole_second(now),
+            line,
+        }
+    }
+}
+
+/// The time-dependent readings of the head (see [`HeadFacts::clock`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadClock {
+    /// The "as of" second (`None`: a time that cannot be written).
+    as_of: Option<u64>,
+    line: HeadLine,
+}
+
+/// Which "where the user is" line the head has, with its durations in whole seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeadLine {
+    Left { ago: u64, stayed: u64 },
+    IdleOnPage { idle: u64 },
+    OnPage { on_for: u64 },
+    Idle { idle: u64 },
+    Nothing,
+}
+
+/// The head of `session` for `clock` (which must come from this session's [`HeadFacts`]).
+pub fn write_head(session: &Session, clock: HeadClock) -> String {
+    // Written straight into one buffer. (Writing to a `String` cannot fail.)
     let mut out = String::with_capacity(256);
     out.push_str(ACTIVITY_HEADER);
     out.push('\n');
-    let _ = writeln!(
-        out,
-        "What this user is doing in the product, from their own browser session only (as of {}).",
-        Utc(now)
+    out.push_str(
+        "What this user is doing in the product, from their own browser session only (as of ",
     );
-
-    let _ = match (session.current_page(), session.left_page()) {
-        (Some(page), Some(left)) => writeln!(
+    match clock.as_of {
+        Some(second) => {
+            let _ = write!(out, "{}", Utc(second as f64));
+        }
+        None => out.push_str(Utc::UNKNOWN),
+    }
+    out.push_str(").\n");
+    let seconds = |whole: u64| HumanDuration(whole as f64);
+    let page = session.current_page().as_ref();
+    let _ = match (page, clock.line) {
+        (Some(page), HeadLine::Left { ago, stayed }) => writeln!(
             out,
             "Left \"{}\" ({}) {} ago, after {} there.",
             page.label,
             page.url,
-            HumanDuration((now - left).max(0.0)),
-            HumanDuration((left - page.since).max(0.0))
+            seconds(ago),
+            seconds(stayed)
         ),
-        (Some(page), None) if idle => writeln!(
+        (Some(page), HeadLine::IdleOnPage { idle }) => writeln!(
             out,
             "Last active {} ago on \"{}\" ({}); nothing since.",
-            HumanDuration(idle_for),
+            seconds(idle),
             page.label,
             page.url
         ),
-        (Some(page), None) => writeln!(
+        (Some(page), HeadLine::OnPage { on_for }) => writeln!(
             out,
             "Now on: \"{}\" ({}) for {}.",
             page.label,
             page.url,
-            HumanDuration(now - page.since)
+            seconds(on_for)
         ),
-        (None, _) if idle => writeln!(out, "Last active {} ago.", HumanDuration(idle_for)),
-        (None, _) => Ok(()),
+        (_, HeadLine::Idle { idle }) => writeln!(out, "Last active {} ago.", seconds(idle)),
+        _ => Ok(()),
     };
     out
 }
@@ -495,5 +569,121 @@ mod tests {
         let text = render_activity(&s, 950.0, 120.0);
         assert!(text.contains("may be missing"), "{text}");
         assert!(text.contains("A product tour (\"flow_retry\")"), "{text}");
+    }
+
+    /// The head as it was written before it was split into [`HeadFacts::clock`] and
+    /// [`write_head`] (straight from the times): the reference the two must agree with at
+    /// every time, fractions of a second included.
+    fn head_from_the_times(session: &Session, now: f64, window_secs: f64) -> String {
+        let last_activity = session.last_activity();
+        let window_secs = window_secs.max(1.0);
+        let idle_for = (now - last_activity).max(0.0);
+        let idle = idle_for > window_secs;
+        let mut out = String::new();
+        out.push_str(ACTIVITY_HEADER);
+        out.push('\n');
+        let _ = writeln!(
+            out,
+            "What this user is doing in the product, from their own browser session only (as of {}).",
+            Utc(now)
+        );
+        let _ = match (session.current_page(), session.left_page()) {
+            (Some(page), Some(left)) => writeln!(
+                out,
+                "Left \"{}\" ({}) {} ago, after {} there.",
+                page.label,
+                page.url,
+                HumanDuration((now - left).max(0.0)),
+                HumanDuration((left - page.since).max(0.0))
+            ),
+            (Some(page), None) if idle => writeln!(
+                out,
+                "Last active {} ago on \"{}\" ({}); nothing since.",
+                HumanDuration(idle_for),
+                page.label,
+                page.url
+            ),
+            (Some(page), None) => writeln!(
+                out,
+                "Now on: \"{}\" ({}) for {}.",
+                page.label,
+                page.url,
+                HumanDuration(now - page.since)
+            ),
+            (None, _) if idle => writeln!(out, "Last active {} ago.", HumanDuration(idle_for)),
+            (None, _) => Ok(()),
+        };
+        out
+    }
+
+    #[test]
+    fn heads_with_equal_clocks_read_the_same_and_agree_with_the_times_they_came_from() {
+        let on_page = session_with(vec![action(
+            "pageview",
+            "Page Load: Billing",
+            "https://app/billing",
+            900.25,
+        )]);
+        let left = session_with(vec![
+            action(
+                "pageview",
+                "Page Load: Billing",
+                "https://app/billing",
+                900.7,
+            ),
+            action(
+                crate::session::model::PAGE_LEAVE_KIND,
+                "Page Leave",
+                "https://app/billing",
+                930.2,
+            ),
+        ]);
+        let no_page = session_with(vec![action("click", "Upgrade", "https://app/x", 905.5)]);
+        let empty = Session::new(SessionId::parse("s1").unwrap(), 0.0);
+        let offsets = [
+            -3.0,
+            0.0,
+            0.2,
+            0.49,
+            0.5,
+            0.51,
+            0.99,
+            1.0,
+            29.5,
+            59.49,
+            59.5,
+            61.2,
+            119.4,
+            120.6,
+            3599.5,
+            3600.4,
+            86_400.7,
+            172_800.2,
+            1e12,
+            f64::NAN,
+        ];
+        for session in [&on_page, &left, &no_page, &empty] {
+            let facts = HeadFacts::of(session);
+            for window in [0.5, 60.0, 120.0] {
+                let mut written: Vec<(HeadClock, String)> = Vec::new();
+                for offset in offsets {
+                    let now = 930.0 + offset;
+                    let clock = facts.clock(now, window, session.last_activity());
+                    let head = write_head(session, clock);
+                    assert_eq!(
+                        head,
+                        head_from_the_times(session, now, window),
+                        "at {now}, window {window}"
+                    );
+                    assert_eq!(head, activity_head(session, now, window));
+                    for (other, text) in &written {
+                        if *other == clock {
+                            assert_eq!(*text, head, "at {now}");
+                        }
+                    }
+                    written.push((clock, head));
+                }
+            }
+        }
     }
 }

@@ -33,7 +33,9 @@ use lru::LruCache;
 use serde_json::{Map, Value};
 
 use crate::clock::format_rfc3339;
-use crate::render::activity::{ACTIVITY_HEADER, activity_head_at, activity_tail, idle_since};
+use crate::render::activity::{
+    ACTIVITY_HEADER, HeadClock, HeadFacts, activity_tail, idle_since, write_head,
+};
 use crate::render::records::{
     ACTIVITY_SCORE, GENERATED_AT, Record, activity_metadata, score, scored_candidates, terms_of,
 };
@@ -75,9 +77,17 @@ pub struct Prepared {
     words: WordIndex,
     /// [`Session::last_activity`] of the snapshot (read on every answer).
     last_activity: f64,
+    /// What the activity view's head reads of the snapshot.
+    head_facts: HeadFacts,
+    /// The last head written, JSON-escaped after its opening quote, with the clock it was
+    /// written for: within one second (the head's resolution) every answer has the same head.
+    head: Mutex<Option<(HeadClock, Box<[u8]>)>>,
     /// Heap bytes held, for the cache's budget.
     bytes: usize,
 }
+
+/// Heap bytes a cached head is counted as (a head is about 200 bytes; a long page label more).
+const HEAD_BYTES: usize = 512;
 
 impl Prepared {
     /// Prepare the answers for `session` with an activity window of `window_secs`, for times
@@ -116,7 +126,8 @@ impl Prepared {
             + metadata_before.len()
             + metadata_after.len()
             + candidates.iter().map(Candidate::bytes).sum::<usize>()
-            + words.bytes();
+            + words.bytes()
+            + HEAD_BYTES;
         Self {
             session: Arc::downgrade(session),
             window_bits: window_secs.to_bits(),
@@ -128,6 +139,8 @@ impl Prepared {
             candidates,
             words,
             last_activity,
+            head_facts: HeadFacts::of(session),
+            head: Mutex::new(None),
             bytes,
         }
     }
@@ -166,12 +179,9 @@ impl Prepared {
             .filter(|(s, _)| *s >= score_threshold)
             .take(top_k.saturating_sub(1));
 
-        let mut head = activity_head_at(session, now, window_secs, self.last_activity);
-        if self.tail_empty {
-            head.truncate(head.trim_end().len());
-        }
+        let clock = self.head_facts.clock(now, window_secs, self.last_activity);
         let mut out = Vec::with_capacity(
-            64 + head.len()
+            64 + HEAD_BYTES
                 + self.tail_json.len()
                 + self.metadata_before.len()
                 + self.metadata_after.len()
@@ -183,8 +193,7 @@ impl Prepared {
                     .sum::<usize>(),
         );
         out.extend_from_slice(b"{\"records\":[{\"content\":");
-        write_json(&mut out, head.as_str());
-        out.pop(); // the closing quote: the tail continues the string
+        self.push_head(session, clock, &mut out);
         out.extend_from_slice(&self.tail_json);
         out.extend_from_slice(&self.metadata_before);
         write_json(&mut out, format_rfc3339(now).as_str());
@@ -199,6 +208,25 @@ impl Prepared {
         }
         out.extend_from_slice(b"]}");
         (Bytes::from(out), records)
+    }
+
+    /// The head for `clock` as the start of the content string (its closing quote left off:
+    /// the tail continues the string), written again only when the clock has moved.
+    fn push_head(&self, session: &Session, clock: HeadClock, out: &mut Vec<u8>) {
+        if let Some((written_for, bytes)) = crate::sync::lock(&self.head).as_ref()
+            && *written_for == clock
+        {
+            out.extend_from_slice(bytes);
+            return;
+        }
+        let mut head = write_head(session, clock);
+        if self.tail_empty {
+            head.truncate(head.trim_end().len());
+        }
+        let start = out.len();
+        write_json(out, head.as_str());
+        out.pop();
+        *crate::sync::lock(&self.head) = Some((clock, out[start..].into()));
     }
 }
 
@@ -398,11 +426,12 @@ mod tests {
         for s in sessions {
             let s = Arc::new(s);
             for window in [60.0, 120.0, 0.5] {
-                for now in [
-                    s.last_activity(),
-                    s.last_activity() + 30.0,
-                    s.last_activity() + 900.0,
+                // In and across seconds, forward and back: the head written for one
+                // second is reused within it, never beyond.
+                for offset in [
+                    0.0, 0.3, 0.99, 30.0, 30.49, 30.51, 30.2, 900.0, 900.6, 899.99, 0.1,
                 ] {
+                    let now = s.last_activity() + offset;
                     for question in questions {
                         for (threshold, top_k) in
                             [(0.0, 5), (0.0, 1), (0.6, 3), (0.999, 50), (0.0, 50)]
