@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the hot paths: SSE parsing, payload decoding, the "Current User
-//! Activity" rendering, record scoring and a whole `/retrieval` answer. `cargo bench` (a few minutes on two cores); the
+//! Activity" rendering, record scoring, reading a `/retrieval` body and a whole answer. `cargo bench` (a few minutes on two cores); the
 //! end-to-end figures are `livectx bench <scenario>` (see docs/benchmarks.md).
 
 use std::hint::black_box;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::sync::Arc;
 
-use livectx::api::retrieval::{answer_body, chosen_records, records_body};
+use livectx::api::retrieval::{answer_body, chosen_records, parse_request, records_body};
 use livectx::bench::workload::{self, Identity, Walker};
 use livectx::ingest::sse::SseParser;
 use livectx::render::activity::render_activity;
@@ -140,7 +140,24 @@ fn retrieval_answer(c: &mut Criterion) {
     group.bench_function("prepared/20_actions_summarised", |b| {
         b.iter(|| answer_body(black_box(&session), question, None, 0.0, 5, NOW, 120.0))
     });
+    // Each answer a second after the last: the activity view's head is written every time
+    // (in `prepared` it is written once per second and reused, as under load).
+    group.bench_function("prepared_each_second/20_actions_summarised", |b| {
+        let mut now = NOW;
+        b.iter(|| {
+            now += 1.0;
+            answer_body(black_box(&session), question, None, 0.0, 5, now, 120.0)
+        })
+    });
     group.finish();
+}
+
+/// Reading a typical Dify body (`parse_request`): the four fields, the rest skipped.
+fn retrieval_request(c: &mut Criterion) {
+    let body = br#"{"knowledge_id": "acme", "query": "session_id: ps_4f1c2a\nhow do I export a csv of my report?", "retrieval_setting": {"top_k": 5, "score_threshold": 0.5}, "metadata_condition": null, "inputs": {"user": "u_1", "lang": "en"}}"#;
+    c.bench_function("retrieval_request/parse", |b| {
+        b.iter(|| parse_request(black_box(body)))
+    });
 }
 
 fn config() -> Criterion {
@@ -153,6 +170,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = hot_paths;
     config = config();
-    targets = sse_parsing, payload_decoding, activity_rendering, relevance_scoring, retrieval_answer
+    targets = sse_parsing, payload_decoding, activity_rendering, relevance_scoring, retrieval_answer, retrieval_request
 }
 criterion_main!(hot_paths);
