@@ -67,11 +67,11 @@ pub fn parse_request(bytes: &[u8]) -> Result<ParsedRequest, ApiError> {
     let knowledge_id = text_field(body.knowledge_id.as_ref(), "knowledge_id")?;
     let query = text_field(body.query.as_ref(), "query")?;
     let (top_k, score_threshold) = match &body.retrieval_setting {
-        None | Some(Setting::Null) => (DEFAULT_TOP_K, 0.0),
-        Some(Setting::Object {
+        None | Some(Field::Null) => (DEFAULT_TOP_K, 0.0),
+        Some(Field::Object(SettingFields {
             top_k,
             score_threshold,
-        }) => (
+        })) => (
             number_field(top_k.as_ref(), "retrieval_setting.top_k")?
                 .map_or(DEFAULT_TOP_K, |k| k.clamp(1.0, MAX_TOP_K as f64) as usize),
             number_field(
@@ -80,7 +80,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<ParsedRequest, ApiError> {
             )?
             .map_or(0.0, |t| t.clamp(0.0, 1.0)),
         ),
-        Some(Setting::Other) => {
+        Some(Field::Text(_) | Field::Number(_) | Field::Other) => {
             return Err(ApiError::bad_request("retrieval_setting must be an object"));
         }
     };
@@ -118,25 +118,63 @@ struct BodyFields {
     metadata_condition: Option<Value>,
 }
 
-/// A field that must be text or a number: the value as far as its readers tell values apart.
+/// A field's value as far as its readers tell values apart. `O` is what an object there is
+/// read as ([`NoObject`] where none is accepted).
 #[derive(Debug, Clone, PartialEq)]
-enum Scalar {
+enum Field<O> {
     Null,
     Text(String),
     Number(serde_json::Number),
-    /// A boolean, array or object: refused by every reader.
+    Object(O),
+    /// A boolean, an array, or an object where none is read: refused by every reader.
     Other,
 }
 
-/// `retrieval_setting`: null, an object (of which only two keys are read), or anything else.
+/// A field that must be text or a number.
+type Scalar = Field<NoObject>;
+/// `retrieval_setting`: null or an object, of which two keys are read.
+type Setting = Field<SettingFields>;
+
+/// How an object in a field is read: `None` when no object is accepted there.
+trait ReadObject: Sized {
+    fn read<'de, A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error>;
+}
+
+/// No object is accepted: one is skipped, and the field is [`Field::Other`].
 #[derive(Debug, Clone, PartialEq)]
-enum Setting {
-    Null,
-    Object {
-        top_k: Option<Scalar>,
-        score_threshold: Option<Scalar>,
-    },
-    Other,
+enum NoObject {}
+
+impl ReadObject for NoObject {
+    fn read<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(None)
+    }
+}
+
+/// The keys of `retrieval_setting` that are read; a repeated key keeps its last value.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct SettingFields {
+    top_k: Option<Scalar>,
+    score_threshold: Option<Scalar>,
+}
+
+impl ReadObject for SettingFields {
+    fn read<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut fields = Self::default();
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::TopK => fields.top_k = Some(map.next_value()?),
+                Key::ScoreThreshold => fields.score_threshold = Some(map.next_value()?),
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(fields))
+    }
 }
 
 fn read_fields(bytes: &[u8]) -> Result<BodyFields, ApiError> {
@@ -164,30 +202,34 @@ impl<'de> serde::Deserialize<'de> for BodyFields {
     }
 }
 
-/// A top-level key of the body, read without allocating.
-enum BodyKey {
+/// A key livectx reads, in the body or in `retrieval_setting`, read without allocating.
+enum Key {
     KnowledgeId,
     Query,
     RetrievalSetting,
     MetadataCondition,
+    TopK,
+    ScoreThreshold,
     Other,
 }
 
-impl<'de> serde::Deserialize<'de> for BodyKey {
+impl<'de> serde::Deserialize<'de> for Key {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct KeyVisitor;
         impl serde::de::Visitor<'_> for KeyVisitor {
-            type Value = BodyKey;
+            type Value = Key;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a field name")
             }
-            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<BodyKey, E> {
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Key, E> {
                 Ok(match key {
-                    "knowledge_id" => BodyKey::KnowledgeId,
-                    "query" => BodyKey::Query,
-                    "retrieval_setting" => BodyKey::RetrievalSetting,
-                    "metadata_condition" => BodyKey::MetadataCondition,
-                    _ => BodyKey::Other,
+                    "knowledge_id" => Key::KnowledgeId,
+                    "query" => Key::Query,
+                    "retrieval_setting" => Key::RetrievalSetting,
+                    "metadata_condition" => Key::MetadataCondition,
+                    "top_k" => Key::TopK,
+                    "score_threshold" => Key::ScoreThreshold,
+                    _ => Key::Other,
                 })
             }
         }
@@ -206,13 +248,13 @@ impl<'de> serde::de::Visitor<'de> for BodyVisitor {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<BodyFields, A::Error> {
         let mut fields = BodyFields::default();
-        while let Some(key) = map.next_key::<BodyKey>()? {
+        while let Some(key) = map.next_key::<Key>()? {
             match key {
-                BodyKey::KnowledgeId => fields.knowledge_id = Some(map.next_value()?),
-                BodyKey::Query => fields.query = Some(map.next_value()?),
-                BodyKey::RetrievalSetting => fields.retrieval_setting = Some(map.next_value()?),
-                BodyKey::MetadataCondition => fields.metadata_condition = Some(map.next_value()?),
-                BodyKey::Other => {
+                Key::KnowledgeId => fields.knowledge_id = Some(map.next_value()?),
+                Key::Query => fields.query = Some(map.next_value()?),
+                Key::RetrievalSetting => fields.retrieval_setting = Some(map.next_value()?),
+                Key::MetadataCondition => fields.metadata_condition = Some(map.next_value()?),
+                Key::TopK | Key::ScoreThreshold | Key::Other => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
             }
@@ -221,149 +263,62 @@ impl<'de> serde::de::Visitor<'de> for BodyVisitor {
     }
 }
 
-impl<'de> serde::Deserialize<'de> for Scalar {
+impl<'de, O: ReadObject> serde::Deserialize<'de> for Field<O> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(ScalarVisitor)
+        deserializer.deserialize_any(FieldVisitor(std::marker::PhantomData))
     }
 }
 
-struct ScalarVisitor;
+struct FieldVisitor<O>(std::marker::PhantomData<O>);
 
-impl<'de> serde::de::Visitor<'de> for ScalarVisitor {
-    type Value = Scalar;
+impl<'de, O: ReadObject> serde::de::Visitor<'de> for FieldVisitor<O> {
+    type Value = Field<O>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Scalar, E> {
-        Ok(Scalar::Null)
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Field<O>, E> {
+        Ok(Field::Null)
     }
-    fn visit_none<E: serde::de::Error>(self) -> Result<Scalar, E> {
-        Ok(Scalar::Null)
+    fn visit_none<E: serde::de::Error>(self) -> Result<Field<O>, E> {
+        Ok(Field::Null)
     }
-    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Scalar, E> {
-        Ok(Scalar::Text(text.to_owned()))
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Field<O>, E> {
+        Ok(Field::Text(text.to_owned()))
     }
-    fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Scalar, E> {
-        Ok(Scalar::Text(text))
+    fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Field<O>, E> {
+        Ok(Field::Text(text))
     }
-    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Scalar, E> {
-        Ok(Scalar::Number(n.into()))
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Field<O>, E> {
+        Ok(Field::Number(n.into()))
     }
-    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Scalar, E> {
-        Ok(Scalar::Number(n.into()))
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Field<O>, E> {
+        Ok(Field::Number(n.into()))
     }
-    fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Scalar, E> {
+    fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Field<O>, E> {
         // serde_json never hands over a non-finite number; were one to come, it is no number.
-        Ok(serde_json::Number::from_f64(n).map_or(Scalar::Other, Scalar::Number))
+        Ok(serde_json::Number::from_f64(n).map_or(Field::Other, Field::Number))
     }
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Scalar, E> {
-        Ok(Scalar::Other)
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Field<O>, E> {
+        Ok(Field::Other)
     }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Field<O>, A::Error> {
         while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-        Ok(Scalar::Other)
+        Ok(Field::Other)
     }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
-        while map
-            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-            .is_some()
-        {}
-        Ok(Scalar::Other)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Setting {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(SettingVisitor)
-    }
-}
-
-struct SettingVisitor;
-
-impl<'de> serde::de::Visitor<'de> for SettingVisitor {
-    type Value = Setting;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Setting, E> {
-        Ok(Setting::Null)
-    }
-    fn visit_none<E: serde::de::Error>(self) -> Result<Setting, E> {
-        Ok(Setting::Null)
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Setting, A::Error> {
-        let (mut top_k, mut score_threshold) = (None, None);
-        while let Some(key) = map.next_key::<SettingKey>()? {
-            match key {
-                SettingKey::TopK => top_k = Some(map.next_value()?),
-                SettingKey::ScoreThreshold => score_threshold = Some(map.next_value()?),
-                SettingKey::Other => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(Setting::Object {
-            top_k,
-            score_threshold,
-        })
-    }
-    // Anything else is refused whole: it is read only to reach the rest of the body.
-    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Setting, E> {
-        Ok(Setting::Other)
-    }
-    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Setting, E> {
-        Ok(Setting::Other)
-    }
-    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Setting, E> {
-        Ok(Setting::Other)
-    }
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Setting, E> {
-        Ok(Setting::Other)
-    }
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Setting, E> {
-        Ok(Setting::Other)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Setting, A::Error> {
-        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-        Ok(Setting::Other)
-    }
-}
-
-/// A key of `retrieval_setting`, read without allocating.
-enum SettingKey {
-    TopK,
-    ScoreThreshold,
-    Other,
-}
-
-impl<'de> serde::Deserialize<'de> for SettingKey {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl serde::de::Visitor<'_> for KeyVisitor {
-            type Value = SettingKey;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a field name")
-            }
-            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<SettingKey, E> {
-                Ok(match key {
-                    "top_k" => SettingKey::TopK,
-                    "score_threshold" => SettingKey::ScoreThreshold,
-                    _ => SettingKey::Other,
-                })
-            }
-        }
-        deserializer.deserialize_identifier(KeyVisitor)
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Field<O>, A::Error> {
+        Ok(O::read(map)?.map_or(Field::Other, Field::Object))
     }
 }
 
 fn text_field(value: Option<&Scalar>, name: &str) -> Result<String, ApiError> {
     match value {
-        None | Some(Scalar::Null) => Ok(String::new()),
-        Some(Scalar::Text(s)) => Ok(s.clone()),
-        Some(Scalar::Number(n)) => Ok(n.to_string()),
-        Some(Scalar::Other) => Err(ApiError::bad_request(format!("{name} must be a string"))),
+        None | Some(Field::Null) => Ok(String::new()),
+        Some(Field::Text(s)) => Ok(s.clone()),
+        Some(Field::Number(n)) => Ok(n.to_string()),
+        Some(Field::Object(_) | Field::Other) => {
+            Err(ApiError::bad_request(format!("{name} must be a string")))
+        }
     }
 }
 
@@ -373,14 +328,14 @@ fn text_field(value: Option<&Scalar>, name: &str) -> Result<String, ApiError> {
 fn number_field(value: Option<&Scalar>, name: &str) -> Result<Option<f64>, ApiError> {
     let not_a_number = || ApiError::bad_request(format!("{name} must be a finite number"));
     match value {
-        None | Some(Scalar::Null) => Ok(None),
-        Some(Scalar::Number(n)) => Ok(n.as_f64().filter(|v| v.is_finite())),
-        Some(Scalar::Text(s)) if s.trim().is_empty() => Ok(None),
-        Some(Scalar::Text(s)) => match s.trim().parse::<f64>() {
+        None | Some(Field::Null) => Ok(None),
+        Some(Field::Number(n)) => Ok(n.as_f64().filter(|v| v.is_finite())),
+        Some(Field::Text(s)) if s.trim().is_empty() => Ok(None),
+        Some(Field::Text(s)) => match s.trim().parse::<f64>() {
             Ok(v) if v.is_finite() => Ok(Some(v)),
             _ => Err(not_a_number()),
         },
-        Some(Scalar::Other) => Err(not_a_number()),
+        Some(Field::Object(_) | Field::Other) => Err(not_a_number()),
     }
 }
 
