@@ -26,7 +26,7 @@
 //!   task sends them, one at a time, the next as soon as the last is answered if a reader
 //!   waits, so no reader's own wake-up stands between two rounds (docs/benchmarks.md measured
 //!   the round trip under load at about 270 µs when the first woken reader sent the next
-//!   `PING`, and 170–200 µs with the pinger).
+//!   `PING`, and 160–205 µs with the pinger).
 //! - **Epochs.** Anything that may have lost messages — the connection dropping, tracking not
 //!   confirmed on the current connection, a flush, an unknown message — moves the epoch, which
 //!   voids every stamp at once; reads then check revisions as without tracking.
@@ -486,7 +486,8 @@ mod tests {
             assert!(tracked.shared.barriers.borrow().0 > began);
         }
         let pings = tracked.shared.barriers_sent.load(Ordering::SeqCst) - before;
-        assert!((1..=64).contains(&pings), "{pings} PINGs for 64 readers");
+        // Seen here: 2–6. Half as many PINGs as readers would already mean little sharing.
+        assert!((1..=32).contains(&pings), "{pings} PINGs for 64 readers");
     }
 
     /// The pinger dies with the runtime that ran it; the next reader starts another, and
