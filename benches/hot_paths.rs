@@ -48,9 +48,14 @@ fn stream_bytes() -> Vec<u8> {
 /// A session of 20 actions in 4 batches, the older half summarised by the built-in summarizer:
 /// what retrieval renders for a typical user.
 fn session() -> Session {
-    let who = Identity::new(1, 1, 1);
+    session_of(1)
+}
+
+/// [`session`] for another visitor (`seed`): same shape, other pages and words.
+fn session_of(seed: u64) -> Session {
+    let who = Identity::new(1, seed, seed);
     let mut session = Session::new(SessionId::parse(&who.session_id).unwrap(), NOW - 200.0);
-    let mut walker = Walker::new(1, NOW - 200.0);
+    let mut walker = Walker::new(seed, NOW - 200.0);
     let limits = SessionLimits { max_chunks: 50 };
     for b in 0..6 {
         let actions: Vec<_> = (0..5).map(|_| walker.next_action(6.0)).collect();
@@ -147,6 +152,17 @@ fn retrieval_answer(c: &mut Criterion) {
         b.iter(|| {
             now += 1.0;
             answer_body(black_box(&session), question, None, 0.0, 5, now, 120.0)
+        })
+    });
+    // 500 sessions answered in turn, as `livectx bench retrieval` asks: each answer reads a
+    // preparation the CPU's caches mostly no longer hold, which one session in a loop hides.
+    group.bench_function("prepared/500_sessions_in_turn", |b| {
+        let sessions: Vec<Arc<Session>> = (0..500).map(|i| Arc::new(session_of(i + 1))).collect();
+        // A fixed stride through them (coprime with 500), so consecutive answers are apart.
+        let mut at = 0usize;
+        b.iter(|| {
+            at = (at + 263) % sessions.len();
+            answer_body(black_box(&sessions[at]), question, None, 0.0, 5, NOW, 120.0)
         })
     });
     group.finish();

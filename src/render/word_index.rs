@@ -24,11 +24,28 @@ struct Entry {
     len: u32,
 }
 
+/// Where the entries of one key lie: `entries[start..end]`.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    key: u32,
+    start: u32,
+    end: u32,
+}
+
+/// The key of an unused [`Slot`]: [`key_of`] never gives it (its fourth byte is zero, unless
+/// it is [`SHORT`]).
+const EMPTY: u32 = 0xFF00_0000;
+
 /// See the module docs.
 #[derive(Debug, Default)]
 pub struct WordIndex {
     /// Sorted by `key`.
     entries: Vec<Entry>,
+    /// Each key's run of `entries`, by open addressing (at most half full, so a probe for a
+    /// key that is not there soon meets an empty slot). A term is looked up with one or two
+    /// reads here where a binary search over `entries` read a dozen places of an index that is
+    /// rarely in the CPU's caches (docs/benchmarks.md). Empty when there are no entries.
+    slots: Box<[Slot]>,
     /// Every entry's word, one after the other.
     words: String,
     records: usize,
@@ -80,11 +97,37 @@ impl WordIndex {
             }
         }
         entries.sort_by_key(|e| e.key);
+        let slots = slots_of(&entries);
         Self {
             entries,
+            slots,
             words,
             records,
         }
+    }
+
+    /// The entries whose word starts with the three bytes of `key`.
+    fn entries_of(&self, key: u32) -> &[Entry] {
+        if self.slots.is_empty() {
+            return &[];
+        }
+        let mask = self.slots.len() - 1;
+        let mut at = slot_of(key, self.slots.len());
+        // At most half the slots are used, so an empty one ends every probe.
+        for _ in 0..self.slots.len() {
+            let slot = self.slots[at];
+            if slot.key == key {
+                return self
+                    .entries
+                    .get(slot.start as usize..slot.end as usize)
+                    .unwrap_or_default();
+            }
+            if slot.key == EMPTY {
+                break;
+            }
+            at = (at + 1) & mask;
+        }
+        &[]
     }
 
     /// For each record, the share of `terms` some word of it matches (0 without terms).
@@ -98,9 +141,7 @@ impl WordIndex {
             let (block, bit) = (i / 64, 1u64 << (i % 64));
             let key = key_of(term.as_bytes());
             let candidates = if key != SHORT {
-                let start = self.entries.partition_point(|e| e.key < key);
-                let end = start + self.entries[start..].partition_point(|e| e.key == key);
-                &self.entries[start..end]
+                self.entries_of(key)
             } else {
                 // Only a caller other than `terms_of` passes such a term: compare with all.
                 &self.entries[..]
@@ -126,8 +167,56 @@ impl WordIndex {
 
     /// Heap bytes held, for the answer cache's budget.
     pub fn bytes(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<Entry>() + self.words.capacity()
+        self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.slots.len() * std::mem::size_of::<Slot>()
+            + self.words.capacity()
     }
+}
+
+/// The first slot to probe for `key` in a table of `len` slots (a power of two).
+fn slot_of(key: u32, len: usize) -> usize {
+    // Fibonacci hashing: the multiply spreads the three bytes over the high bits.
+    let spread = u64::from(key.wrapping_mul(0x9E37_79B9));
+    ((spread * len as u64) >> 32) as usize
+}
+
+/// The slot table for `entries` (sorted by key): one slot per key but [`SHORT`], which is
+/// never looked up.
+fn slots_of(entries: &[Entry]) -> Box<[Slot]> {
+    let runs = entries.chunk_by(|a, b| a.key == b.key);
+    let keys = runs.clone().filter(|run| run[0].key != SHORT).count();
+    if keys == 0 {
+        return Box::default();
+    }
+    let len = (keys * 2).next_power_of_two();
+    let mut slots = vec![
+        Slot {
+            key: EMPTY,
+            start: 0,
+            end: 0
+        };
+        len
+    ];
+    let mut start = 0usize;
+    for run in runs {
+        let end = start + run.len();
+        let key = run[0].key;
+        if key != SHORT
+            && let (Ok(first), Ok(last)) = (u32::try_from(start), u32::try_from(end))
+        {
+            let mut at = slot_of(key, len);
+            while slots[at].key != EMPTY {
+                at = (at + 1) & (len - 1);
+            }
+            slots[at] = Slot {
+                key,
+                start: first,
+                end: last,
+            };
+        }
+        start = end;
+    }
+    slots.into_boxed_slice()
 }
 
 #[cfg(test)]
@@ -185,6 +274,27 @@ mod tests {
                 proptest::prop_assert_eq!(score, relevance(&terms, content));
             }
         }
+    }
+
+    /// Every key finds exactly its run of entries, through collisions and the table's wrap,
+    /// and a key not indexed finds none.
+    #[test]
+    fn slots_find_each_run_and_nothing_else() {
+        let words: Vec<String> = (0..2000u32)
+            .map(|i| format!("{}{}{}x", (b'a' + (i % 26) as u8) as char, i / 26 % 40, i))
+            .collect();
+        let contents = [words[..1000].join(" "), words[1000..].join(" ")];
+        let index = WordIndex::build(contents.iter().map(String::as_str));
+        assert!(index.slots.len() >= 2 * index.entries.chunk_by(|a, b| a.key == b.key).count());
+        for run in index.entries.chunk_by(|a, b| a.key == b.key) {
+            let found = index.entries_of(run[0].key);
+            assert_eq!(found.len(), run.len());
+            assert!(std::ptr::eq(found.as_ptr(), run.as_ptr()));
+        }
+        for absent in [b"zzz", b"~~~", b"q9q"] {
+            assert!(index.entries_of(key_of(absent)).is_empty());
+        }
+        assert!(WordIndex::build([]).entries_of(key_of(b"abc")).is_empty());
     }
 
     #[test]
