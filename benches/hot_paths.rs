@@ -156,10 +156,11 @@ fn retrieval_answer(c: &mut Criterion) {
     });
     // 500 sessions answered in turn, as `livectx bench retrieval` asks: each answer reads a
     // preparation the CPU's caches mostly no longer hold, which one session in a loop hides.
+    // Built once: criterion calls this closure again for the warm-up and for every sample.
+    let sessions: Vec<Arc<Session>> = (0..500).map(|i| Arc::new(session_of(i + 1))).collect();
+    // A fixed stride through them (coprime with 500), so consecutive answers are apart.
+    let mut at = 0usize;
     group.bench_function("prepared/500_sessions_in_turn", |b| {
-        let sessions: Vec<Arc<Session>> = (0..500).map(|i| Arc::new(session_of(i + 1))).collect();
-        // A fixed stride through them (coprime with 500), so consecutive answers are apart.
-        let mut at = 0usize;
         b.iter(|| {
             at = (at + 263) % sessions.len();
             answer_body(black_box(&sessions[at]), question, None, 0.0, 5, NOW, 120.0)
