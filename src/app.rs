@@ -585,7 +585,8 @@ async fn build_storage(
         connection.clone(),
         config.redis_prefix.clone(),
         store_config(config),
-    );
+    )
+    .with_writer_lease(config.redis_writer_lease);
     let mut probe = connection.clone();
     match redis::cmd("PING").query_async::<String>(&mut probe).await {
         Ok(_) => {

@@ -286,6 +286,13 @@ pub struct ServeConfig {
     #[arg(long, env = "LIVECTX_REDIS_TRACKING", default_value_t = true, action = clap::ArgAction::Set)]
     pub redis_tracking: bool,
 
+    /// While this replica is the only one writing sessions (none other wrote for 10 s), take
+    /// the writer lease and answer unchanged sessions from the cache without waiting for a
+    /// barrier round trip (one server with tracking only). Every replica honours another's
+    /// lease either way; set false on all replicas while any still runs a build without it.
+    #[arg(long, env = "LIVECTX_REDIS_WRITER_LEASE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub redis_writer_lease: bool,
+
     /// Turn on the operator console at /console: the key an operator types to log in
     /// (unset: /console is 404).
     #[arg(long, env = "LIVECTX_CONSOLE_KEY", hide_env_values = true)]
@@ -393,6 +400,7 @@ impl Default for ServeConfig {
             lease_ttl: crate::cluster::redis_lease::DEFAULT_LEASE_TTL,
             redis_buffer: crate::session::buffered::DEFAULT_BUFFER_BOUND,
             redis_tracking: true,
+            redis_writer_lease: true,
             console_key: None,
             console_show_identities: false,
             autoplay_api: Default::default(),

@@ -40,6 +40,9 @@ pub enum Unavailable {
     /// Other writers kept changing the session; this write gave up.
     #[error("session {id} kept changing under this write ({attempts} attempts)")]
     Contended { id: SessionId, attempts: u32 },
+    /// Another replica held the writer lease and neither stepped down nor let it expire.
+    #[error("another replica held the Redis writer lease for {waited:?} without stepping down")]
+    WriterLeaseHeld { waited: std::time::Duration },
     /// Earlier writes still wait for the backend, so this one queues behind them.
     #[error("writes are waiting for the storage backend")]
     Backlogged,

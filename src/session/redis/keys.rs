@@ -160,6 +160,21 @@ impl Keys {
         format!("{}d:{{{}}}", self.prefix, hex::encode(body_hash))
     }
 
+    /// The writer lease (one server only): the id of the replica that alone writes sessions.
+    pub fn writer_lease(&self) -> String {
+        format!("{}writer", self.prefix)
+    }
+
+    /// Set by a write the writer lease refused, so its holder steps down.
+    pub fn writer_wanted(&self) -> String {
+        format!("{}writer:wanted", self.prefix)
+    }
+
+    /// Replica id → when it last wrote a session (Redis time, ms): who else writes lately.
+    pub fn writers(&self) -> String {
+        format!("{}writers", self.prefix)
+    }
+
     /// The keys of one stream's lease (`id` names the stream: readable, free of secrets).
     pub fn lease(&self, id: &str) -> LeaseKeys {
         LeaseKeys::of_lease(format!("{}lease:{{{id}}}", self.prefix))

@@ -16,6 +16,7 @@
 //! | `p:{<product>}`            | string | a product has been stored (the knowledge-id check)    |
 //! | `d:{<sha256 hex>}`         | string | a webhook body seen within the dedupe window (SET NX PX) |
 //! | `format`                   | string | the key format version ([`keys::FORMAT_VERSION`])     |
+//! | `writer`, `writer:wanted`, `writers` | string, string, zset | one server only: the writer lease's holder (PX), a refused writer's mark, replica → last write ([`writer_lease`]) |
 //!
 //! No key receives every write: a bucket's keys get 1/32 of them, the rest are per person,
 //! product or delivery. The stream leases' keys are described in [`keys::LeaseKeys`].
@@ -50,7 +51,8 @@
 //!
 //! `session` answers from this replica's cache when it holds the session as last read and Redis
 //! has said nothing of the key since (`CLIENT TRACKING` on a second connection, checked after a
-//! shared `PING`: see [`tracking`]). Without tracking (a cluster, `LIVECTX_REDIS_TRACKING=false`,
+//! shared `PING`: see [`tracking`]); while this replica holds the writer lease, no other can
+//! write, and the `PING` is skipped ([`writer_lease`]). Without tracking (a cluster, `LIVECTX_REDIS_TRACKING=false`,
 //! or while the tracked connection is down) it is one `HGET` of the small revision field `r`,
 //! and nothing is decoded while it matches (see [`read_cache`]); otherwise (first read, or
 //! changed since) an `HMGET` of `d` and `r` together. A person lookup is a
@@ -64,6 +66,7 @@ pub mod keys;
 mod read_cache;
 mod scripts;
 pub mod tracking;
+pub mod writer_lease;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,7 +78,8 @@ use futures_util::future::try_join_all;
 
 pub use connection::{ClusterInfo, RedisConnection, RedisTarget, UrlError, connect, store_error};
 use keys::{BUCKETS, BucketKeys, FORMAT_VERSION, Keys};
-use scripts::{CommitArgs, RemoveBound, remove_invocation};
+use scripts::{CommitArgs, RemoveBound, WriterKeys, remove_invocation};
+use writer_lease::WriterLease;
 
 use crate::session::model::{
     ActionBatch, Gap, PersonKey, Session, SessionId, SummaryApplied, SummaryDraft, SummaryJob,
@@ -132,6 +136,8 @@ enum CommitStatus {
     Written,
     Conflict,
     Fenced,
+    /// Another replica holds the writer lease: nothing was written.
+    Refused,
 }
 
 /// A session read and changed, ready for the index step and the commit.
@@ -178,12 +184,23 @@ pub struct RedisStore {
     /// Lines about the tracked connection failing, at most one per [`TRACKING_LOG_INTERVAL`].
     tracking_log: LogThrottle,
     reads: ReadCounters,
+    /// One server only: every write honours the writer lease, and this replica may take it.
+    writer_lease: Option<Arc<WriterLease>>,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        if let Some(lease) = &self.writer_lease {
+            lease.close();
+        }
+    }
 }
 
 /// How this replica's session reads were answered, since it started.
 #[derive(Debug, Default)]
 struct ReadCounters {
     local: AtomicU64,
+    sole: AtomicU64,
     revision: AtomicU64,
     whole: AtomicU64,
 }
@@ -193,6 +210,8 @@ struct ReadCounters {
 pub struct ReadStats {
     /// From the cache, with no command: Redis had said nothing of the key since.
     pub local: u64,
+    /// Of `local`, those answered without a barrier `PING`, under the writer lease.
+    pub sole: u64,
     /// From the cache after one `HGET` of the revision found it unchanged.
     pub revision: u64,
     /// Read whole from Redis (first read, changed since, or gone).
@@ -233,6 +252,43 @@ impl RedisStore {
             read_cache: read_cache::ReadCache::default(),
             tracking_log: LogThrottle::new(TRACKING_LOG_INTERVAL),
             reads: ReadCounters::default(),
+            writer_lease: None,
+        }
+        .with_writer_lease(true)
+    }
+
+    /// Whether this replica takes the writer lease when it alone writes (it always honours
+    /// another's on one server; a cluster has no writer lease). On by default.
+    pub fn with_writer_lease(mut self, takes: bool) -> Self {
+        let keys = &self.keys;
+        self.writer_lease = matches!(self.connection, RedisConnection::Single(..)).then(|| {
+            Arc::new(WriterLease::new(
+                WriterKeys {
+                    lease: keys.writer_lease(),
+                    wanted: keys.writer_wanted(),
+                    writers: keys.writers(),
+                    me: format!("{:016x}", rand::random::<u64>()),
+                },
+                takes,
+            ))
+        });
+        self
+    }
+
+    /// Does this replica hold the writer lease (tests, `/readyz`)?
+    pub fn holds_writer_lease(&self) -> bool {
+        self.writer_lease
+            .as_ref()
+            .is_some_and(|lease| lease.is_held())
+    }
+
+    fn writer_keys(&self) -> Option<&WriterKeys> {
+        self.writer_lease.as_deref().map(WriterLease::keys)
+    }
+
+    fn start_writer_lease(&self) {
+        if let Some(lease) = &self.writer_lease {
+            lease.ensure_running(&self.connection);
         }
     }
 
@@ -270,6 +326,7 @@ impl RedisStore {
     pub fn read_stats(&self) -> ReadStats {
         ReadStats {
             local: self.reads.local.load(Ordering::Relaxed),
+            sole: self.reads.sole.load(Ordering::Relaxed),
             revision: self.reads.revision.load(Ordering::Relaxed),
             whole: self.reads.whole.load(Ordering::Relaxed),
         }
@@ -451,6 +508,7 @@ impl RedisStore {
 
     /// Step two: the compare-and-set commit.
     async fn commit(&self, write: &PreparedWrite) -> Result<CommitStatus, StoreError> {
+        self.start_writer_lease();
         let session = &write.session;
         let blob = serde_json::to_vec(session).map_err(|source| {
             StoreError::Corrupt(Corrupt::Json {
@@ -491,6 +549,7 @@ impl RedisStore {
             fence,
             index_keys_json: &index_json,
             fresh: write.fresh,
+            writer: self.writer_keys(),
         };
         let mut connection = self.connection.clone();
         let reply = args.invocation().invoke_async(&mut connection).await;
@@ -505,10 +564,57 @@ impl RedisStore {
             [1] => Ok(CommitStatus::Written),
             [0] => Ok(CommitStatus::Conflict),
             [-1] => Ok(CommitStatus::Fenced),
+            [-2] => Ok(CommitStatus::Refused),
             other => Err(StoreError::Corrupt(Corrupt::UnexpectedReply {
                 script: "commit",
                 reply: format!("{other:?}"),
             })),
+        }
+    }
+
+    /// [`Self::commit`], waiting while another replica holds the writer lease (it steps down
+    /// when asked, or its lease expires); `Refused` only after [`writer_lease::WRITE_WAIT`].
+    async fn commit_when_allowed(&self, write: &PreparedWrite) -> Result<CommitStatus, StoreError> {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            match self.commit(write).await? {
+                CommitStatus::Refused if started.elapsed() < writer_lease::WRITE_WAIT => {
+                    refused_pause(&mut attempt).await;
+                }
+                status => return Ok(status),
+            }
+        }
+    }
+
+    /// Run the remove script, waiting as [`Self::commit_when_allowed`] does; this replica's
+    /// next read of each session then asks Redis (as after a commit).
+    async fn remove_when_allowed(
+        &self,
+        bucket: &BucketKeys,
+        sessions: &[(String, String)],
+        bound: RemoveBound,
+    ) -> Result<usize, StoreError> {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            let mut connection = self.connection.clone();
+            let reply: Result<i64, _> =
+                remove_invocation(bucket, sessions, bound, self.writer_keys())
+                    .invoke_async(&mut connection)
+                    .await;
+            if let Some(tracked) = self.connection.tracked() {
+                for (_, key) in sessions {
+                    tracked.invalidations().invalidate(key.as_bytes());
+                }
+            }
+            match reply.map_err(store_error)? {
+                -1 if started.elapsed() < writer_lease::WRITE_WAIT => {
+                    refused_pause(&mut attempt).await;
+                }
+                -1 => return Err(writer_lease_held()),
+                removed => return Ok(usize::try_from(removed).unwrap_or(0)),
+            }
         }
     }
 
@@ -534,7 +640,7 @@ impl RedisStore {
                 }
             };
             self.point_index(&write).await?;
-            match self.commit(&write).await? {
+            match self.commit_when_allowed(&write).await? {
                 CommitStatus::Written => {
                     let evicted = if write.created {
                         self.enforce_bound(id.as_str()).await?
@@ -549,6 +655,7 @@ impl RedisStore {
                 }
                 CommitStatus::Fenced => return Err(StoreError::Fenced),
                 CommitStatus::Conflict => conflict_pause(attempt).await,
+                CommitStatus::Refused => return Err(writer_lease_held()),
             }
         }
         Err(StoreError::Unavailable(Unavailable::Contended {
@@ -583,10 +690,11 @@ impl RedisStore {
     /// Commit a prepared write; `false` when the session changed since it was read.
     #[doc(hidden)]
     pub async fn commit_prepared(&self, write: &PreparedWrite) -> Result<bool, StoreError> {
-        match self.commit(write).await? {
+        match self.commit_when_allowed(write).await? {
             CommitStatus::Written => Ok(true),
             CommitStatus::Conflict => Ok(false),
             CommitStatus::Fenced => Err(StoreError::Fenced),
+            CommitStatus::Refused => Err(writer_lease_held()),
         }
     }
 
@@ -684,16 +792,13 @@ impl RedisStore {
             let mut removed = 0;
             for (score, id, bucket) in candidates {
                 let key = self.keys.session(&id);
-                let mut connection = self.connection.clone();
-                let count: usize = remove_invocation(
-                    &self.keys.bucket(bucket),
-                    &[(id, key)],
-                    RemoveBound::AtOrBefore(score),
-                )
-                .invoke_async(&mut connection)
-                .await
-                .map_err(store_error)?;
-                removed += count;
+                removed += self
+                    .remove_when_allowed(
+                        &self.keys.bucket(bucket),
+                        &[(id, key)],
+                        RemoveBound::AtOrBefore(score),
+                    )
+                    .await?;
             }
             evicted += removed;
             if removed == 0 {
@@ -807,6 +912,21 @@ async fn conflict_pause(attempt: u32) {
         let micros = rand::random::<u64>() % max_micros;
         tokio::time::sleep(Duration::from_micros(micros)).await;
     }
+}
+
+/// Wait a little before trying a write the writer lease refused again: its holder steps
+/// down within a round trip or two when it is alive.
+async fn refused_pause(attempt: &mut u32) {
+    let millis = (1u64 << (*attempt).min(6)).min(50);
+    *attempt += 1;
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+}
+
+/// A write gave up on the writer lease (its holder neither stepped down nor let it expire).
+fn writer_lease_held() -> StoreError {
+    StoreError::Unavailable(Unavailable::WriterLeaseHeld {
+        waited: writer_lease::WRITE_WAIT,
+    })
 }
 
 /// One bucket's part of an active-sessions page.
@@ -930,14 +1050,25 @@ impl SessionStore for RedisStore {
     async fn session(&self, id: &SessionId, now: f64) -> Result<Option<Arc<Session>>, StoreError> {
         let ttl = self.config.ttl_secs();
         let fresh = |session: Arc<Session>| (!session.is_expired(now, ttl)).then_some(session);
+        self.start_writer_lease();
         let cached = self.read_cache.get(id);
         // Tracked, and Redis has said nothing of the key since it was read — counting what it
         // sent up to now (the barrier): it is what Redis holds. An invalidation already
-        // handled needs no barrier to be believed. (No key is built on this path.)
+        // handled needs no barrier to be believed, nor does anything while this replica
+        // alone writes (the writer lease). (No key is built on this path.)
         if let Some(cached) = &cached
             && let (Some(tracked), Some(stamp)) = (self.connection.tracked(), cached.stamp)
             && tracked.invalidations().holds(stamp)
         {
+            if self
+                .writer_lease
+                .as_ref()
+                .is_some_and(|lease| lease.is_sole())
+            {
+                self.reads.local.fetch_add(1, Ordering::Relaxed);
+                self.reads.sole.fetch_add(1, Ordering::Relaxed);
+                return Ok(fresh(Arc::clone(&cached.session)));
+            }
             match tracked.barrier().await {
                 Ok(()) if tracked.invalidations().holds(stamp) => {
                     self.reads.local.fetch_add(1, Ordering::Relaxed);
@@ -1276,13 +1407,19 @@ impl SessionStore for RedisStore {
                 Some(_) => "not connected",
             };
             let reads = self.read_stats();
+            let writer_lease = match &self.writer_lease {
+                Some(lease) if lease.is_held() => "held",
+                _ => "not held",
+            };
             return Ok(Some(BackendHealth {
                 ok: true,
                 details: serde_json::json!({
                     "mode": "single",
                     "tracking": tracking,
+                    "writer_lease": writer_lease,
                     "session_reads": {
                         "from_cache": reads.local,
+                        "without_barrier": reads.sole,
                         "revision_checked": reads.revision,
                         "read_whole": reads.whole,
                     },
@@ -1320,10 +1457,9 @@ impl RedisStore {
                 .iter()
                 .map(|id| (id.clone(), self.keys.session(id)))
                 .collect();
-            let removed: usize = remove_invocation(&keys, &sessions, RemoveBound::Before(cutoff))
-                .invoke_async(&mut connection)
-                .await
-                .map_err(store_error)?;
+            let removed = self
+                .remove_when_allowed(&keys, &sessions, RemoveBound::Before(cutoff))
+                .await?;
             expired += removed;
             if ids.len() < EXPIRY_BATCH {
                 return Ok(expired);

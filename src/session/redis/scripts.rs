@@ -10,11 +10,51 @@ use redis::{Script, ScriptInvocation};
 
 use super::keys::BucketKeys;
 
+/// The writer lease's check, a Lua function that every script changing a session starts with.
+const WRITER_CHECK: &str = include_str!("lua/writer_check.lua");
+
 /// The compare-and-set commit of one session write.
-pub static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/commit.lua")));
+pub static COMMIT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&[WRITER_CHECK, include_str!("lua/commit.lua")].concat()));
 
 /// Removes sessions of one bucket (eviction, expiry).
-pub static REMOVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/remove.lua")));
+pub static REMOVE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&[WRITER_CHECK, include_str!("lua/remove.lua")].concat()));
+
+/// Takes, renews and releases the writer lease.
+pub static WRITER_LEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/writer_lease.lua")));
+
+/// The writer lease's keys and this replica's id, which every session write names on one
+/// server (see [`super::writer_lease`]).
+#[derive(Debug, Clone)]
+pub struct WriterKeys {
+    pub lease: String,
+    pub wanted: String,
+    pub writers: String,
+    /// This replica's id in the lease.
+    pub me: String,
+}
+
+impl WriterKeys {
+    /// Name the lease's keys and this replica's id in `invocation` (after the script's own
+    /// fixed keys), or say that there is no lease (a cluster).
+    fn add_to(keys: Option<&Self>, invocation: &mut ScriptInvocation<'static>) {
+        match keys {
+            Some(keys) => {
+                invocation
+                    .key(&keys.lease)
+                    .key(&keys.wanted)
+                    .key(&keys.writers)
+                    .arg(&keys.me)
+                    .arg(super::writer_lease::LEASE_TTL.as_millis() as u64);
+            }
+            None => {
+                invocation.arg("").arg(0);
+            }
+        }
+    }
+}
 
 /// Raises a bucket's fence mark for a stream lease.
 pub static RAISE_FENCE: LazyLock<Script> =
@@ -44,6 +84,8 @@ pub struct CommitArgs<'a> {
     pub index_keys_json: &'a str,
     /// Drop every stored field first: the session starts over (it had expired).
     pub fresh: bool,
+    /// The writer lease on one server (`None` on a cluster).
+    pub writer: Option<&'a WriterKeys>,
 }
 
 impl CommitArgs<'_> {
@@ -68,6 +110,7 @@ impl CommitArgs<'_> {
             .arg(self.fence.map_or(0, |(_, number)| number))
             .arg(self.index_keys_json)
             .arg(if self.fresh { "1" } else { "0" });
+        WriterKeys::add_to(self.writer, &mut invocation);
         invocation
     }
 }
@@ -86,6 +129,7 @@ pub fn remove_invocation(
     bucket: &BucketKeys,
     sessions: &[(String, String)],
     bound: RemoveBound,
+    writer: Option<&WriterKeys>,
 ) -> ScriptInvocation<'static> {
     let (time, strict) = match bound {
         RemoveBound::Before(time) => (time, "lt"),
@@ -98,6 +142,7 @@ pub fn remove_invocation(
         .key(&bucket.chunk_total)
         .arg(super::format_score(time))
         .arg(strict);
+    WriterKeys::add_to(writer, &mut invocation);
     for (id, key) in sessions {
         invocation.key(key).arg(id);
     }

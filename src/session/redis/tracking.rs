@@ -34,8 +34,8 @@
 //! A replica's own writes also bump their key's stripe at once. docs/scaling.md says when to
 //! turn this off (`LIVECTX_REDIS_TRACKING=false`).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, RedisError, Value};
@@ -63,14 +63,36 @@ pub struct Invalidations {
     /// `epoch * 2 + ON` while tracking is confirmed on the current connection.
     state: AtomicU64,
     stripes: Box<[AtomicU64]>,
+    /// Keys someone must hear of as soon as they change (the writer lease's wanted mark).
+    watched: std::sync::RwLock<Vec<Watch>>,
 }
+
+/// A watched key and the alarm it rings.
+type Watch = (Box<[u8]>, Weak<KeyAlarm>);
 
 impl Default for Invalidations {
     fn default() -> Self {
         Self {
             state: AtomicU64::new(0),
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            watched: std::sync::RwLock::new(Vec::new()),
         }
+    }
+}
+
+/// Rung when a watched key is invalidated, or when anything may have been missed (see
+/// [`Invalidations::watch`]).
+#[derive(Debug, Default)]
+pub struct KeyAlarm {
+    /// How many times it rang: compare before and after, a stored wake-up may be old.
+    pub rings: AtomicU64,
+    pub wake: Notify,
+}
+
+impl KeyAlarm {
+    fn ring(&self) {
+        self.rings.fetch_add(1, Ordering::SeqCst);
+        self.wake.notify_one();
     }
 }
 
@@ -114,6 +136,31 @@ impl Invalidations {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
                 Some((s | ON).wrapping_add(1))
             });
+        // A watched key's invalidation may have been among what was lost.
+        for (_, alarm) in crate::sync::read(&self.watched).iter() {
+            if let Some(alarm) = alarm.upgrade() {
+                alarm.ring();
+            }
+        }
+    }
+
+    /// Ring `alarm` whenever `key` is invalidated (once this replica has read it tracked),
+    /// and whenever invalidations may have been lost. Held weakly: dropping the alarm ends it.
+    pub fn watch(&self, key: &str, alarm: &Arc<KeyAlarm>) {
+        let mut watched = crate::sync::write(&self.watched);
+        watched.retain(|(_, alarm)| alarm.strong_count() > 0);
+        watched.push((key.as_bytes().into(), Arc::downgrade(alarm)));
+    }
+
+    fn ring_watchers_of(&self, key: &[u8]) {
+        let watched = crate::sync::read(&self.watched);
+        for (watched_key, alarm) in watched.iter() {
+            if **watched_key == *key
+                && let Some(alarm) = alarm.upgrade()
+            {
+                alarm.ring();
+            }
+        }
     }
 
     /// A stamp for a read of `key` about to be sent; `None` while tracking is not confirmed.
@@ -151,8 +198,14 @@ impl Invalidations {
                 Some(Value::Array(keys)) => {
                     for key in keys {
                         match key {
-                            Value::BulkString(bytes) => self.invalidate(bytes),
-                            Value::SimpleString(text) => self.invalidate(text.as_bytes()),
+                            Value::BulkString(bytes) => {
+                                self.invalidate(bytes);
+                                self.ring_watchers_of(bytes);
+                            }
+                            Value::SimpleString(text) => {
+                                self.invalidate(text.as_bytes());
+                                self.ring_watchers_of(text.as_bytes());
+                            }
                             // Nothing else names a key: be safe, forget everything.
                             _ => self.void_all(),
                         }

@@ -1,10 +1,16 @@
 -- The compare-and-set commit of one session write. Every key is in the session's bucket slot.
 -- Returns {1} written, {0} the session changed since it was read (the caller starts over),
--- {-1} the write's stream fence is older than one this bucket has seen (a newer leader).
--- Argument order: see CommitArgs in scripts.rs.
+-- {-1} the write's stream fence is older than one this bucket has seen (a newer leader),
+-- {-2} another replica holds the writer lease (the caller waits for it to step down).
+-- Argument order: see CommitArgs in scripts.rs. On one server KEYS[6..8] are the writer
+-- lease's keys and ARGV[13], ARGV[14] this replica's id and the lease TTL; on a cluster there
+-- is no writer lease and ARGV[13] is empty.
 local session, recency, chunk_counts, chunk_total, fences = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local expected, revision, incarnation, blob, ttl_ms, last_seen, id, chunks, lease, fence, index_keys, fresh =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+local writer = ARGV[13]
+
+if writer ~= '' and writer_refused(KEYS[6], KEYS[7], KEYS[8], writer, ARGV[14]) then return {-2} end
 
 local current = redis.call('HGET', session, 'r')
 if expected == '' then
