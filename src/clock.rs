@@ -85,6 +85,31 @@ pub fn format_rfc3339(ts: f64) -> String {
     }
 }
 
+/// [`format_rfc3339`] lent to `use_text`, for a time stamped many times within one millisecond
+/// (every `/retrieval` answer's `generated_at`): each thread keeps the text of the last
+/// millisecond it wrote, since formatting costs more than the rest of the stamp.
+pub fn with_rfc3339<R>(ts: f64, use_text: impl FnOnce(&str) -> R) -> R {
+    thread_local! {
+        static LAST: std::cell::RefCell<(Option<(u64, u32)>, String)> =
+            const { std::cell::RefCell::new((None, String::new())) };
+    }
+    let Some(since_epoch) = to_system_time(ts).and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+    else {
+        return use_text(&format_rfc3339(ts));
+    };
+    // The text shows whole milliseconds (cut, not rounded), so equal keys read the same.
+    let key = (since_epoch.as_secs(), since_epoch.subsec_millis());
+    LAST.with(|last| {
+        let Ok(mut last) = last.try_borrow_mut() else {
+            return use_text(&format_rfc3339(ts));
+        };
+        if last.0 != Some(key) {
+            *last = (Some(key), format_rfc3339(ts));
+        }
+        use_text(&last.1)
+    })
+}
+
 /// A duration for people: `45 s`, `3 min 5 s`, `2 h 10 min`, `3 days`.
 pub fn format_duration(secs: f64) -> String {
     HumanDuration(secs).to_string()
@@ -137,6 +162,30 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kept_stamp_reads_as_formatting_each_time() {
+        let times = [
+            1_785_333_602.114,
+            1_785_333_602.114_1,
+            1_785_333_602.114_9,
+            1_785_333_602.115,
+            1_785_333_602.114,
+            1_785_333_603.114,
+            f64::NAN,
+            -1.0,
+            1_785_333_602_114.0,
+            0.0,
+            1_785_333_602.999_9,
+        ];
+        for ts in times.iter().chain(times.iter().rev()) {
+            assert_eq!(
+                with_rfc3339(*ts, str::to_owned),
+                format_rfc3339(*ts),
+                "{ts}"
+            );
+        }
+    }
 
     #[test]
     fn formats_utc_times() {

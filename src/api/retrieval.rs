@@ -357,7 +357,7 @@ pub fn split_query(query: &str) -> (QueryIdentity, &str) {
         None => (query, ""),
     };
     let first = first.trim();
-    if let Some((key, value)) = first.split_once([':', '=']) {
+    if let Some((key, value)) = split_at_assignment(first) {
         let kind = match key
             .trim()
             .to_ascii_lowercase()
@@ -372,16 +372,36 @@ pub fn split_query(query: &str) -> (QueryIdentity, &str) {
         let value = value.trim().trim_matches(['"', '\'', '`']).trim();
         // "Email: why did I not get the invoice?" is a question, not an identity: an identifier
         // is one token.
-        let one_token = !value.contains(char::is_whitespace) && value.len() <= MAX_ID_LEN * 2;
+        let one_token = !has_whitespace(value) && value.len() <= MAX_ID_LEN * 2;
         if let Some(kind) = kind.filter(|_| one_token) {
             return (QueryIdentity::Explicit(kind, value.to_string()), rest);
         }
     }
-    if !first.is_empty() && first.len() <= MAX_ID_LEN * 2 && !first.contains(char::is_whitespace) {
+    if !first.is_empty() && first.len() <= MAX_ID_LEN * 2 && !has_whitespace(first) {
         let token = first.trim_matches(['"', '\'', '`']);
         return (QueryIdentity::Candidate(token.to_string()), rest);
     }
     (QueryIdentity::None, query)
+}
+
+/// `text.split_once([':', '='])`: both are single bytes, so a byte scan finds the same place
+/// without decoding characters (this runs on every `/retrieval` query).
+fn split_at_assignment(text: &str) -> Option<(&str, &str)> {
+    let at = text.bytes().position(|b| b == b':' || b == b'=')?;
+    Some((&text[..at], &text[at + 1..]))
+}
+
+/// `text.contains(char::is_whitespace)`, without decoding an ASCII text (the common case)
+/// character by character.
+fn has_whitespace(text: &str) -> bool {
+    if text.is_ascii() {
+        // `char::is_whitespace` in ASCII, which unlike `u8::is_ascii_whitespace` counts the
+        // vertical tab.
+        text.bytes()
+            .any(|b| matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' '))
+    } else {
+        text.contains(char::is_whitespace)
+    }
 }
 
 /// Which session a request is about, and the question that remains.
@@ -915,6 +935,72 @@ async fn retrieve_inner(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The form of [`split_query`] before its byte scans, to hold it to.
+    fn split_query_reference(query: &str) -> (QueryIdentity, &str) {
+        let query = query.trim_start_matches(['\u{feff}', ' ', '\t', '\r', '\n']);
+        let (first, rest) = match query.find('\n') {
+            Some(i) => (&query[..i], &query[i + 1..]),
+            None => (query, ""),
+        };
+        let first = first.trim();
+        if let Some((key, value)) = first.split_once([':', '=']) {
+            let kind = match key
+                .trim()
+                .to_ascii_lowercase()
+                .replace([' ', '-'], "_")
+                .as_str()
+            {
+                "session_id" | "session" | "sessionid" => Some(ClaimKind::SessionId),
+                "email" | "user_email" => Some(ClaimKind::Email),
+                "user_id" | "userid" | "user" => Some(ClaimKind::UserId),
+                _ => None,
+            };
+            let value = value.trim().trim_matches(['"', '\'', '`']).trim();
+            // "Email: why did I not get the invoice?" is a question, not an identity: an identifier
+            // is one token.
+            let one_token = !value.contains(char::is_whitespace) && value.len() <= MAX_ID_LEN * 2;
+            if let Some(kind) = kind.filter(|_| one_token) {
+                return (QueryIdentity::Explicit(kind, value.to_string()), rest);
+            }
+        }
+        if !first.is_empty()
+            && first.len() <= MAX_ID_LEN * 2
+            && !first.contains(char::is_whitespace)
+        {
+            let token = first.trim_matches(['"', '\'', '`']);
+            return (QueryIdentity::Candidate(token.to_string()), rest);
+        }
+        (QueryIdentity::None, query)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn split_query_reads_as_its_reference(query in "[a-z@.\"'`:= \t\n\r\u{0b}\u{0c}\u{85}\u{a0}\u{3000}\u{feff}é_-]{0,40}") {
+            proptest::prop_assert_eq!(split_query(&query), split_query_reference(&query));
+        }
+    }
+
+    #[test]
+    fn split_query_reads_as_its_reference_on_edges() {
+        for query in [
+            "session_id: s-1\nwhy?",
+            "s-1\u{0b}x\nq",
+            "s-1\u{85}x\nq",
+            "Email = a@b.co\nq",
+            "email: why did I not get it?\nq",
+            "\u{feff} \"s-1\"\nq",
+            "user-id=`u1`",
+            "é:è=1",
+            "",
+        ] {
+            assert_eq!(
+                split_query(query),
+                split_query_reference(query),
+                "{query:?}"
+            );
+        }
+    }
 
     #[test]
     fn the_answer_body_is_what_a_json_value_gives() {

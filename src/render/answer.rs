@@ -32,7 +32,7 @@ use bytes::Bytes;
 use lru::LruCache;
 use serde_json::{Map, Value};
 
-use crate::clock::format_rfc3339;
+use crate::clock::with_rfc3339;
 use crate::render::activity::{
     ACTIVITY_HEADER, HeadClock, HeadFacts, activity_tail, idle_since, write_head,
 };
@@ -196,7 +196,7 @@ impl Prepared {
         self.push_head(session, clock, &mut out);
         out.extend_from_slice(&self.tail_json);
         out.extend_from_slice(&self.metadata_before);
-        write_json(&mut out, format_rfc3339(now).as_str());
+        with_rfc3339(now, |stamp| write_json(&mut out, stamp));
         out.extend_from_slice(&self.metadata_after);
         let mut records = 1;
         for (score, candidate) in chosen {

@@ -250,26 +250,102 @@ fn plural(n: usize, word: &str) -> String {
 }
 
 /// Words too common to say anything about relevance.
-const STOPWORDS: &[&str] = &[
-    "the", "and", "for", "are", "but", "not", "you", "your", "with", "this", "that", "have",
-    "from", "they", "what", "how", "can", "where", "when", "which", "who", "why", "was", "were",
-    "will", "would", "could", "should", "there", "their", "about", "into", "does", "did", "doing",
-    "just", "get", "got", "want", "need", "please", "help", "user",
-];
+fn is_stopword(word: &str) -> bool {
+    // A `match` on constants of 3–6 bytes compiles to a few inline compares; a slice scan
+    // called `memcmp` for each same-length entry, on every `/retrieval` question.
+    matches!(
+        word,
+        "the"
+            | "and"
+            | "for"
+            | "are"
+            | "but"
+            | "not"
+            | "you"
+            | "your"
+            | "with"
+            | "this"
+            | "that"
+            | "have"
+            | "from"
+            | "they"
+            | "what"
+            | "how"
+            | "can"
+            | "where"
+            | "when"
+            | "which"
+            | "who"
+            | "why"
+            | "was"
+            | "were"
+            | "will"
+            | "would"
+            | "could"
+            | "should"
+            | "there"
+            | "their"
+            | "about"
+            | "into"
+            | "does"
+            | "did"
+            | "doing"
+            | "just"
+            | "get"
+            | "got"
+            | "want"
+            | "need"
+            | "please"
+            | "help"
+            | "user"
+    )
+}
 
 /// Lower-cased word terms of a text (3+ characters, no stopwords), deduplicated.
+///
+/// Runs on every `/retrieval` question: an ASCII text (the common case) is split by bytes,
+/// each word lower-cased into one reused buffer, and only a kept term is allocated.
 pub fn terms_of(text: &str) -> Vec<String> {
+    if text.is_ascii() {
+        // In ASCII, `char::is_alphanumeric` is `u8::is_ascii_alphanumeric`, and every byte
+        // is a character boundary.
+        let base = text.as_ptr() as usize;
+        terms_from(
+            text.as_bytes()
+                .split(|b| !b.is_ascii_alphanumeric())
+                .map(|word| {
+                    let start = word.as_ptr() as usize - base;
+                    &text[start..start + word.len()]
+                }),
+        )
+    } else {
+        terms_from(text.split(|c: char| !c.is_alphanumeric()))
+    }
+}
+
+fn terms_from<'t>(words: impl Iterator<Item = &'t str>) -> Vec<String> {
     // At most 32 terms: a linear check for repeats is cheaper than hashing them.
-    let mut terms: Vec<String> = Vec::new();
-    for word in text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| w.chars().count() >= 3)
-    {
-        let word = word.to_lowercase();
-        if STOPWORDS.contains(&word.as_str()) || terms.contains(&word) {
+    let mut terms: Vec<String> = Vec::with_capacity(8);
+    let mut lower = String::new();
+    for word in words {
+        if word.is_ascii() {
+            // An ASCII word has as many characters as bytes.
+            if word.len() < 3 {
+                continue;
+            }
+            lower.clear();
+            lower.push_str(word);
+            lower.make_ascii_lowercase();
+        } else {
+            if word.chars().count() < 3 {
+                continue;
+            }
+            lower = word.to_lowercase();
+        }
+        if is_stopword(&lower) || terms.contains(&lower) {
             continue;
         }
-        terms.push(word);
+        terms.push(lower.clone());
         if terms.len() == MAX_TERMS {
             break;
         }
@@ -436,6 +512,61 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The straightforward form of [`terms_of`]: every word lower-cased, a stopword list
+    /// scanned.
+    fn terms_reference(text: &str) -> Vec<String> {
+        const STOPWORDS: &[&str] = &[
+            "the", "and", "for", "are", "but", "not", "you", "your", "with", "this", "that",
+            "have", "from", "they", "what", "how", "can", "where", "when", "which", "who", "why",
+            "was", "were", "will", "would", "could", "should", "there", "their", "about", "into",
+            "does", "did", "doing", "just", "get", "got", "want", "need", "please", "help", "user",
+        ];
+        let mut terms: Vec<String> = Vec::new();
+        for word in text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| w.chars().count() >= 3)
+        {
+            let word = word.to_lowercase();
+            if STOPWORDS.contains(&word.as_str()) || terms.contains(&word) {
+                continue;
+            }
+            terms.push(word);
+            if terms.len() == MAX_TERMS {
+                break;
+            }
+        }
+        terms
+    }
+
+    #[test]
+    fn terms_match_the_reference_form() {
+        let many: String = (0..40).map(|i| format!("word{i} ")).collect();
+        for text in [
+            "How do I find the Notifications page?",
+            "session_id: s-1\nTHE The tHe export EXPORT exports",
+            "İstanbul ΣΊΣΥΦΟΣ straße ǅemal Ärger öl ÖL über",
+            "ab abc ABCD a1b ёж ёжик 東京都 東京 x\u{301}y\u{301}z",
+            "PLEASE Help USER users helper",
+            "",
+            "   \t\n",
+            &many,
+        ] {
+            assert_eq!(terms_of(text), terms_reference(text), "{text:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn terms_match_the_reference_form_for_any_text(text in "[a-zA-Z0-9 ?!ÄöİΣςß東\u{301}_-]{0,80}") {
+            proptest::prop_assert_eq!(terms_of(&text), terms_reference(&text));
+        }
+
+        #[test]
+        fn terms_match_the_reference_form_for_any_ascii_text(text in "[ -~\t\n]{0,120}") {
+            proptest::prop_assert_eq!(terms_of(&text), terms_reference(&text));
         }
     }
 

@@ -37,7 +37,7 @@ impl SessionId {
         if trimmed.len() > MAX_ID_LEN {
             return Err(InvalidId::TooLong);
         }
-        if trimmed.chars().any(char::is_control) {
+        if has_control_character(trimmed) {
             return Err(InvalidId::ControlCharacters);
         }
         Ok(Self(Arc::from(trimmed)))
@@ -45,6 +45,16 @@ impl SessionId {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// `text.chars().any(char::is_control)`, without decoding an ASCII text (the common case)
+/// character by character: every `/retrieval` request parses an id.
+fn has_control_character(text: &str) -> bool {
+    if text.is_ascii() {
+        text.bytes().any(|b| b.is_ascii_control())
+    } else {
+        text.chars().any(char::is_control)
     }
 }
 
@@ -121,6 +131,26 @@ impl PersonKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_found_in_any_text() {
+        for text in [
+            "s-1",
+            "s\u{7f}1",
+            "s\u{1f}",
+            "é\u{85}",
+            "é\u{9f}x",
+            "é\u{a0}",
+            "东\u{0}",
+            "東京",
+        ] {
+            assert_eq!(
+                has_control_character(text),
+                text.chars().any(char::is_control),
+                "{text:?}"
+            );
+        }
+    }
 
     #[test]
     fn session_id_rejects_empty_and_control_characters() {
