@@ -38,6 +38,7 @@ use crate::session::store::{SessionStore, StoreConfig};
 use crate::session::summarizer::{LlmConfig, Summarizer, SummarizerConfig};
 use crate::telemetry::Metrics;
 use crate::web::auth::ApiKeys;
+use crate::web::guard::GuardLayer;
 use crate::web::limits::{RateLimiter, RequestLimits};
 
 /// Why the server could not start.
@@ -425,7 +426,10 @@ impl Application {
         }
         let mut router = api::router_with(Arc::clone(&state), sources);
         if let Some(settings) = console {
-            router = router.merge(console::router(Arc::clone(&state), settings));
+            // Under the API's guard too: counted and timed by route, rate-limited, bounded in
+            // time, and a panic answered rather than dropped.
+            let guard = GuardLayer::new(Arc::clone(&state.limits));
+            router = router.merge(console::router(Arc::clone(&state), settings).layer(guard));
         }
         let service = api::ApiService::new(router, Arc::clone(&state));
         let server = axum::serve(

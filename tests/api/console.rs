@@ -249,6 +249,54 @@ async fn login_wrong_keys_cookie_flags_csrf_and_logout() {
     app.stop().await;
 }
 
+/// The console's routes are under the same guard as the API's: counted by route and status,
+/// stamped with the `Server` header, and held to the rate limit.
+#[tokio::test]
+async fn console_requests_are_counted_stamped_and_rate_limited() {
+    let app = TestApp::spawn(ServeConfig {
+        rate_limit: 1.0,
+        rate_limit_burst: Some(3),
+        ..config()
+    })
+    .await;
+    let http = no_redirects();
+    let first = http.get(app.url("/console")).send().await.unwrap();
+    let status = first.status();
+    assert!(status.is_success(), "{status}");
+    assert!(
+        first
+            .headers()
+            .get("server")
+            .is_some_and(|v| v.to_str().unwrap().starts_with("livectx/")),
+        "{:?}",
+        first.headers()
+    );
+    let mut limited = None;
+    for _ in 0..10 {
+        let response = http.get(app.url("/console")).send().await.unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(response);
+            break;
+        }
+    }
+    let limited = limited.expect("the console is held to the rate limit");
+    assert!(limited.headers().contains_key("retry-after"));
+    let metrics = app.metrics().await;
+    let counted = format!(
+        "livectx_http_requests_total{{route=\"/console\",status=\"{}\"}}",
+        status.as_u16()
+    );
+    assert!(
+        metrics.contains(&counted),
+        "{counted} missing in:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("livectx_http_requests_total{route=\"/console\",status=\"429\"}"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn wrong_keys_are_rate_limited() {
     let app = TestApp::spawn(config()).await;
