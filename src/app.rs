@@ -38,7 +38,6 @@ use crate::session::store::{SessionStore, StoreConfig};
 use crate::session::summarizer::{LlmConfig, Summarizer, SummarizerConfig};
 use crate::telemetry::Metrics;
 use crate::web::auth::ApiKeys;
-use crate::web::guard::GuardLayer;
 use crate::web::limits::{RateLimiter, RequestLimits};
 
 /// Why the server could not start.
@@ -424,13 +423,11 @@ impl Application {
         if let Some(webhook) = webhook {
             sources = sources.merge(webhook::routes(webhook));
         }
-        let mut router = api::router_with(Arc::clone(&state), sources);
+        // The console is mounted with the sources, under the API's layers (its guard).
         if let Some(settings) = console {
-            // Under the API's guard too: counted and timed by route, rate-limited, bounded in
-            // time, and a panic answered rather than dropped.
-            let guard = GuardLayer::new(Arc::clone(&state.limits));
-            router = router.merge(console::router(Arc::clone(&state), settings).layer(guard));
+            sources = sources.merge(console::router(Arc::clone(&state), settings));
         }
+        let router = api::router_with(Arc::clone(&state), sources);
         let service = api::ApiService::new(router, Arc::clone(&state));
         let server = axum::serve(
             listener,

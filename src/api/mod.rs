@@ -87,7 +87,8 @@ pub fn router(state: ApiState) -> Router {
 pub const RETRIEVAL_PATHS: [&str; 3] = ["/retrieval", "//retrieval", "/retrieval/retrieval"];
 
 /// [`router`], plus routes the application mounts beside the API's (the analytics receivers
-/// of [`crate::ingest::receivers`], which carry their own state), under the same layers.
+/// of [`crate::ingest::receivers`] and the operator console, which carry their own state),
+/// under the same layers.
 pub fn router_with(state: ApiState, sources: Router) -> Router {
     let mut app = Router::new();
     for path in RETRIEVAL_PATHS {
