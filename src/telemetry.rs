@@ -4,6 +4,7 @@
 //! registry), so integration tests that start several servers in one process see exactly what
 //! their own server counted.
 
+pub mod handles;
 pub mod http;
 pub mod pull;
 
@@ -262,6 +263,8 @@ pub struct Metrics {
     pub http_request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub webhook_deliveries: Family<OutcomeLabels, Counter>,
     pub identity_lookups: Family<LookupLabels, Counter>,
+    /// Handles on `identity_lookups`, counted on every retrieval (see [`handles`]).
+    identity_lookup_handles: handles::CounterHandles<(&'static str, &'static str), LookupLabels>,
     pub identity_rejected: Family<ReasonLabels, Counter>,
     pub rate_limited: Family<RouteLabels, Counter>,
     pub request_timeouts: Family<RouteLabels, Counter>,
@@ -294,6 +297,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("livectx");
         let http_requests = Family::default();
+        let identity_lookups = Family::default();
         let http_request_duration: Family<RouteLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
         let m = Self {
@@ -324,7 +328,8 @@ impl Metrics {
             http_requests,
             http_request_duration,
             webhook_deliveries: Family::default(),
-            identity_lookups: Family::default(),
+            identity_lookup_handles: handles::CounterHandles::new(identity_lookups.clone()),
+            identity_lookups,
             identity_rejected: Family::default(),
             rate_limited: Family::default(),
             request_timeouts: Family::default(),
@@ -543,9 +548,8 @@ impl Metrics {
 
     /// Count an identity lookup.
     pub fn lookup(&self, via: &'static str, result: &'static str) {
-        self.identity_lookups
-            .get_or_create(&LookupLabels { via, result })
-            .inc();
+        self.identity_lookup_handles
+            .inc((via, result), || LookupLabels { via, result });
     }
 
     /// Count a refused identifier.

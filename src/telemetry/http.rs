@@ -15,6 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 
+use super::handles::CounterHandles;
 use super::{HttpLabels, RouteLabels};
 
 /// The handles of one route.
@@ -23,34 +24,17 @@ pub struct RouteHandles {
     route: Box<str>,
     duration: Histogram,
     /// One counter per status answered so far (a handful per route).
-    statuses: RwLock<Vec<(u16, Counter)>>,
-    requests: Family<HttpLabels, Counter>,
+    statuses: CounterHandles<u16, HttpLabels>,
 }
 
 impl RouteHandles {
     /// Count one answered request and its duration.
     pub fn observe(&self, status: u16, seconds: f64) {
         self.duration.observe(seconds);
-        let known = crate::sync::read(&self.statuses)
-            .iter()
-            .find(|(s, _)| *s == status)
-            .map(|(_, counter)| counter.inc())
-            .is_some();
-        if known {
-            return;
-        }
-        let counter = self
-            .requests
-            .get_or_create(&HttpLabels {
-                route: self.route.to_string(),
-                status,
-            })
-            .clone();
-        counter.inc();
-        let mut statuses = crate::sync::write(&self.statuses);
-        if !statuses.iter().any(|(s, _)| *s == status) {
-            statuses.push((status, counter));
-        }
+        self.statuses.inc(status, || HttpLabels {
+            route: self.route.to_string(),
+            status,
+        });
     }
 }
 
@@ -90,8 +74,7 @@ impl HttpRoutes {
                         route: route.to_string(),
                     })
                     .clone(),
-                statuses: RwLock::new(Vec::new()),
-                requests: self.requests.clone(),
+                statuses: CounterHandles::new(self.requests.clone()),
             })
         });
         Arc::clone(handles)
