@@ -65,7 +65,7 @@
 //! - [`cluster`]: stream leadership when several replicas share a backend (Redis leases with
 //!   fencing tokens).
 //! - [`telemetry`]: tracing set-up and the Prometheus metrics of one running server (with
-//!   per-route handles, so counting a request allocates nothing).
+//!   kept counter handles, so counting a request allocates and hashes nothing).
 //! - [`clock`]: time as Unix seconds, and the human formats records use.
 //! - [`demo`]: `livectx demo` and `livectx simulate`: simulated users streamed by a stand-in
 //!   Autoplay connector, to see the whole loop on one machine.

@@ -8,6 +8,7 @@
 //! `LIVECTX_IDENTITY_SECRET` set, claims from end-user-controlled channels must be signed by the
 //! product's backend.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -312,10 +313,10 @@ impl IdentityResolver<'_> {
         }
         let value = match (&self.policy.signer, claim.via.end_user_controlled()) {
             (Some(signer), true) => match signer.verify(&claim.value, now) {
-                Ok(id) => id,
+                Ok(id) => Cow::Owned(id),
                 Err(error) => return Ok(ClaimOutcome::Rejected(error.into())),
             },
-            _ => claim.value.trim().to_string(),
+            _ => Cow::Borrowed(claim.value.trim()),
         };
         let stale = self.pull(claim, &value, product, now).await?;
         let outcome = self

@@ -14,7 +14,7 @@ pub mod retrieval;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,9 +33,10 @@ use crate::session::pull::ActivityPuller;
 use crate::session::store::SessionStore;
 use crate::stream_status::StreamStatus;
 use crate::telemetry::Metrics;
+use crate::telemetry::http::RouteHandles;
 use crate::web::auth::ApiKeys;
 use crate::web::error::{ApiError, codes};
-use crate::web::guard::{GuardLayer, guarded};
+use crate::web::guard::{GuardLayer, guarded_with};
 use crate::web::limits::RequestLimits;
 use identity::IdentityPolicy;
 use mcp::McpSettings;
@@ -116,19 +117,33 @@ pub fn router_with(state: ApiState, sources: Router) -> Router {
 /// router's own work (the path lookup, and a clone and a boxed future for each route layer)
 /// was a large share of an answer that costs a few microseconds (docs/benchmarks.md). The
 /// direct path keeps everything a request meets through the router: the same handler and
-/// extractors (so the API key check), and the same guard ([`guarded`]: rate limit, timeout,
+/// extractors (so the API key check), and the same guard ([`guarded_with`]: rate limit, timeout,
 /// panic, `Server` header, metrics under the same route label), and `Content-Length` as the
 /// router sets it. Other methods on those paths go through the router (for its 405).
 #[derive(Clone)]
 pub struct ApiService {
     router: Router,
+    direct: Arc<DirectRetrieval>,
+}
+
+/// What the direct `/retrieval` path shares between connections.
+struct DirectRetrieval {
     state: ApiState,
+    /// Each of [`RETRIEVAL_PATHS`]' metric handles, taken on its first request (so `/metrics`
+    /// shows a path's series only once it was called, as through the router).
+    routes: [OnceLock<Arc<RouteHandles>>; RETRIEVAL_PATHS.len()],
 }
 
 impl ApiService {
     /// Serve `router` (built by [`router_with`] on `state`, perhaps with more routes merged).
     pub fn new(router: Router, state: ApiState) -> Self {
-        Self { router, state }
+        Self {
+            router,
+            direct: Arc::new(DirectRetrieval {
+                state,
+                routes: Default::default(),
+            }),
+        }
     }
 }
 
@@ -145,20 +160,24 @@ impl Service<Request> for ApiService {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let route = (request.method() == Method::POST)
+        let index = (request.method() == Method::POST)
             .then(|| {
                 RETRIEVAL_PATHS
-                    .into_iter()
-                    .find(|path| *path == request.uri().path())
+                    .iter()
+                    .position(|path| *path == request.uri().path())
             })
             .flatten();
-        let Some(route) = route else {
+        let Some(index) = index else {
             return Either::Right(self.router.call(request));
         };
-        let state = Arc::clone(&self.state);
+        let direct = Arc::clone(&self.direct);
         Either::Left(Box::pin(async move {
-            let limits = Arc::clone(&state.limits);
-            let mut response = guarded(&limits, route, request, |request| {
+            let route = RETRIEVAL_PATHS[index];
+            let limits = &direct.state.limits;
+            let handles =
+                direct.routes[index].get_or_init(|| limits.metrics.http_routes.route(route));
+            let state = Arc::clone(&direct.state);
+            let mut response = guarded_with(limits, route, handles, request, |request| {
                 retrieval::retrieve.call(request, state)
             })
             .await;

@@ -7,8 +7,9 @@
 //! its future on every request, and the metrics took an owned label set (an allocation and two
 //! hashes under a lock). On `/retrieval`, where the whole answer costs a few microseconds, that
 //! was a measurable share (docs/benchmarks.md). Here a request costs one boxed future and a
-//! route lookup in [`crate::telemetry::http::HttpRoutes`], and [`guarded`] serves a route
-//! that is dispatched without the router at all (`api::ApiService`) with the very same rules.
+//! route lookup in [`crate::telemetry::http::HttpRoutes`], and [`guarded_with`] serves a route
+//! that is dispatched without the router at all (`api::ApiService`) with the very same rules,
+//! on the route's metric handles that its caller keeps.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,6 +27,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use super::limits::{self, RequestLimits};
 use super::{SERVER_HEADER, panic_response};
+use crate::telemetry::http::RouteHandles;
 
 /// Route label of requests no route matched (404s, wrong methods answered by the fallback).
 pub const UNMATCHED: &str = "unmatched";
@@ -102,6 +104,36 @@ where
 pub async fn guarded<F, Fut>(
     limits: &RequestLimits,
     route: &str,
+    request: Request,
+    serve: F,
+) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    guard_and_count(limits, route, None, request, serve).await
+}
+
+/// [`guarded`] for a caller that keeps its route's metric handles (`api::ApiService`, on
+/// every `/retrieval`), which spares the route lookup: a hash of the route under a lock.
+pub async fn guarded_with<F, Fut>(
+    limits: &RequestLimits,
+    route: &str,
+    handles: &RouteHandles,
+    request: Request,
+    serve: F,
+) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    guard_and_count(limits, route, Some(handles), request, serve).await
+}
+
+async fn guard_and_count<F, Fut>(
+    limits: &RequestLimits,
+    route: &str,
+    handles: Option<&RouteHandles>,
     mut request: Request,
     serve: F,
 ) -> Response
@@ -125,11 +157,16 @@ where
     response
         .headers_mut()
         .insert(header::SERVER, HeaderValue::from_static(SERVER_HEADER));
-    limits
-        .metrics
-        .http_routes
-        .route(route)
-        .observe(response.status().as_u16(), started.elapsed().as_secs_f64());
+    let status = response.status().as_u16();
+    let seconds = started.elapsed().as_secs_f64();
+    match handles {
+        Some(handles) => handles.observe(status, seconds),
+        None => limits
+            .metrics
+            .http_routes
+            .route(route)
+            .observe(status, seconds),
+    }
     response
 }
 
