@@ -36,7 +36,7 @@ use crate::telemetry::Metrics;
 use crate::telemetry::http::RouteHandles;
 use crate::web::auth::ApiKeys;
 use crate::web::error::{ApiError, codes};
-use crate::web::guard::{GuardLayer, guarded_with};
+use crate::web::guard::{GuardLayer, guarded};
 use crate::web::limits::RequestLimits;
 use identity::IdentityPolicy;
 use mcp::McpSettings;
@@ -117,7 +117,7 @@ pub fn router_with(state: ApiState, sources: Router) -> Router {
 /// router's own work (the path lookup, and a clone and a boxed future for each route layer)
 /// was a large share of an answer that costs a few microseconds (docs/benchmarks.md). The
 /// direct path keeps everything a request meets through the router: the same handler and
-/// extractors (so the API key check), and the same guard ([`guarded_with`]: rate limit, timeout,
+/// extractors (so the API key check), and the same guard ([`guarded`]: rate limit, timeout,
 /// panic, `Server` header, metrics under the same route label), and `Content-Length` as the
 /// router sets it. Other methods on those paths go through the router (for its 405).
 #[derive(Clone)]
@@ -172,12 +172,11 @@ impl Service<Request> for ApiService {
         };
         let direct = Arc::clone(&self.direct);
         Either::Left(Box::pin(async move {
-            let route = RETRIEVAL_PATHS[index];
             let limits = &direct.state.limits;
-            let handles =
-                direct.routes[index].get_or_init(|| limits.metrics.http_routes.route(route));
+            let handles = direct.routes[index]
+                .get_or_init(|| limits.metrics.http_routes.route(RETRIEVAL_PATHS[index]));
             let state = Arc::clone(&direct.state);
-            let mut response = guarded_with(limits, route, handles, request, |request| {
+            let mut response = guarded(limits, handles, request, |request| {
                 retrieval::retrieve.call(request, state)
             })
             .await;

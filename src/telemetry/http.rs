@@ -28,6 +28,11 @@ pub struct RouteHandles {
 }
 
 impl RouteHandles {
+    /// The route these count (its label).
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
     /// Count one answered request and its duration.
     pub fn observe(&self, status: u16, seconds: f64) {
         self.duration.observe(seconds);

@@ -7,7 +7,7 @@
 //! its future on every request, and the metrics took an owned label set (an allocation and two
 //! hashes under a lock). On `/retrieval`, where the whole answer costs a few microseconds, that
 //! was a measurable share (docs/benchmarks.md). Here a request costs one boxed future and a
-//! route lookup in [`crate::telemetry::http::HttpRoutes`], and [`guarded_with`] serves a route
+//! route lookup in [`crate::telemetry::http::HttpRoutes`], and [`guarded`] serves a route
 //! that is dispatched without the router at all (`api::ApiService`) with the very same rules,
 //! on the route's metric handles that its caller keeps.
 
@@ -88,9 +88,12 @@ async fn guard<S>(limits: &RequestLimits, inner: S, request: Request) -> Respons
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
-    let matched = request.extensions().get::<MatchedPath>().cloned();
-    let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
-    guarded(limits, route, request, |request| async move {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED, MatchedPath::as_str);
+    let handles = limits.metrics.http_routes.route(route);
+    guarded(limits, &handles, request, |request| async move {
         match inner.oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
@@ -99,41 +102,13 @@ where
     .await
 }
 
-/// Serve `request` with `serve` under every route's rules (see the module docs), counted as
-/// `route`.
+/// Serve `request` with `serve` under every route's rules (see the module docs), counted on
+/// `handles` and under their route's label. The router's routes look their handles up per
+/// request; `api::ApiService` keeps those of `/retrieval`, sparing a hash of the route under a
+/// lock on every request.
 pub async fn guarded<F, Fut>(
     limits: &RequestLimits,
-    route: &str,
-    request: Request,
-    serve: F,
-) -> Response
-where
-    F: FnOnce(Request) -> Fut,
-    Fut: Future<Output = Response>,
-{
-    guard_and_count(limits, route, None, request, serve).await
-}
-
-/// [`guarded`] for a caller that keeps its route's metric handles (`api::ApiService`, on
-/// every `/retrieval`), which spares the route lookup: a hash of the route under a lock.
-pub async fn guarded_with<F, Fut>(
-    limits: &RequestLimits,
-    route: &str,
     handles: &RouteHandles,
-    request: Request,
-    serve: F,
-) -> Response
-where
-    F: FnOnce(Request) -> Fut,
-    Fut: Future<Output = Response>,
-{
-    guard_and_count(limits, route, Some(handles), request, serve).await
-}
-
-async fn guard_and_count<F, Fut>(
-    limits: &RequestLimits,
-    route: &str,
-    handles: Option<&RouteHandles>,
     mut request: Request,
     serve: F,
 ) -> Response
@@ -141,6 +116,7 @@ where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Response>,
 {
+    let route = handles.route();
     let started = Instant::now();
     let mut response = match limits::refusal(limits, &mut request, route) {
         Some(refusal) => refusal,
@@ -157,16 +133,7 @@ where
     response
         .headers_mut()
         .insert(header::SERVER, HeaderValue::from_static(SERVER_HEADER));
-    let status = response.status().as_u16();
-    let seconds = started.elapsed().as_secs_f64();
-    match handles {
-        Some(handles) => handles.observe(status, seconds),
-        None => limits
-            .metrics
-            .http_routes
-            .route(route)
-            .observe(status, seconds),
-    }
+    handles.observe(response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }
 
