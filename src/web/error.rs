@@ -104,8 +104,96 @@ impl std::fmt::Display for ApiError {
 
 /// Read a request body up to `limit` bytes (413 beyond, checked before reading when
 /// `Content-Length` says so).
-pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::too_large(limit))
+///
+/// Why not `axum::body::to_bytes`: a small request's body arrives as one frame, and collecting
+/// it through `Limited` and `Collect` (a list of buffers, then a copy) cost about a thousand
+/// instructions on every `/retrieval` (docs/benchmarks.md). Here a body of one frame is that
+/// frame, with no copy; only a body of several frames is joined.
+pub async fn read_body(mut body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    use axum::body::HttpBody as _;
+    use http_body_util::BodyExt as _;
+    if body.size_hint().lower() > limit as u64 {
+        return Err(ApiError::too_large(limit));
+    }
+    let mut first = bytes::Bytes::new();
+    let mut joined: Option<bytes::BytesMut> = None;
+    while !body.is_end_stream() {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        // A body that cannot be read to its end is refused as one over the limit was, so a
+        // client that drops mid-body is never answered as if it had sent less.
+        let Ok(data) = frame.map_err(|_| ApiError::too_large(limit))?.into_data() else {
+            // Trailers carry no body bytes.
+            continue;
+        };
+        let read = first.len() + joined.as_ref().map_or(0, |j| j.len());
+        if data.len() > limit.saturating_sub(read) {
+            return Err(ApiError::too_large(limit));
+        }
+        match joined.as_mut() {
+            Some(joined) => joined.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => {
+                let first = std::mem::take(&mut first);
+                let mut both = bytes::BytesMut::with_capacity(first.len() + data.len());
+                both.extend_from_slice(&first);
+                both.extend_from_slice(&data);
+                joined = Some(both);
+            }
+        }
+    }
+    Ok(joined.map_or(first, bytes::BytesMut::freeze))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    use super::*;
+
+    /// A body that arrives in these frames, with no size hint.
+    fn frames(parts: Vec<Result<Frame<Bytes>, std::io::Error>>) -> Body {
+        Body::new(StreamBody::new(futures_util::stream::iter(parts)))
+    }
+
+    fn data(text: &'static str) -> Result<Frame<Bytes>, std::io::Error> {
+        Ok(Frame::data(Bytes::from_static(text.as_bytes())))
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_whole_in_one_frame_or_many() {
+        assert_eq!(read_body(Body::from("{}"), 2).await.unwrap(), "{}");
+        assert_eq!(read_body(Body::empty(), 0).await.unwrap(), "");
+        let many = frames(vec![data("ab"), data(""), data("cd"), data("e")]);
+        assert_eq!(read_body(many, 5).await.unwrap(), "abcde");
+        // An empty first frame, then the data.
+        let late = frames(vec![data(""), data("xyz")]);
+        assert_eq!(read_body(late, 3).await.unwrap(), "xyz");
+        // Trailers carry no body bytes.
+        let mut trailers = axum::http::HeaderMap::new();
+        trailers.insert("x-check", axum::http::HeaderValue::from_static("1"));
+        let with_trailers = frames(vec![data("ab"), Ok(Frame::trailers(trailers))]);
+        assert_eq!(read_body(with_trailers, 2).await.unwrap(), "ab");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_or_cut_off_is_refused() {
+        // Known from its length before reading, and found while reading.
+        let error = read_body(Body::from("abc"), 2).await.unwrap_err();
+        assert_eq!(error, ApiError::too_large(2));
+        let streamed = frames(vec![data("ab"), data("c")]);
+        assert_eq!(
+            read_body(streamed, 2).await.unwrap_err(),
+            ApiError::too_large(2)
+        );
+        let cut = frames(vec![data("ab"), Err(std::io::Error::other("reset"))]);
+        assert_eq!(
+            read_body(cut, 10).await.unwrap_err(),
+            ApiError::too_large(10)
+        );
+    }
 }
