@@ -31,6 +31,7 @@ use std::sync::{Arc, LazyLock, Mutex, Weak};
 use bytes::Bytes;
 use lru::LruCache;
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 
 use crate::clock::with_rfc3339;
 use crate::render::activity::{
@@ -166,12 +167,14 @@ impl Prepared {
         window_secs: f64,
     ) -> (Bytes, usize) {
         let terms = terms_of(question);
-        let mut scored: Vec<(f64, &Candidate)> = self
-            .candidates
-            .iter()
-            .zip(self.words.relevance(&terms))
-            .map(|(c, relevance)| (score(relevance, c.recency), c))
-            .collect();
+        let mut scored: SmallVec<[(f64, &Candidate); STACK_CANDIDATES]> =
+            SmallVec::with_capacity(self.candidates.len());
+        let mut candidates = self.candidates.iter();
+        self.words.relevance_each(&terms, |relevance| {
+            if let Some(c) = candidates.next() {
+                scored.push((score(relevance, c.recency), c));
+            }
+        });
         // Stable, as `session_records` sorts: equal scores keep the summary-then-newest order.
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
         let chosen = scored
@@ -196,7 +199,7 @@ impl Prepared {
         self.push_head(session, clock, &mut out);
         out.extend_from_slice(&self.tail_json);
         out.extend_from_slice(&self.metadata_before);
-        with_rfc3339(now, |stamp| write_json(&mut out, stamp));
+        with_rfc3339(now, |stamp| write_json_str(&mut out, stamp));
         out.extend_from_slice(&self.metadata_after);
         let mut records = 1;
         for (score, candidate) in chosen {
@@ -229,6 +232,10 @@ impl Prepared {
         *crate::sync::lock(&self.head) = Some((clock, out[start..].into()));
     }
 }
+
+/// Candidates scored on the stack, so scoring an answer allocates nothing: a session has its
+/// summary and up to 50 chunks.
+const STACK_CANDIDATES: usize = 64;
 
 impl Candidate {
     fn of(record: &Record, recency: f64) -> Self {
@@ -317,6 +324,19 @@ fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     let _ = serde_json::to_writer(&mut *out, value);
 }
 
+/// A string as JSON, as [`write_json`] writes it, but without serde_json's escaping pass over a
+/// text that needs none (the `generated_at` stamp of every answer: digits and `-:.TZ`).
+fn write_json_str(out: &mut Vec<u8>, text: &str) {
+    // serde_json escapes exactly the control characters, `"` and `\`.
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        write_json(out, text);
+    }
+}
+
 /// A string's JSON form without its quotes (escaping is per character, so pieces escaped
 /// apart join into the escaping of the whole).
 fn json_string_contents(text: &str) -> Vec<u8> {
@@ -360,6 +380,36 @@ mod tests {
     use crate::render::records::{select, session_records};
     use crate::session::model::tests::{action, batch};
     use crate::session::model::{Gap, SessionLimits};
+
+    fn plain_and_serde(text: &str) -> (Vec<u8>, Vec<u8>) {
+        let (mut plain, mut serde) = (Vec::new(), Vec::new());
+        write_json_str(&mut plain, text);
+        write_json(&mut serde, text);
+        (plain, serde)
+    }
+
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them() {
+        for text in [
+            "2026-12-07T10:42:31.123Z",
+            "",
+            "a\"b",
+            "back\\slash",
+            "tab\tnew\nline\u{1}\u{1f}",
+            "del \u{7f} é ✓ 🚀",
+        ] {
+            let (plain, serde) = plain_and_serde(text);
+            assert_eq!(plain, serde, "{text:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_is_written_as_serde_json_writes_it(text in "\\PC*|[\u{0}-\u{7f}]{0,40}") {
+            let (plain, serde) = plain_and_serde(&text);
+            proptest::prop_assert_eq!(plain, serde);
+        }
+    }
 
     /// The straightforward answer: every record built, selected, serialised.
     fn reference(

@@ -301,56 +301,115 @@ fn is_stopword(word: &str) -> bool {
     )
 }
 
-/// Lower-cased word terms of a text (3+ characters, no stopwords), deduplicated.
+/// Lower-cased word terms of a text (3+ characters, no stopwords), deduplicated, at most
+/// [`MAX_TERMS`].
 ///
-/// Runs on every `/retrieval` question: an ASCII text (the common case) is split by bytes,
-/// each word lower-cased into one reused buffer, and only a kept term is allocated.
-pub fn terms_of(text: &str) -> Vec<String> {
+/// Runs on every `/retrieval` question: an ASCII text (the common case) is split by bytes and
+/// each word is lower-cased in place at the end of the one buffer [`Terms`] keeps, where a
+/// stopword or a repeat is cut off again.
+pub fn terms_of(text: &str) -> Terms {
+    let mut terms = Terms {
+        text: String::with_capacity(text.len().min(256)),
+        ends: Vec::with_capacity(8),
+    };
     if text.is_ascii() {
-        // In ASCII, `char::is_alphanumeric` is `u8::is_ascii_alphanumeric`, and every byte
-        // is a character boundary.
-        let base = text.as_ptr() as usize;
-        terms_from(
-            text.as_bytes()
-                .split(|b| !b.is_ascii_alphanumeric())
-                .map(|word| {
-                    let start = word.as_ptr() as usize - base;
-                    &text[start..start + word.len()]
-                }),
-        )
+        // In ASCII, `char::is_alphanumeric` is `u8::is_ascii_alphanumeric`, every byte is a
+        // character boundary, and a word has as many characters as bytes. One pass over the
+        // bytes, without a splitting iterator's per-byte calls.
+        let bytes = text.as_bytes();
+        let mut at = 0;
+        while terms.len() < MAX_TERMS {
+            let Some(skipped) = bytes[at..].iter().position(|b| WORD_BYTES[usize::from(*b)]) else {
+                break;
+            };
+            let start = at + skipped;
+            let len = bytes[start..]
+                .iter()
+                .position(|b| !WORD_BYTES[usize::from(*b)])
+                .unwrap_or(bytes.len() - start);
+            at = start + len;
+            if len >= 3 {
+                let kept = terms.text.len();
+                terms.text.push_str(&text[start..at]);
+                terms.text[kept..].make_ascii_lowercase();
+                terms.keep_last(kept);
+            }
+        }
     } else {
-        terms_from(text.split(|c: char| !c.is_alphanumeric()))
-    }
-}
-
-fn terms_from<'t>(words: impl Iterator<Item = &'t str>) -> Vec<String> {
-    // At most 32 terms: a linear check for repeats is cheaper than hashing them.
-    let mut terms: Vec<String> = Vec::with_capacity(8);
-    let mut lower = String::new();
-    for word in words {
-        if word.is_ascii() {
-            // An ASCII word has as many characters as bytes.
-            if word.len() < 3 {
-                continue;
+        for word in text.split(|c: char| !c.is_alphanumeric()) {
+            if terms.len() == MAX_TERMS {
+                break;
             }
-            lower.clear();
-            lower.push_str(word);
-            lower.make_ascii_lowercase();
-        } else {
-            if word.chars().count() < 3 {
-                continue;
+            if word.chars().count() >= 3 {
+                let kept = terms.text.len();
+                terms.text.push_str(&word.to_lowercase());
+                terms.keep_last(kept);
             }
-            lower = word.to_lowercase();
-        }
-        if is_stopword(&lower) || terms.contains(&lower) {
-            continue;
-        }
-        terms.push(lower.clone());
-        if terms.len() == MAX_TERMS {
-            break;
         }
     }
     terms
+}
+
+/// `u8::is_ascii_alphanumeric` by table: one load per byte where the scan of a question tests
+/// every byte.
+static WORD_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = (byte as u8).is_ascii_alphanumeric();
+        byte += 1;
+    }
+    table
+};
+
+/// The terms of a question (see [`terms_of`]), one after the other in one buffer, so reading
+/// a question's terms allocates twice instead of once per term.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Terms {
+    text: String,
+    /// Where each term ends in `text`; each begins where the one before it ends.
+    ends: Vec<usize>,
+}
+
+impl Terms {
+    /// These words as terms, as they are (not lower-cased, filtered or deduplicated): to score
+    /// with terms that did not come from [`terms_of`].
+    pub fn from_words<S: AsRef<str>>(words: impl IntoIterator<Item = S>) -> Self {
+        let mut terms = Self::default();
+        for word in words {
+            terms.text.push_str(word.as_ref());
+            terms.ends.push(terms.text.len());
+        }
+        terms
+    }
+
+    /// Keep the lower-cased word just written at `text[start..]` as a term, unless it is a
+    /// stopword or already kept (at most 32 terms: a linear check for repeats is cheaper than
+    /// hashing them).
+    fn keep_last(&mut self, start: usize) {
+        let term = &self.text[start..];
+        if is_stopword(term) || self.iter().any(|kept| kept == term) {
+            self.text.truncate(start);
+        } else {
+            self.ends.push(self.text.len());
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The terms, in the order they were read.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.ends.iter().enumerate().map(|(i, &end)| {
+            let start = i.checked_sub(1).map_or(0, |before| self.ends[before]);
+            &self.text[start..end]
+        })
+    }
 }
 
 /// Terms read from one question, at most.
@@ -362,7 +421,7 @@ const MAX_TERMS: usize = 32;
 /// Runs for every record of every `/retrieval` answer, so it allocates nothing per word: each
 /// word of 3+ bytes is lower-cased into one reused buffer (ASCII, the common case) and checked
 /// against the terms not matched yet, stopping once every term has matched.
-pub fn relevance(terms: &[String], content: &str) -> f64 {
+pub fn relevance(terms: &Terms, content: &str) -> f64 {
     if terms.is_empty() {
         return 0.0;
     }
@@ -459,7 +518,7 @@ mod tests {
     }
 
     /// The straightforward form of [`relevance`]: the set of lower-cased words, then a scan.
-    fn relevance_reference(terms: &[String], content: &str) -> f64 {
+    fn relevance_reference(terms: &Terms, content: &str) -> f64 {
         if terms.is_empty() {
             return 0.0;
         }
@@ -473,7 +532,7 @@ mod tests {
             .filter(|t| {
                 words
                     .iter()
-                    .any(|w| w.starts_with(t.as_str()) || t.starts_with(w.as_str()) && w.len() >= 4)
+                    .any(|w| w.starts_with(t) || t.starts_with(w.as_str()) && w.len() >= 4)
             })
             .count();
         hits as f64 / terms.len() as f64
@@ -498,11 +557,7 @@ mod tests {
         ];
         for question in questions {
             let terms = terms_of(question);
-            let extra = vec![
-                "exp".to_string(),
-                "exporting".to_string(),
-                "ǆemal".to_string(),
-            ];
+            let extra = Terms::from_words(["exp", "exporting", "ǆemal"]);
             for content in contents {
                 for terms in [&terms, &extra] {
                     assert_eq!(
@@ -513,6 +568,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn listed(terms: Terms) -> Vec<String> {
+        terms.iter().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn terms_from_words_are_kept_as_they_are() {
+        let terms = Terms::from_words(["Ab", "", "ab", "the"]);
+        assert_eq!(terms.len(), 4);
+        assert_eq!(listed(terms), ["Ab", "", "ab", "the"]);
+        assert!(Terms::from_words::<&str>([]).is_empty());
     }
 
     /// The straightforward form of [`terms_of`]: every word decoded and lower-cased whole.
@@ -547,26 +614,26 @@ mod tests {
             "   \t\n",
             &many,
         ] {
-            assert_eq!(terms_of(text), terms_reference(text), "{text:?}");
+            assert_eq!(listed(terms_of(text)), terms_reference(text), "{text:?}");
         }
     }
 
     proptest::proptest! {
         #[test]
         fn terms_match_the_reference_form_for_any_text(text in "[a-zA-Z0-9 ?!ÄöİΣςß東\u{301}_-]{0,80}") {
-            proptest::prop_assert_eq!(terms_of(&text), terms_reference(&text));
+            proptest::prop_assert_eq!(listed(terms_of(&text)), terms_reference(&text));
         }
 
         #[test]
         fn terms_match_the_reference_form_for_any_ascii_text(text in "[ -~\t\n]{0,120}") {
-            proptest::prop_assert_eq!(terms_of(&text), terms_reference(&text));
+            proptest::prop_assert_eq!(listed(terms_of(&text)), terms_reference(&text));
         }
     }
 
     #[test]
     fn terms_skip_stopwords_and_short_words() {
         assert_eq!(
-            terms_of("How do I find the Notifications page?"),
+            listed(terms_of("How do I find the Notifications page?")),
             ["find", "notifications", "page"]
         );
     }

@@ -11,7 +11,9 @@
 
 use std::collections::HashSet;
 
-use crate::render::records::term_matches;
+use smallvec::SmallVec;
+
+use crate::render::records::{Terms, term_matches};
 
 /// One distinct lower-cased word of one record: the word is `words[start..start + len]`.
 /// Sixteen bytes, with the text in one buffer, so the entries a key selects are compared
@@ -58,6 +60,10 @@ fn key_of(text: &[u8]) -> u32 {
         _ => SHORT,
     }
 }
+
+/// Match masks [`WordIndex::relevance_each`] keeps on the stack: a session's records (its
+/// summary and up to 50 chunks) fit, for questions of up to 64 terms.
+const STACK_MASKS: usize = 64;
 
 /// The key of words under three bytes (lower-casing can shorten a word: "K", the Kelvin sign,
 /// becomes "k"). No three bytes give it, so only short terms, which compare with every word,
@@ -131,12 +137,22 @@ impl WordIndex {
     }
 
     /// For each record, the share of `terms` some word of it matches (0 without terms).
-    pub fn relevance(&self, terms: &[String]) -> Vec<f64> {
+    pub fn relevance(&self, terms: &Terms) -> Vec<f64> {
+        let mut scores = Vec::with_capacity(self.records);
+        self.relevance_each(terms, |score| scores.push(score));
+        scores
+    }
+
+    /// [`Self::relevance`] handed to `each`, record by record, without a vector of scores; the
+    /// terms each record matched are kept on the stack for up to [`STACK_MASKS`] records.
+    pub fn relevance_each(&self, terms: &Terms, mut each: impl FnMut(f64)) {
         if terms.is_empty() {
-            return vec![0.0; self.records];
+            (0..self.records).for_each(|_| each(0.0));
+            return;
         }
         let blocks = terms.len().div_ceil(64);
-        let mut matched = vec![0u64; self.records * blocks];
+        let len = self.records * blocks;
+        let mut matched: SmallVec<[u64; STACK_MASKS]> = smallvec::smallvec![0; len];
         for (i, term) in terms.iter().enumerate() {
             let (block, bit) = (i / 64, 1u64 << (i % 64));
             let key = key_of(term.as_bytes());
@@ -156,13 +172,10 @@ impl WordIndex {
                 }
             }
         }
-        matched
-            .chunks(blocks)
-            .map(|masks| {
-                let hits: u32 = masks.iter().map(|m| m.count_ones()).sum();
-                f64::from(hits) / terms.len() as f64
-            })
-            .collect()
+        for masks in matched.chunks(blocks) {
+            let hits: u32 = masks.iter().map(|m| m.count_ones()).sum();
+            each(f64::from(hits) / terms.len() as f64);
+        }
     }
 
     /// Heap bytes held, for the answer cache's budget.
@@ -222,7 +235,7 @@ fn slots_of(entries: &[Entry]) -> Box<[Slot]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::records::{relevance, terms_of};
+    use crate::render::records::{Terms, relevance, terms_of};
 
     #[test]
     fn scores_are_relevance() {
@@ -234,8 +247,8 @@ mod tests {
             "export export EXPORT csv",
         ];
         let index = WordIndex::build(contents);
-        let many: Vec<String> = (0..70).map(|i| format!("exp{i}")).collect();
-        let short: Vec<String> = vec!["ex".into(), "k".into(), "".into(), "csv".into()];
+        let many = Terms::from_words((0..70).map(|i| format!("exp{i}")));
+        let short = Terms::from_words(["ex", "k", "", "csv"]);
         for question in [
             "how do I export a csv?",
             "rechnung öffnen σίσυφος",
