@@ -429,14 +429,9 @@ impl Application {
         }
         let router = api::router_with(Arc::clone(&state), sources);
         let service = api::ApiService::new(router, Arc::clone(&state));
-        let server = axum::serve(
-            listener,
-            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-                SocketAddr,
-            >(service),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
+        let server = axum::serve(listener, service.connections())
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future();
         tokio::pin!(server);
         // The server future may finish in the same instant the signal fires; it must not be
         // polled again once done.

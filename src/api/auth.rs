@@ -9,7 +9,7 @@ use std::marker::PhantomData;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::api::{ApiContext, ApiState};
@@ -35,24 +35,24 @@ pub trait KeyScope: Send + Sync + 'static {
 /// so a refusal comes before the body is read.
 pub struct ApiKey<S>(PhantomData<S>);
 
-/// The answer to a refused key (already logged and noted when this is built).
+/// The answer to a refused key (already logged and noted when this is built), boxed: a
+/// refusal is rare and an accepted key's `Result` stays small.
 #[derive(Debug)]
-pub struct KeyRefused(Response);
+pub struct KeyRefused(Box<Response>);
 
 impl IntoResponse for KeyRefused {
     fn into_response(self) -> Response {
-        self.0
+        *self.0
     }
 }
 
-impl<S: KeyScope> FromRequestParts<ApiState> for ApiKey<S> {
-    type Rejection = KeyRefused;
-
-    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, KeyRefused> {
-        let Err(reason) = S::keys(state).check(parts.headers.get(header::AUTHORIZATION)) else {
+impl<S: KeyScope> ApiKey<S> {
+    /// The check the extractor makes, for a route that is served without the router
+    /// (`api::ApiService`'s `/retrieval`): the same keys, log line, lookup-log note and answer.
+    pub fn check(state: &ApiContext, headers: &HeaderMap, path: &str) -> Result<Self, KeyRefused> {
+        let Err(reason) = S::keys(state).check(headers.get(header::AUTHORIZATION)) else {
             return Ok(Self(PhantomData));
         };
-        let path = parts.uri.path();
         tracing::warn!(
             route = path,
             reason = reason.as_str(),
@@ -63,7 +63,15 @@ impl<S: KeyScope> FromRequestParts<ApiState> for ApiKey<S> {
             lookup.miss = Some(LookupMiss::BadKey);
             state.diagnostics.lookups.record(lookup);
         }
-        Err(KeyRefused(S::refusal(reason)))
+        Err(KeyRefused(Box::new(S::refusal(reason))))
+    }
+}
+
+impl<S: KeyScope> FromRequestParts<ApiState> for ApiKey<S> {
+    type Rejection = KeyRefused;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, KeyRefused> {
+        Self::check(state, &parts.headers, parts.uri.path())
     }
 }
 

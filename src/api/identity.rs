@@ -61,11 +61,11 @@ impl Via {
     }
 }
 
-/// One identifier claim.
+/// One identifier claim, borrowed from the request that carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claim {
+pub struct Claim<'a> {
     pub kind: ClaimKind,
-    pub value: String,
+    pub value: &'a str,
     pub via: Via,
 }
 
@@ -259,7 +259,7 @@ impl IdentityResolver<'_> {
     /// Resolve one claim within an optional product scope.
     pub async fn resolve(
         &self,
-        claim: &Claim,
+        claim: &Claim<'_>,
         product: Option<&str>,
         now: f64,
     ) -> Result<ClaimOutcome, StoreError> {
@@ -299,11 +299,11 @@ impl IdentityResolver<'_> {
 
     async fn resolve_inner(
         &self,
-        claim: &Claim,
+        claim: &Claim<'_>,
         product: Option<&str>,
         now: f64,
     ) -> Result<ClaimOutcome, StoreError> {
-        if is_unresolved_variable(&claim.value) {
+        if is_unresolved_variable(claim.value) {
             tracing::warn!(
                 via = claim.via.as_str(),
                 value = %claim.value,
@@ -312,7 +312,7 @@ impl IdentityResolver<'_> {
             return Ok(ClaimOutcome::Rejected(Rejection::UnresolvedVariable));
         }
         let value = match (&self.policy.signer, claim.via.end_user_controlled()) {
-            (Some(signer), true) => match signer.verify(&claim.value, now) {
+            (Some(signer), true) => match signer.verify(claim.value, now) {
                 Ok(id) => Cow::Owned(id),
                 Err(error) => return Ok(ClaimOutcome::Rejected(error.into())),
             },
@@ -335,7 +335,7 @@ impl IdentityResolver<'_> {
     /// date from the pull source. `Some(as_of)` when it could not: what is held may be stale.
     async fn pull(
         &self,
-        claim: &Claim,
+        claim: &Claim<'_>,
         value: &str,
         product: Option<&str>,
         now: f64,

@@ -13,19 +13,20 @@ pub mod retrieval;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::HttpBody as _;
-use axum::extract::Request;
-use axum::handler::Handler;
-use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
+use axum::serve::IncomingStream;
 use futures_util::future::Either;
+use tokio::net::TcpListener;
 use tower::Service;
 
 use crate::diagnostics::Diagnostics;
@@ -116,14 +117,21 @@ pub fn router_with(state: ApiState, sources: Router) -> Router {
 /// Why: Dify and MCP agents call `/retrieval` far more than anything else, and there the
 /// router's own work (the path lookup, and a clone and a boxed future for each route layer)
 /// was a large share of an answer that costs a few microseconds (docs/benchmarks.md). The
-/// direct path keeps everything a request meets through the router: the same handler and
-/// extractors (so the API key check), and the same guard ([`guarded`]: rate limit, timeout,
-/// panic, `Server` header, metrics under the same route label), and `Content-Length` as the
-/// router sets it. Other methods on those paths go through the router (for its 405).
+/// direct path keeps everything a request meets through the router: the same API key check
+/// and answer ([`retrieval::retrieve_direct`]), and the same guard ([`guarded`]: rate limit,
+/// timeout, panic, `Server` header, metrics under the same route label). `Content-Length`,
+/// which the router adds to the header map, is written by hyper from the body's exact size, at
+/// the same place in the head, so the bytes on the wire are the same (a test over real HTTP
+/// compares them). Other methods on those paths go through the router (for its 405).
+///
+/// The server makes one per connection ([`ApiService::connections`]), which knows its peer's
+/// address (the rate limit's key) without putting it in every request's extensions.
 #[derive(Clone)]
 pub struct ApiService {
     router: Router,
     direct: Arc<DirectRetrieval>,
+    /// The connection's peer, when made by [`ApiConnections`].
+    peer: Option<SocketAddr>,
 }
 
 /// What the direct `/retrieval` path shares between connections.
@@ -143,7 +151,38 @@ impl ApiService {
                 state,
                 routes: Default::default(),
             }),
+            peer: None,
         }
+    }
+
+    /// The make-service `axum::serve` takes: this service for each accepted connection, with
+    /// its peer's address. The router's routes still find it as `ConnectInfo<SocketAddr>`;
+    /// `/retrieval` reads it from here.
+    ///
+    /// Why not `into_make_service_with_connect_info`: it inserts the address into each
+    /// request's extensions, an extension map allocated and dropped on every answer.
+    pub fn connections(self) -> ApiConnections {
+        ApiConnections(self)
+    }
+}
+
+/// See [`ApiService::connections`].
+#[derive(Clone)]
+pub struct ApiConnections(ApiService);
+
+impl Service<IncomingStream<'_, TcpListener>> for ApiConnections {
+    type Response = ApiService;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<ApiService, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, stream: IncomingStream<'_, TcpListener>) -> Self::Future {
+        let mut service = self.0.clone();
+        service.peer = Some(*stream.remote_addr());
+        std::future::ready(Ok(service))
     }
 }
 
@@ -159,7 +198,7 @@ impl Service<Request> for ApiService {
         Service::<Request>::poll_ready(&mut self.router, cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
         let index = (request.method() == Method::POST)
             .then(|| {
                 RETRIEVAL_PATHS
@@ -168,34 +207,30 @@ impl Service<Request> for ApiService {
             })
             .flatten();
         let Some(index) = index else {
+            if let Some(peer) = self.peer {
+                request.extensions_mut().insert(ConnectInfo(peer));
+            }
             return Either::Right(self.router.call(request));
         };
+        // Served through `into_make_service_with_connect_info` instead, the peer is in the
+        // request.
+        let peer = self.peer.or_else(|| {
+            request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0)
+        });
         let direct = Arc::clone(&self.direct);
         Either::Left(Box::pin(async move {
-            let limits = &direct.state.limits;
+            let state = &direct.state;
+            let limits = &state.limits;
             let handles = direct.routes[index]
                 .get_or_init(|| limits.metrics.http_routes.route(RETRIEVAL_PATHS[index]));
-            let state = Arc::clone(&direct.state);
-            let mut response = guarded(limits, handles, request, |request| {
-                retrieval::retrieve.call(request, state)
+            Ok(guarded(limits, handles, request, peer, |request| {
+                retrieval::retrieve_direct(state, request)
             })
-            .await;
-            set_content_length(&mut response);
-            Ok(response)
+            .await)
         }))
-    }
-}
-
-/// `Content-Length` from an exactly sized body, last, as axum's router sets it around its
-/// routes' layers.
-fn set_content_length(response: &mut Response) {
-    if response.headers().contains_key(header::CONTENT_LENGTH) {
-        return;
-    }
-    if let Some(length) = response.body().size_hint().exact() {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     }
 }
 

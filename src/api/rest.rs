@@ -196,11 +196,7 @@ pub(crate) async fn look_up(
         metrics: &state.metrics,
         puller: state.puller.as_deref(),
     };
-    let claim = Claim {
-        kind,
-        value: value.to_string(),
-        via,
-    };
+    let claim = Claim { kind, value, via };
     let session = match resolver.resolve(&claim, None, now).await? {
         ClaimOutcome::Found(session) => session,
         ClaimOutcome::Unknown(miss) => return Ok(Lookup::Unknown(miss)),

@@ -9,12 +9,13 @@
 //!   carries an identifier decides; an unresolved Dify variable counts as absent.
 //! - Side-effect free: Dify retries the same request up to three times.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -64,8 +65,8 @@ pub fn parse_request(bytes: &[u8]) -> Result<ParsedRequest, ApiError> {
         return Ok(ParsedRequest::Probe);
     }
     let body = read_fields(bytes)?;
-    let knowledge_id = text_field(body.knowledge_id.as_ref(), "knowledge_id")?;
-    let query = text_field(body.query.as_ref(), "query")?;
+    let knowledge_id = text_field(body.knowledge_id, "knowledge_id")?;
+    let query = text_field(body.query, "query")?;
     let (top_k, score_threshold) = match &body.retrieval_setting {
         None | Some(Field::Null) => (DEFAULT_TOP_K, 0.0),
         Some(Field::Object(SettingFields {
@@ -110,20 +111,23 @@ pub fn parse_request(bytes: &[u8]) -> Result<ParsedRequest, ApiError> {
 /// its number range and `\u` escapes are not, which is more lenient than reading it whole and
 /// never refuses a body that was accepted. Every field gives exactly what its `Value` gave
 /// (a test below holds the two readings to each other).
+///
+/// Text is borrowed from the body where it has no escapes, and moved, never copied, into the
+/// request: each copy was an allocation on every `/retrieval` (docs/benchmarks.md).
 #[derive(Debug, Default)]
-struct BodyFields {
-    knowledge_id: Option<Scalar>,
-    query: Option<Scalar>,
-    retrieval_setting: Option<Setting>,
+struct BodyFields<'de> {
+    knowledge_id: Option<Scalar<'de>>,
+    query: Option<Scalar<'de>>,
+    retrieval_setting: Option<Setting<'de>>,
     metadata_condition: Option<Value>,
 }
 
 /// A field's value as far as its readers tell values apart. `O` is what an object there is
 /// read as ([`NoObject`] where none is accepted).
 #[derive(Debug, Clone, PartialEq)]
-enum Field<O> {
+enum Field<'de, O> {
     Null,
-    Text(String),
+    Text(Cow<'de, str>),
     Number(serde_json::Number),
     Object(O),
     /// A boolean, an array, or an object where none is read: refused by every reader.
@@ -131,21 +135,21 @@ enum Field<O> {
 }
 
 /// A field that must be text or a number.
-type Scalar = Field<NoObject>;
+type Scalar<'de> = Field<'de, NoObject>;
 /// `retrieval_setting`: null or an object, of which two keys are read.
-type Setting = Field<SettingFields>;
+type Setting<'de> = Field<'de, SettingFields<'de>>;
 
 /// How an object in a field is read: `None` when no object is accepted there.
-trait ReadObject: Sized {
-    fn read<'de, A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error>;
+trait ReadObject<'de>: Sized {
+    fn read<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error>;
 }
 
 /// No object is accepted: one is skipped, and the field is [`Field::Other`].
 #[derive(Debug, Clone, PartialEq)]
 enum NoObject {}
 
-impl ReadObject for NoObject {
-    fn read<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+impl<'de> ReadObject<'de> for NoObject {
+    fn read<A: serde::de::MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
         while map
             .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
             .is_some()
@@ -156,13 +160,13 @@ impl ReadObject for NoObject {
 
 /// The keys of `retrieval_setting` that are read; a repeated key keeps its last value.
 #[derive(Debug, Clone, Default, PartialEq)]
-struct SettingFields {
-    top_k: Option<Scalar>,
-    score_threshold: Option<Scalar>,
+struct SettingFields<'de> {
+    top_k: Option<Scalar<'de>>,
+    score_threshold: Option<Scalar<'de>>,
 }
 
-impl ReadObject for SettingFields {
-    fn read<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+impl<'de> ReadObject<'de> for SettingFields<'de> {
+    fn read<A: serde::de::MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
         let mut fields = Self::default();
         while let Some(key) = map.next_key::<Key>()? {
             match key {
@@ -177,15 +181,16 @@ impl ReadObject for SettingFields {
     }
 }
 
-fn read_fields(bytes: &[u8]) -> Result<BodyFields, ApiError> {
-    // Strings that are skipped are not checked for UTF-8 by serde_json: check the body once.
-    if let Err(e) = std::str::from_utf8(bytes) {
-        return Err(ApiError::bad_request(format!(
+fn read_fields(bytes: &[u8]) -> Result<BodyFields<'_>, ApiError> {
+    // The body is checked for UTF-8 once, whole, and read as text: read from bytes, serde_json
+    // checks every string it reads again, and none it skips.
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::bad_request(format!(
             "request body is not valid JSON: it is not UTF-8 (from byte {})",
             e.valid_up_to()
-        )));
-    }
-    serde_json::from_slice::<BodyFields>(bytes).map_err(|e| {
+        ))
+    })?;
+    serde_json::from_str::<BodyFields>(text).map_err(|e| {
         if e.classify() == serde_json::error::Category::Data {
             ApiError::bad_request(
                 "request body must be a JSON object like {\"knowledge_id\": \"...\", \"query\": \"...\", \"retrieval_setting\": {\"top_k\": 5, \"score_threshold\": 0.5}}",
@@ -196,7 +201,7 @@ fn read_fields(bytes: &[u8]) -> Result<BodyFields, ApiError> {
     })
 }
 
-impl<'de> serde::Deserialize<'de> for BodyFields {
+impl<'de> serde::Deserialize<'de> for BodyFields<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_map(BodyVisitor)
     }
@@ -240,13 +245,16 @@ impl<'de> serde::Deserialize<'de> for Key {
 struct BodyVisitor;
 
 impl<'de> serde::de::Visitor<'de> for BodyVisitor {
-    type Value = BodyFields;
+    type Value = BodyFields<'de>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<BodyFields, A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<BodyFields<'de>, A::Error> {
         let mut fields = BodyFields::default();
         while let Some(key) = map.next_key::<Key>()? {
             match key {
@@ -263,7 +271,7 @@ impl<'de> serde::de::Visitor<'de> for BodyVisitor {
     }
 }
 
-impl<'de, O: ReadObject> serde::Deserialize<'de> for Field<O> {
+impl<'de, O: ReadObject<'de>> serde::Deserialize<'de> for Field<'de, O> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(FieldVisitor(std::marker::PhantomData))
     }
@@ -271,50 +279,53 @@ impl<'de, O: ReadObject> serde::Deserialize<'de> for Field<O> {
 
 struct FieldVisitor<O>(std::marker::PhantomData<O>);
 
-impl<'de, O: ReadObject> serde::de::Visitor<'de> for FieldVisitor<O> {
-    type Value = Field<O>;
+impl<'de, O: ReadObject<'de>> serde::de::Visitor<'de> for FieldVisitor<O> {
+    type Value = Field<'de, O>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Field<O>, E> {
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
         Ok(Field::Null)
     }
-    fn visit_none<E: serde::de::Error>(self) -> Result<Field<O>, E> {
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
         Ok(Field::Null)
     }
-    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Field<O>, E> {
-        Ok(Field::Text(text.to_owned()))
+    fn visit_borrowed_str<E: serde::de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
+        Ok(Field::Text(Cow::Borrowed(text)))
     }
-    fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Field<O>, E> {
-        Ok(Field::Text(text))
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        Ok(Field::Text(Cow::Owned(text.to_owned())))
     }
-    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Field<O>, E> {
+    fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Self::Value, E> {
+        Ok(Field::Text(Cow::Owned(text)))
+    }
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
         Ok(Field::Number(n.into()))
     }
-    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Field<O>, E> {
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
         Ok(Field::Number(n.into()))
     }
-    fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Field<O>, E> {
+    fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Self::Value, E> {
         // serde_json never hands over a non-finite number; were one to come, it is no number.
         Ok(serde_json::Number::from_f64(n).map_or(Field::Other, Field::Number))
     }
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Field<O>, E> {
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
         Ok(Field::Other)
     }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Field<O>, A::Error> {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
         Ok(Field::Other)
     }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Field<O>, A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         Ok(O::read(map)?.map_or(Field::Other, Field::Object))
     }
 }
 
-fn text_field(value: Option<&Scalar>, name: &str) -> Result<String, ApiError> {
+fn text_field(value: Option<Scalar<'_>>, name: &str) -> Result<String, ApiError> {
     match value {
         None | Some(Field::Null) => Ok(String::new()),
-        Some(Field::Text(s)) => Ok(s.clone()),
+        Some(Field::Text(s)) => Ok(s.into_owned()),
         Some(Field::Number(n)) => Ok(n.to_string()),
         Some(Field::Object(_) | Field::Other) => {
             Err(ApiError::bad_request(format!("{name} must be a string")))
@@ -325,7 +336,7 @@ fn text_field(value: Option<&Scalar>, name: &str) -> Result<String, ApiError> {
 /// A number, or a string holding one (absent when null or blank). Non-finite values are
 /// refused: Rust parses `"NaN"` and `"inf"`, and a NaN `top_k` would become 0 records, a NaN
 /// threshold would drop every scored record (found by `fuzz/fuzz_targets/retrieval_request.rs`).
-fn number_field(value: Option<&Scalar>, name: &str) -> Result<Option<f64>, ApiError> {
+fn number_field(value: Option<&Scalar<'_>>, name: &str) -> Result<Option<f64>, ApiError> {
     let not_a_number = || ApiError::bad_request(format!("{name} must be a finite number"));
     match value {
         None | Some(Field::Null) => Ok(None),
@@ -339,18 +350,18 @@ fn number_field(value: Option<&Scalar>, name: &str) -> Result<Option<f64>, ApiEr
     }
 }
 
-/// The first line of a query, read as an identifier.
+/// The first line of a query, read as an identifier (borrowed from the query).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum QueryIdentity {
+pub enum QueryIdentity<'q> {
     /// `session_id: X`, `email: X`, `user_id: X`: decisive.
-    Explicit(ClaimKind, String),
+    Explicit(ClaimKind, &'q str),
     /// A single token that may be an identifier, if the store knows it.
-    Candidate(String),
+    Candidate(&'q str),
     None,
 }
 
 /// Split a query into its identity line (if any) and the question.
-pub fn split_query(query: &str) -> (QueryIdentity, &str) {
+pub fn split_query(query: &str) -> (QueryIdentity<'_>, &str) {
     let query = query.trim_start_matches(['\u{feff}', ' ', '\t', '\r', '\n']);
     let (first, rest) = match query.find('\n') {
         Some(i) => (&query[..i], &query[i + 1..]),
@@ -374,20 +385,20 @@ pub fn split_query(query: &str) -> (QueryIdentity, &str) {
         // is one token.
         let one_token = !has_whitespace(value) && value.len() <= MAX_ID_LEN * 2;
         if let Some(kind) = kind.filter(|_| one_token) {
-            return (QueryIdentity::Explicit(kind, value.to_string()), rest);
+            return (QueryIdentity::Explicit(kind, value), rest);
         }
     }
     if !first.is_empty() && first.len() <= MAX_ID_LEN * 2 && !has_whitespace(first) {
         let token = first.trim_matches(['"', '\'', '`']);
-        return (QueryIdentity::Candidate(token.to_string()), rest);
+        return (QueryIdentity::Candidate(token), rest);
     }
     (QueryIdentity::None, query)
 }
 
-/// `text.split_once([':', '='])`: both are single bytes, so a byte scan finds the same place
-/// without decoding characters (this runs on every `/retrieval` query).
+/// `text.split_once([':', '='])`: both are single bytes, so a vectorised byte search finds
+/// the same place without decoding characters (this runs on every `/retrieval` query).
 fn split_at_assignment(text: &str) -> Option<(&str, &str)> {
-    let at = text.bytes().position(|b| b == b':' || b == b'=')?;
+    let at = memchr::memchr2(b':', b'=', text.as_bytes())?;
     Some((&text[..at], &text[at + 1..]))
 }
 
@@ -396,9 +407,10 @@ fn split_at_assignment(text: &str) -> Option<(&str, &str)> {
 fn has_whitespace(text: &str) -> bool {
     if text.is_ascii() {
         // `char::is_whitespace` in ASCII, which unlike `u8::is_ascii_whitespace` counts the
-        // vertical tab.
-        text.bytes()
-            .any(|b| matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' '))
+        // vertical tab: six bytes, found by two vectorised searches.
+        let bytes = text.as_bytes();
+        memchr::memchr3(b' ', b'\t', b'\n', bytes).is_some()
+            || memchr::memchr3(b'\r', 0x0b, 0x0c, bytes).is_some()
     } else {
         text.contains(char::is_whitespace)
     }
@@ -442,17 +454,17 @@ struct Decision {
 }
 
 impl Decision {
-    fn of(outcome: ClaimOutcome, claim: &Claim) -> Self {
+    fn of(outcome: ClaimOutcome, claim: &Claim<'_>) -> Self {
         let (session, miss) = match outcome {
             ClaimOutcome::Found(session) => (Some(session), None),
             ClaimOutcome::Unknown(miss) => (None, Some(miss)),
             ClaimOutcome::Rejected(rejection) => (None, Some(rejection.into())),
         };
         Self {
-            unmatched: miss.map(|_| claim.value.clone()),
+            unmatched: miss.map(|_| claim.value.to_string()),
             session,
             via: claim.via,
-            signed: looks_signed(&claim.value),
+            signed: looks_signed(claim.value),
             miss,
         }
     }
@@ -553,7 +565,7 @@ async fn decide_by_metadata(
         for value in condition.values() {
             let claim = Claim {
                 kind,
-                value,
+                value: &value,
                 via: Via::Metadata,
             };
             match resolver.resolve(&claim, product, now).await? {
@@ -572,12 +584,12 @@ async fn decide_by_metadata(
 /// decides only when it resolves, or when it carries a signature that fails.
 async fn decide_by_query(
     resolver: &IdentityResolver<'_>,
-    identity: &QueryIdentity,
+    identity: &QueryIdentity<'_>,
     product: Option<&str>,
     now: f64,
 ) -> Result<Option<Decision>, StoreError> {
     let (kind, value, explicit) = match identity {
-        QueryIdentity::Explicit(kind, value) => (*kind, value, true),
+        QueryIdentity::Explicit(kind, value) => (*kind, *value, true),
         // With signed identities on, a bare first word without a signature is the start of a
         // question ("help") — unless it names someone: then it is an identity sent unsigned,
         // refused, counted and decisive.
@@ -593,15 +605,15 @@ async fn decide_by_query(
                 via: Via::Query,
                 signed: false,
                 miss: Some(LookupMiss::Unsigned),
-                unmatched: Some(token.clone()),
+                unmatched: Some(token.to_string()),
             }));
         }
-        QueryIdentity::Candidate(token) => (ClaimKind::Any, token, false),
+        QueryIdentity::Candidate(token) => (ClaimKind::Any, *token, false),
         QueryIdentity::None => return Ok(None),
     };
     let claim = Claim {
         kind,
-        value: value.clone(),
+        value,
         via: Via::Query,
     };
     let outcome = resolver.resolve(&claim, product, now).await?;
@@ -632,7 +644,7 @@ async fn decide_by_knowledge_id(
     }
     let claim = Claim {
         kind: ClaimKind::Any,
-        value: knowledge_id.to_string(),
+        value: knowledge_id,
         via: Via::KnowledgeId,
     };
     let outcome = resolver.resolve(&claim, None, now).await?;
@@ -762,16 +774,18 @@ pub fn records_body(records: &[Record]) -> Bytes {
     Bytes::from(out)
 }
 
-/// A JSON answer of ready bytes.
+/// A JSON answer of ready bytes: `Content-Type` in a header map sized for the headers every
+/// answer ends up with (this one, the guard's `Server`, and `Content-Length`), so none of them
+/// grows it. `Content-Length` itself comes from the body's exact size.
 fn json_response(body: Bytes) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
+    let mut headers = HeaderMap::with_capacity(3);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let mut response = Response::new(Body::from(body));
+    *response.headers_mut() = headers;
+    response
 }
 
 /// What `/retrieval` would send for one parsed request now, as records, and how the request
@@ -826,21 +840,37 @@ pub fn describe_condition(condition: &MetadataCondition) -> String {
     clip(&parts.join(joiner))
 }
 
-/// `POST /retrieval`.
+/// `POST /retrieval`, as the router serves it.
 pub async fn retrieve(
     _key: ApiKey<RetrievalKeys>,
     State(state): State<ApiState>,
     body: Body,
 ) -> Response {
-    let started = Instant::now();
-    // The console's lookup entry, only while the console keeps a log: its text copies are
-    // not made for nobody on the hottest route.
-    let mut lookup = state
-        .diagnostics
-        .lookups
-        .is_recording()
-        .then(|| LookupEntry::new(LookupChannel::Retrieval, "/retrieval"));
-    let response = match retrieve_inner(&state, body, &mut lookup).await {
+    answer_request(&state, body).await
+}
+
+/// `POST /retrieval`, as `api::ApiService` serves it without the router: the same key check
+/// (the one [`ApiKey`] makes) and the same answer as [`retrieve`].
+///
+/// Why not call [`retrieve`] as an axum handler: that boxes its future and takes the request
+/// apart into extractors and back, about two thousand instructions on every answer
+/// (docs/benchmarks.md).
+pub async fn retrieve_direct(state: &ApiState, request: Request) -> Response {
+    if let Err(refused) =
+        ApiKey::<RetrievalKeys>::check(state, request.headers(), request.uri().path())
+    {
+        return refused.into_response();
+    }
+    answer_request(state, request.into_body()).await
+}
+
+/// The answer to a `/retrieval` body whose key was accepted.
+async fn answer_request(state: &ApiState, body: Body) -> Response {
+    // The console's lookup entry, only while the console keeps a log: its text copies (and
+    // its clock reading) are not made for nobody on the hottest route.
+    let started = state.diagnostics.lookups.is_recording().then(Instant::now);
+    let mut lookup = started.map(|_| LookupEntry::new(LookupChannel::Retrieval, "/retrieval"));
+    let response = match retrieve_inner(state, body, &mut lookup).await {
         Ok(answer) => json_response(answer),
         Err(error) => {
             tracing::warn!(status = error.status.as_u16(), code = error.code, message = %error.message, "retrieval refused");
@@ -854,7 +884,7 @@ pub async fn retrieve(
             error.into_response()
         }
     };
-    if let Some(mut lookup) = lookup {
+    if let (Some(mut lookup), Some(started)) = (lookup, started) {
         lookup.latency = started.elapsed();
         state.diagnostics.lookups.record(lookup);
     }
@@ -1232,20 +1262,20 @@ mod tests {
         assert_eq!(
             split_query("session_id: ps_1\nwhere are my alerts?"),
             (
-                QueryIdentity::Explicit(ClaimKind::SessionId, "ps_1".into()),
+                QueryIdentity::Explicit(ClaimKind::SessionId, "ps_1"),
                 "where are my alerts?"
             )
         );
         assert_eq!(
             split_query("Email = \"Maria@X.com\"\nhi"),
             (
-                QueryIdentity::Explicit(ClaimKind::Email, "Maria@X.com".into()),
+                QueryIdentity::Explicit(ClaimKind::Email, "Maria@X.com"),
                 "hi"
             )
         );
         assert_eq!(
             split_query("ps_1\nhelp"),
-            (QueryIdentity::Candidate("ps_1".into()), "help")
+            (QueryIdentity::Candidate("ps_1"), "help")
         );
         assert_eq!(
             split_query("where are my alerts?"),

@@ -462,7 +462,7 @@ mod tests {
         assert_eq!(
             split_query(&parsed[1].query),
             (
-                QueryIdentity::Explicit(ClaimKind::SessionId, "019f-abc".into()),
+                QueryIdentity::Explicit(ClaimKind::SessionId, "019f-abc"),
                 "Where are my alerts?"
             )
         );

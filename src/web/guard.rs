@@ -13,13 +13,14 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use futures_util::FutureExt;
@@ -93,7 +94,11 @@ where
         .get::<MatchedPath>()
         .map_or(UNMATCHED, MatchedPath::as_str);
     let handles = limits.metrics.http_routes.route(route);
-    guarded(limits, &handles, request, |request| async move {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    guarded(limits, &handles, request, peer, |request| async move {
         match inner.oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
@@ -102,14 +107,16 @@ where
     .await
 }
 
-/// Serve `request` with `serve` under every route's rules (see the module docs), counted on
-/// `handles` and under their route's label. The router's routes look their handles up per
-/// request; `api::ApiService` keeps those of `/retrieval`, sparing a hash of the route under a
-/// lock on every request.
+/// Serve `request` from `peer` with `serve` under every route's rules (see the module docs),
+/// counted on `handles` and under their route's label. The router's routes look their handles
+/// up per request and their peer in the request's `ConnectInfo`; `api::ApiService` keeps
+/// those of `/retrieval` and its connection's peer, sparing a hash of the route under a lock
+/// and an extension map on every request.
 pub async fn guarded<F, Fut>(
     limits: &RequestLimits,
     handles: &RouteHandles,
     mut request: Request,
+    peer: Option<SocketAddr>,
     serve: F,
 ) -> Response
 where
@@ -118,12 +125,23 @@ where
 {
     let route = handles.route();
     let started = Instant::now();
-    let mut response = match limits::refusal(limits, &mut request, route) {
+    let mut response = match limits::refusal(limits, &mut request, peer, route) {
         Some(refusal) => refusal,
         None => {
             // Building the future inside the caught one: a panic while starting is caught too.
             let served = AssertUnwindSafe(async move { serve(request).await }).catch_unwind();
-            match tokio::time::timeout(limits.request_timeout, served).await {
+            let mut served = std::pin::pin!(served);
+            // Most answers are ready at their first poll (a body that arrived whole, a session
+            // in memory): the timer is set only for one that is not, with the deadline counted
+            // from the start all the same. Setting it costs a runtime handle and a timer entry.
+            let outcome = match futures_util::poll!(served.as_mut()) {
+                Poll::Ready(outcome) => Ok(outcome),
+                Poll::Pending => {
+                    let deadline = tokio::time::Instant::from_std(started) + limits.request_timeout;
+                    tokio::time::timeout_at(deadline, served).await
+                }
+            };
+            match outcome {
                 Ok(Ok(response)) => response,
                 Ok(Err(panic)) => panic_response(panic),
                 Err(_elapsed) => limits::timed_out(limits, route),

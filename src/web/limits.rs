@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use lru::LruCache;
@@ -203,24 +203,26 @@ pub struct OverRateLimit {
 /// The `429` answer to a request over the per-IP rate, `None` to let it through (exempt
 /// paths always pass).
 ///
-/// Run by [`crate::web::guard`] for every route; `route` names it in the metric and log.
+/// Run by [`crate::web::guard`] for every route; `route` names it in the metric and log, and
+/// `peer` is the connection's address (`None` when served without one: nothing to key on,
+/// unless a trusted proxy names the client).
 ///
 /// Marked paths are the exception: a sender that never retries a 4xx (the Autoplay connector)
 /// would lose a refused genuine delivery. A request over the rate there is marked with
 /// [`OverRateLimit`] and refused by the receiver only when its signature fails, so floods of
 /// forged deliveries are limited and the sender's own never are.
-pub fn refusal(state: &RequestLimits, request: &mut Request, route: &str) -> Option<Response> {
+pub fn refusal(
+    state: &RequestLimits,
+    request: &mut Request,
+    peer: Option<SocketAddr>,
+    route: &str,
+) -> Option<Response> {
     // No limiter: the rate limit is off.
     let limiter = state.rate_limiter.as_ref()?;
     if state.exempt_paths.contains(&request.uri().path()) {
         return None;
     }
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    // Served without connection info (embedded in another server): nothing to key on.
-    let client = limiter.client_of(request.headers(), peer)?;
+    let client = limiter.client_of(request.headers(), peer.map(|p| p.ip()))?;
     let wait = limiter.check(client, Instant::now()).err()?;
     if state.marked_paths.contains(&request.uri().path()) {
         request

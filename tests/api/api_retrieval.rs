@@ -1,6 +1,6 @@
 //! `POST /retrieval` against the real router: Dify's contract, rule by rule.
 
-use crate::helpers::{TestApp, action, batch, metric, test_config};
+use crate::helpers::{TestApp, action, batch, metric, raw_exchange, test_config};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -467,16 +467,21 @@ async fn unknown_routes_and_methods_answer_json() {
     assert!(body.contains("4050"));
 }
 
-/// `POST /retrieval` is served without the router (`api::ApiService`); every answer it gives
-/// must be the router's, header for header: the probe, a real answer, refused keys, bad
+/// `POST /retrieval` is served without the router (`api::ApiService`, as the application serves
+/// it); every answer it gives must be the router's, byte for byte on the wire but for the clock
+/// (`Date` and the digits of the answer's times): the probe, a real answer, refused keys, bad
 /// bodies, the rate limit, and the other methods and paths (which it hands to the router).
+/// On the wire, because the direct path leaves `Content-Length` to hyper where the router puts
+/// it in the header map: the bytes must come out the same.
 #[tokio::test]
 async fn the_direct_retrieval_path_answers_exactly_as_the_router() {
     let mut config = test_config();
     config.api_keys = vec![KEY.into()];
-    // One request per client, then 429: each side below uses its own client address.
+    // One request per client, then 429: each side below uses its own client address, given
+    // as `X-Forwarded-For` (both sides are reached from 127.0.0.1).
     config.rate_limit = 0.001;
     config.rate_limit_burst = Some(1);
+    config.trust_forwarded_for = true;
     let app = TestApp::spawn(config).await;
     app.seed(batch(
         MARIA,
@@ -490,9 +495,12 @@ async fn the_direct_retrieval_path_answers_exactly_as_the_router() {
         )],
     ))
     .await;
-    let direct =
-        livectx::api::ApiService::new(livectx::api::router(app.state.clone()), app.state.clone());
-    let router = livectx::api::router(app.state.clone());
+    // The router alone, on the same state (so the same rate limiter and metrics).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let router_addr = listener.local_addr().unwrap();
+    let router = livectx::api::router(app.state.clone())
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, router).await });
 
     let ask =
         r#"{"knowledge_id": "01983f2a-6b1c-7d40-9e2f-5a7b3c9d1e84", "query": "notifications"}"#;
@@ -509,32 +517,34 @@ async fn the_direct_retrieval_path_answers_exactly_as_the_router() {
     ];
     let mut statuses = Vec::new();
     for (index, (method, path, key, body)) in cases.into_iter().enumerate() {
-        let request = Sent {
-            method,
-            path,
-            key,
-            body,
-        };
-        let client = u8::try_from(index * 2 + 1).unwrap();
+        let client = index * 2 + 1;
         // Each side from its own address: once allowed, then over the rate.
         for attempt in 0..2 {
-            let (status, headers, text) = request.to(direct.clone(), client).await;
-            let (router_status, router_headers, router_text) =
-                request.to(router.clone(), client + 1).await;
+            let sent = |client: usize| {
+                let key = key.map_or(String::new(), |key| {
+                    format!("authorization: Bearer {key}\r\n")
+                });
+                format!(
+                    "{method} {path} HTTP/1.1\r\nhost: livectx\r\nx-forwarded-for: 10.0.0.{client}\r\n{key}content-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+            };
+            let direct = raw_exchange(app.addr, sent(client).as_bytes()).await;
+            let routed = raw_exchange(router_addr, sent(client + 1).as_bytes()).await;
             let case = format!("{method} {path} key {key:?} body {body:?}, attempt {attempt}");
-            assert_eq!(status, router_status, "{case}");
-            assert_eq!(headers, router_headers, "{case}");
-            assert_eq!(
-                without_digits(&text),
-                without_digits(&router_text),
-                "{case}"
+            let (head, text) = wire_parts(&direct);
+            let (router_head, router_text) = wire_parts(&routed);
+            assert_eq!(head, router_head, "{case}");
+            assert_eq!(without_digits(text), without_digits(router_text), "{case}");
+            let status: u16 = head[0]["HTTP/1.1 ".len()..][..3].parse().unwrap();
+            assert_eq!(status == 429, attempt == 1, "{case}");
+            // Every answer is sized, never chunked.
+            assert!(
+                head.iter()
+                    .any(|l| l == &format!("content-length: {}", text.len())),
+                "{case}: {head:?}"
             );
-            assert_eq!(
-                status == StatusCode::TOO_MANY_REQUESTS,
-                attempt == 1,
-                "{case}"
-            );
-            statuses.push(status.as_u16());
+            statuses.push(status);
         }
     }
     assert_eq!(
@@ -554,47 +564,17 @@ async fn the_direct_retrieval_path_answers_exactly_as_the_router() {
     }
 }
 
-/// One request of the test above, sent in-process to a service from a client address.
-struct Sent {
-    method: &'static str,
-    path: &'static str,
-    key: Option<&'static str>,
-    body: &'static str,
-}
-
-impl Sent {
-    async fn to<S>(&self, service: S, client: u8) -> (StatusCode, Vec<(String, String)>, String)
-    where
-        S: tower::Service<
-                axum::http::Request<axum::body::Body>,
-                Response = axum::response::Response,
-                Error = std::convert::Infallible,
-            >,
-    {
-        use tower::ServiceExt;
-        let mut request = axum::http::Request::builder()
-            .method(self.method)
-            .uri(self.path);
-        if let Some(key) = self.key {
-            request = request.header("authorization", format!("Bearer {key}"));
-        }
-        let mut request = request.body(axum::body::Body::from(self.body)).unwrap();
-        let peer = std::net::SocketAddr::from(([10, 0, 0, client], 4000));
-        request
-            .extensions_mut()
-            .insert(axum::extract::ConnectInfo(peer));
-        let Ok(response) = service.oneshot(request).await;
-        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_string()))
-            .collect();
-        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        (status, headers, String::from_utf8(body.to_vec()).unwrap())
-    }
+/// A raw HTTP/1.1 response as its head's lines in order (the clock's `date` left out) and its
+/// body.
+fn wire_parts(response: &str) -> (Vec<&str>, &str) {
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete response: {response:?}"));
+    let lines = head
+        .split("\r\n")
+        .filter(|line| !line.starts_with("date: "))
+        .collect();
+    (lines, body)
 }
 
 /// `text` with every run of digits as `#`: the two sides answered a few milliseconds apart, so

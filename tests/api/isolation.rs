@@ -383,7 +383,7 @@ async fn check_reused_session_id_forgets_its_people(store: Arc<dyn SessionStore>
     ] {
         let claim = Claim {
             kind,
-            value: value.into(),
+            value,
             via: Via::Rest,
         };
         let outcome = resolver.resolve(&claim, None, later + 1.0).await.unwrap();

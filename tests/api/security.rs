@@ -6,14 +6,12 @@
 use std::time::Duration;
 
 use crate::helpers;
-use crate::helpers::{TestApp, action, batch, metric, test_config};
+use crate::helpers::{TestApp, action, batch, metric, raw_exchange, test_config};
 use livectx::api::identity::IdentitySigner;
 use livectx::config::ConfigError;
 use livectx::{Application, ServeConfig, StartupError};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const KEY: &str = "security-test-key";
 const IDENTITY_SECRET: &str = "identity-secret-for-tests-0123456789";
@@ -260,42 +258,6 @@ async fn genuine_webhook_deliveries_are_never_rate_limited_forged_ones_are() {
 // Request timeout and header limits
 // ---------------------------------------------------------------------------------------------
 
-/// Send raw bytes and read one HTTP/1.1 response (head and `content-length` body), or what
-/// arrived before the server closed the connection. Write errors are ignored: a server that
-/// refuses a request may close before reading all of it.
-async fn raw_exchange(app: &TestApp, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(app.addr).await.unwrap();
-    let _ = stream.write_all(request).await;
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let complete = |buffer: &[u8]| {
-        let text = String::from_utf8_lossy(buffer);
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
-            return false;
-        };
-        let length = head
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse::<usize>().ok())
-                    .flatten()
-            })
-            .unwrap_or(0);
-        body.len() >= length
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(20), async {
-        while !complete(&buffer) {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
-    String::from_utf8_lossy(&buffer).into_owned()
-}
-
 #[tokio::test]
 async fn a_request_whose_body_never_arrives_times_out_with_json() {
     let mut config = test_config();
@@ -303,7 +265,7 @@ async fn a_request_whose_body_never_arrives_times_out_with_json() {
     let app = TestApp::spawn(config).await;
     // Promise 100 bytes of body, send none.
     let reply = raw_exchange(
-        &app,
+        app.addr,
         b"POST /retrieval HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n",
     )
     .await;
@@ -330,7 +292,7 @@ async fn too_many_or_too_large_headers_are_refused() {
         many.push_str(&format!("x-h{i}: v\r\n"));
     }
     many.push_str("\r\n");
-    let reply = raw_exchange(&app, many.as_bytes()).await;
+    let reply = raw_exchange(app.addr, many.as_bytes()).await;
     assert!(reply.starts_with("HTTP/1.1 431"), "{reply:.200}");
     // hyper's ~408 KiB request-head buffer: 431, or a reset when the kernel discards the
     // answer because the client was still sending; never served.
@@ -338,7 +300,7 @@ async fn too_many_or_too_large_headers_are_refused() {
         "GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
         "a".repeat(600 * 1024)
     );
-    let reply = raw_exchange(&app, huge.as_bytes()).await;
+    let reply = raw_exchange(app.addr, huge.as_bytes()).await;
     assert!(
         reply.is_empty() || reply.starts_with("HTTP/1.1 431"),
         "{reply:.200}"

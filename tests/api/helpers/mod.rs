@@ -21,6 +21,7 @@ use livectx::ingest::Ingestor;
 use livectx::session::model::{Action, ActionBatch, ActionParts, SessionId};
 use livectx::{Application, Overrides, ServeConfig};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -564,3 +565,39 @@ pub mod redis_env;
 pub mod broadcast;
 
 pub mod faulty_store;
+
+/// Send raw bytes and read one HTTP/1.1 response (head and `content-length` body), or what
+/// arrived before the server closed the connection. Write errors are ignored: a server that
+/// refuses a request may close before reading all of it.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = stream.write_all(request).await;
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let complete = |buffer: &[u8]| {
+        let text = String::from_utf8_lossy(buffer);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return false;
+        };
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())
+                    .flatten()
+            })
+            .unwrap_or(0);
+        body.len() >= length
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        while !complete(&buffer) {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&buffer).into_owned()
+}
