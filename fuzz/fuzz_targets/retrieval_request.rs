@@ -41,7 +41,7 @@ fuzz_target!(|input: &[u8]| {
     );
     let signer = IdentitySigner::new("fuzz-secret");
     let claimed = match &identity {
-        QueryIdentity::Explicit(_, value) | QueryIdentity::Candidate(value) => Some(value.clone()),
+        QueryIdentity::Explicit(_, value) | QueryIdentity::Candidate(value) => Some(*value),
         QueryIdentity::None => None,
     };
     if let Some(value) = claimed {

@@ -41,11 +41,12 @@ pub const DEFAULT_TOP_K: usize = 5;
 /// Largest `top_k` honoured.
 pub const MAX_TOP_K: usize = 50;
 
-/// A parsed retrieval request.
+/// A parsed retrieval request, its text borrowed from the body where the body has it as it is
+/// (no escapes): a copy of each was an allocation on every `/retrieval`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RetrievalRequest {
-    pub knowledge_id: String,
-    pub query: String,
+pub struct RetrievalRequest<'a> {
+    pub knowledge_id: Cow<'a, str>,
+    pub query: Cow<'a, str>,
     pub top_k: usize,
     pub score_threshold: f64,
     pub metadata_condition: Option<MetadataCondition>,
@@ -53,14 +54,14 @@ pub struct RetrievalRequest {
 
 /// What a body turned out to be.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ParsedRequest {
+pub enum ParsedRequest<'a> {
     /// Dify's registration probe (no body, or an empty `knowledge_id`).
     Probe,
-    Retrieve(RetrievalRequest),
+    Retrieve(RetrievalRequest<'a>),
 }
 
 /// Parse a request body leniently; refuse only what cannot be a Dify request.
-pub fn parse_request(bytes: &[u8]) -> Result<ParsedRequest, ApiError> {
+pub fn parse_request(bytes: &[u8]) -> Result<ParsedRequest<'_>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(ParsedRequest::Probe);
     }
@@ -322,11 +323,11 @@ impl<'de, O: ReadObject<'de>> serde::de::Visitor<'de> for FieldVisitor<O> {
     }
 }
 
-fn text_field(value: Option<Scalar<'_>>, name: &str) -> Result<String, ApiError> {
+fn text_field<'de>(value: Option<Scalar<'de>>, name: &str) -> Result<Cow<'de, str>, ApiError> {
     match value {
-        None | Some(Field::Null) => Ok(String::new()),
-        Some(Field::Text(s)) => Ok(s.into_owned()),
-        Some(Field::Number(n)) => Ok(n.to_string()),
+        None | Some(Field::Null) => Ok(Cow::Borrowed("")),
+        Some(Field::Text(s)) => Ok(s),
+        Some(Field::Number(n)) => Ok(Cow::Owned(n.to_string())),
         Some(Field::Object(_) | Field::Other) => {
             Err(ApiError::bad_request(format!("{name} must be a string")))
         }
@@ -473,7 +474,7 @@ impl Decision {
 /// Resolve the user of a retrieval request (see the module docs for the order).
 pub async fn resolve_request<'q>(
     state: &ApiState,
-    request: &'q RetrievalRequest,
+    request: &'q RetrievalRequest<'_>,
     now: f64,
 ) -> Result<Resolved<'q>, StoreError> {
     let resolver = IdentityResolver {
@@ -507,7 +508,7 @@ pub async fn resolve_request<'q>(
 
     let question = match query_identity {
         QueryIdentity::Explicit(..) => rest,
-        _ => request.query.as_str(),
+        _ => &request.query,
     };
     let decision = match decide_by_metadata(&resolver, &metadata_claims, product, now).await? {
         Some(decision) => Some(decision),
@@ -798,7 +799,7 @@ pub struct Preview {
 }
 
 /// See [`Preview`].
-pub async fn preview(state: &ApiState, request: &RetrievalRequest, now: f64) -> Preview {
+pub async fn preview(state: &ApiState, request: &RetrievalRequest<'_>, now: f64) -> Preview {
     let resolved = match resolve_request(state, request, now).await {
         Ok(resolved) => resolved,
         Err(error) => {
@@ -1078,7 +1079,7 @@ mod tests {
             }
         }
         /// `None` when the body is no JSON object at all.
-        fn whole(bytes: &[u8]) -> Option<Result<ParsedRequest, ApiError>> {
+        fn whole(bytes: &[u8]) -> Option<Result<ParsedRequest<'_>, ApiError>> {
             let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(bytes) else {
                 return None;
             };
@@ -1108,8 +1109,8 @@ mod tests {
                     return Ok(ParsedRequest::Probe);
                 }
                 Ok(ParsedRequest::Retrieve(RetrievalRequest {
-                    knowledge_id,
-                    query,
+                    knowledge_id: knowledge_id.into(),
+                    query: query.into(),
                     top_k,
                     score_threshold,
                     metadata_condition,

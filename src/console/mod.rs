@@ -457,8 +457,8 @@ async fn session_page(
         .filter(|t| t.is_finite())
         .map_or(0.0, |t| t.clamp(0.0, 1.0));
     let request = RetrievalRequest {
-        knowledge_id: session.id().to_string(),
-        query: question.clone(),
+        knowledge_id: session.id().as_str().into(),
+        query: question.as_str().into(),
         top_k,
         score_threshold: threshold,
         metadata_condition: None,

@@ -327,8 +327,13 @@ fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
 /// A string as JSON, as [`write_json`] writes it, but without serde_json's escaping pass over a
 /// text that needs none (the `generated_at` stamp of every answer: digits and `-:.TZ`).
 fn write_json_str(out: &mut Vec<u8>, text: &str) {
-    // serde_json escapes exactly the control characters, `"` and `\`.
-    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // serde_json escapes exactly the control characters, `"` and `\`. Counted over every byte
+    // (no early exit), so the check is vectorised.
+    let escaped = text
+        .bytes()
+        .filter(|&b| b < 0x20 || b == b'"' || b == b'\\')
+        .count();
+    if escaped == 0 {
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());
         out.push(b'"');

@@ -7,6 +7,7 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
+use smallvec::SmallVec;
 
 use crate::clock::{format_rfc3339, format_utc, format_utc_time};
 use crate::render::activity::{ACTIVITY_HEADER, render_activity};
@@ -310,7 +311,7 @@ fn is_stopword(word: &str) -> bool {
 pub fn terms_of(text: &str) -> Terms {
     let mut terms = Terms {
         text: String::with_capacity(text.len().min(256)),
-        ends: Vec::with_capacity(8),
+        ends: SmallVec::new(),
     };
     if text.is_ascii() {
         // In ASCII, `char::is_alphanumeric` is `u8::is_ascii_alphanumeric`, every byte is a
@@ -363,12 +364,13 @@ static WORD_BYTES: [bool; 256] = {
 };
 
 /// The terms of a question (see [`terms_of`]), one after the other in one buffer, so reading
-/// a question's terms allocates twice instead of once per term.
+/// a question's terms allocates once instead of once per term.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Terms {
     text: String,
-    /// Where each term ends in `text`; each begins where the one before it ends.
-    ends: Vec<usize>,
+    /// Where each term ends in `text`; each begins where the one before it ends. A question
+    /// rarely has more than eight terms: those are kept on the stack.
+    ends: SmallVec<[usize; 8]>,
 }
 
 impl Terms {

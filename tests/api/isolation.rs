@@ -147,9 +147,8 @@ fn payload(b: &Batch, index: usize) -> Value {
 }
 
 async fn retrieval(state: &ApiState, body: Value) -> (Option<String>, String) {
-    let ParsedRequest::Retrieve(request) =
-        parse_request(&serde_json::to_vec(&body).unwrap()).unwrap()
-    else {
+    let body = serde_json::to_vec(&body).unwrap();
+    let ParsedRequest::Retrieve(request) = parse_request(&body).unwrap() else {
         panic!("not a probe")
     };
     let now = livectx::clock::now();
