@@ -427,7 +427,9 @@ pub fn relevance(terms: &Terms, content: &str) -> f64 {
     if terms.is_empty() {
         return 0.0;
     }
-    let mut matched = vec![false; terms.len()];
+    // The terms as slices once, not cut from their buffer again for every word.
+    let terms: SmallVec<[&str; 8]> = terms.iter().collect();
+    let mut matched: SmallVec<[bool; 8]> = smallvec::smallvec![false; terms.len()];
     let mut unmatched = terms.len();
     let mut ascii_lower = String::new();
     let mut other_lower;
