@@ -136,15 +136,9 @@ impl WordIndex {
         &[]
     }
 
-    /// For each record, the share of `terms` some word of it matches (0 without terms).
-    pub fn relevance(&self, terms: &Terms) -> Vec<f64> {
-        let mut scores = Vec::with_capacity(self.records);
-        self.relevance_each(terms, |score| scores.push(score));
-        scores
-    }
-
-    /// [`Self::relevance`] handed to `each`, record by record, without a vector of scores; the
-    /// terms each record matched are kept on the stack for up to [`STACK_MASKS`] records.
+    /// For each record in order, the share of `terms` some word of it matches (0 without
+    /// terms), handed to `each` instead of collected, so scoring an answer allocates nothing;
+    /// the terms each record matched are kept on the stack for up to [`STACK_MASKS`] records.
     pub fn relevance_each(&self, terms: &Terms, mut each: impl FnMut(f64)) {
         if terms.is_empty() {
             (0..self.records).for_each(|_| each(0.0));
@@ -237,6 +231,13 @@ mod tests {
     use super::*;
     use crate::render::records::{Terms, relevance, terms_of};
 
+    /// Every record's score, collected.
+    fn scores(index: &WordIndex, terms: &Terms) -> Vec<f64> {
+        let mut scores = Vec::new();
+        index.relevance_each(terms, |score| scores.push(score));
+        scores
+    }
+
     #[test]
     fn scores_are_relevance() {
         let contents = [
@@ -257,7 +258,7 @@ mod tests {
             "",
         ] {
             for terms in [terms_of(question), many.clone(), short.clone()] {
-                let got = index.relevance(&terms);
+                let got = scores(&index, &terms);
                 assert_eq!(got.len(), contents.len());
                 for (content, score) in contents.iter().zip(got) {
                     assert_eq!(
@@ -281,7 +282,7 @@ mod tests {
         ) {
             let index = WordIndex::build(contents.iter().map(String::as_str));
             let terms = terms_of(&question);
-            let got = index.relevance(&terms);
+            let got = scores(&index, &terms);
             proptest::prop_assert_eq!(got.len(), contents.len());
             for (content, score) in contents.iter().zip(got) {
                 proptest::prop_assert_eq!(score, relevance(&terms, content));
@@ -313,7 +314,7 @@ mod tests {
     #[test]
     fn no_records_no_scores() {
         let index = WordIndex::build([]);
-        assert!(index.relevance(&terms_of("export csv")).is_empty());
+        assert!(scores(&index, &terms_of("export csv")).is_empty());
         assert_eq!(index.bytes(), 0);
     }
 }
